@@ -1,0 +1,148 @@
+"""The `rsi` command. Bad input is one line on stderr and exit code 2; nothing recorded is ever lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rsi.config import Config, load_config, parse_duration
+from rsi.engine import Limits, Research
+from rsi.errors import UserError
+from rsi.init import write as write_config
+from rsi.ledger import Ledger
+from rsi.proposer import KnobsProposer, Proposer
+from rsi.status import status_json
+from rsi.view import LiveView
+from rsi.workspace import Workspace
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Autonomous research on code, judged honestly.")
+err = Console(stderr=True)
+out = Console()
+
+DirArg = Annotated[Path, typer.Argument(help="the task's repository (holds rsi.toml)")]
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"rsi: {message}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def make_proposer(cfg: Config, name: str) -> callable:  # type: ignore[valid-type]
+    def factory(ws: Workspace, start_commit: str) -> Proposer:
+        if name == "knobs":
+            files = {p: ws.read(start_commit, p) for p in ws.files(start_commit, cfg.task.editable)}
+            proposer = KnobsProposer(files, cfg.knobs, cfg.metric.goal)
+            if not proposer.knobs:
+                raise UserError(
+                    "the knobs proposer found no tunable literal (module-level int, float or bool assignment) "
+                    f"in {', '.join(files) or 'the editable files'}"
+                )
+            return proposer
+        raise UserError(f"proposer {name!r} is not available yet (available: knobs)")
+
+    return factory
+
+
+def _interrupt_on_term(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def init(
+    directory: DirArg = Path("."),
+    from_layout: Annotated[str | None, typer.Option("--from", help="a known layout: autoresearch")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing rsi.toml")] = False,
+) -> None:
+    """Write an rsi.toml for the repository in DIRECTORY."""
+    try:
+        path = write_config(directory, from_layout, force)
+        load_config(directory)
+    except UserError as e:
+        fail(str(e))
+    out.print(f"wrote {path}: check editable, command and metric, then `rsi run`", highlight=False)
+
+
+@app.command()
+def run(
+    directory: DirArg = Path("."),
+    proposer: Annotated[str | None, typer.Option(help="knobs (offline)")] = None,
+    max_experiments: Annotated[
+        int | None, typer.Option(min=1, help="total experiments in the ledger, baseline included")
+    ] = None,
+    time_budget: Annotated[str | None, typer.Option(help="stop starting experiments after this long (10m, 2h)")] = None,
+    tag: Annotated[str | None, typer.Option(help="research branch rsi/<tag> (default: today's date)")] = None,
+) -> None:
+    """Run or resume the research in DIRECTORY."""
+    try:
+        cfg = load_config(directory)
+        budget = parse_duration(time_budget) if time_budget is not None else None
+    except (UserError, ValueError) as e:
+        fail(str(e) if isinstance(e, UserError) else f"--time-budget: {e}")
+    name = proposer or cfg.proposer.kind
+    signal.signal(signal.SIGTERM, _interrupt_on_term)
+    research = None
+    try:
+        view = LiveView(out, cfg.metric.goal, max_experiments, budget)
+        research = Research(directory, cfg, make_proposer(cfg, name), tag=tag, listener=view)
+        for e in research.ledger.experiments():
+            view.rows[e.id] = (e, "done" if e.state == "done" else "pending")
+        with view:
+            research.run(Limits(max_experiments=max_experiments, time_budget_s=budget))
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        err.print("rsi: stopped; nothing recorded is lost. Run `rsi run` again to resume.")
+        raise typer.Exit(130) from None
+    s = research.summary()
+    out.print(
+        f"baseline {s['baseline']:.6g} -> best {s['best']:.6g} (experiment {s['best_id']}) after "
+        f"{s['experiments']} experiments; kept changes are on branch {s['branch']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def status(
+    directory: DirArg = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="print the contract's JSON object")] = False,
+) -> None:
+    """Experiments so far."""
+    try:
+        ledger = Ledger(Workspace(directory).state / "ledger.sqlite", readonly=True)
+    except UserError as e:
+        fail(str(e))
+    data = status_json(ledger)
+    if as_json:
+        print(json.dumps(data, indent=1))
+        return
+    table = Table(title=f"{data['task']}: {data['metric']} ({data['goal']})", show_edge=False)
+    for col in ("#", "proposer", "hypothesis", "metric", "runs", "status", "verdict"):
+        table.add_column(col, justify="right" if col in ("#", "metric", "runs") else "left")
+    for e in data["experiments"]:
+        metric = "-" if e["metric"] is None else f"{e['metric']:.5g}"
+        table.add_row(
+            str(e["id"]), e["proposer"], e["hypothesis"], metric, str(len(e["runs"])), e["status"], e["verdict"]
+        )
+    out.print(table)
+    noise = data["noise_sd"]
+    out.print(
+        f"baseline {data['baseline']['metric']}  best {data['best']['metric']} "
+        f"(experiment {data['best']['id']})  noise sd {noise if noise is None else f'{noise:.3g}'}",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:  # a UserError raised outside a command's own handling
+        print(f"rsi: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,227 @@
+"""`rsi.toml`: the task's contract with the harness, validated before anything runs.
+
+Every problem is reported as one line naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rsi.errors import UserError
+
+CONFIG_NAME = "rsi.toml"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `90`, `90s`, `10m` or `1.5h`."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a duration (write it like 90s, 10m or 2h)")
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be more than zero")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes from `4GB` (10^9) or `4GiB` (2^30); a bare number is bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int | float):
+        size = int(value)
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a size (write it like 512MB or 4GiB)")
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2) or "B"])
+    if size <= 0:
+        raise ValueError(f"{value!r} must be more than zero")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _check_regex(pattern: str | None) -> str | None:
+    if pattern is None:
+        return None
+    try:
+        compiled = re.compile(pattern, re.MULTILINE)
+    except re.error as e:
+        raise ValueError(f"{pattern!r} is not a valid regex: {e}") from None
+    if compiled.groups < 1:
+        raise ValueError(f"{pattern!r} needs a group around the value, like '^loss:\\s*(\\S+)'")
+    return pattern
+
+
+def _check_source(pattern: str | None, file: str | None, key: str | None) -> None:
+    if (pattern is None) == (file is None):
+        raise ValueError("set exactly one of 'pattern' (a regex on the output) or 'file' (a JSON file)")
+    if file is not None and key is None:
+        raise ValueError("'file' needs 'key', the name of the value in that JSON file")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Section):
+    name: str = "task"
+    editable: list[str] = Field(min_length=1)
+    frozen: list[str] = []
+    command: str = Field(min_length=1)
+    timeout: Duration = 600.0
+    memory: Size | None = None
+    setup: str | None = None
+    budget: Duration | None = None
+    env: dict[str, str] = {}
+    env_pass: list[str] = []
+    secret_patterns: list[str] = []
+    output_cap: Size = 10_000_000
+
+
+class MetricConfig(_Section):
+    name: str = Field(min_length=1)
+    goal: Literal["minimize", "maximize"]
+    pattern: str | None = None
+    file: str | None = None
+    key: str | None = None
+    evaluator: str | None = None
+
+    _regex = field_validator("pattern")(_check_regex)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MetricConfig:
+        _check_source(self.pattern, self.file, self.key)
+        return self
+
+
+class HoldoutConfig(_Section):
+    command: str = Field(min_length=1)
+    pattern: str | None = None
+    file: str | None = None
+    key: str | None = None
+    data: list[str] = []
+
+    _regex = field_validator("pattern")(_check_regex)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HoldoutConfig:
+        _check_source(self.pattern, self.file, self.key)
+        return self
+
+
+class JudgeConfig(_Section):
+    baseline_repeats: int = Field(default=5, ge=1, le=100)
+    confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
+    max_repeats: int = Field(default=8, ge=1, le=100)
+    min_delta: float = Field(default=0.0, ge=0.0)
+
+
+class KnobsConfig(_Section):
+    include: list[str] = []
+    exclude: list[str] = []
+    sampler: Literal["tpe", "cmaes", "random"] = "tpe"
+    per_candidate: int = Field(default=2, ge=1)
+
+
+class ModelConfig(_Section):
+    provider: Literal["openai", "anthropic"]
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    temperature: float = 0.7
+    max_tokens: int | None = None
+    price_in: float = 0.0
+    price_out: float = 0.0
+    timeout: Duration = 120.0
+    weight: float = 1.0
+
+
+class ProposerConfig(_Section):
+    kind: Literal["knobs", "llm", "swarm"] = "knobs"
+    max_cost_usd: float | None = None
+    max_tokens_total: int | None = None
+    program: str | None = None
+    models: list[ModelConfig] = []
+
+
+class ExecutorConfig(_Section):
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(default=1, ge=1)
+    gpus: list[int] = []
+    cpus_per_experiment: int | None = None
+    address: str | None = None
+
+
+class SandboxConfig(_Section):
+    enabled: bool = True
+    network: bool = False
+    read_only: list[str] = []
+    writable: list[str] = []
+
+
+class Config(_Section):
+    task: TaskConfig
+    metric: MetricConfig
+    holdout: HoldoutConfig | None = None
+    judge: JudgeConfig = JudgeConfig()
+    knobs: KnobsConfig = KnobsConfig()
+    proposer: ProposerConfig = ProposerConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling against the rsi.toml reference)"
+    elif e["type"] == "missing":
+        msg = "missing, and it has no default"
+    elif e["type"] == "literal_error":
+        msg = f"{e['input']!r} is not allowed; it must be {msg.removeprefix('Input should be ')}"
+    return f"{where}: {msg}" if where else msg
+
+
+def load_config(root: Path) -> Config:
+    """Read and validate `rsi.toml` at the repository root; any problem is a one-line UserError."""
+    path = root / CONFIG_NAME
+    if not path.is_file():
+        raise UserError(f"no {CONFIG_NAME} in {root} (write one with `rsi init`)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{CONFIG_NAME} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{CONFIG_NAME} is not UTF-8 text") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise UserError(f"{CONFIG_NAME}: {_first_error(e)}") from None

@@ -1,0 +1,286 @@
+"""The ledger: SQLite in WAL mode, the single source of truth of a research.
+
+Every state change is one transaction, so the orchestrator can be killed at any instant and resumed: an
+experiment is `proposed` (its commit exists), then `running`, then `done` with its verdict. Runs are rows of
+their own; a run still `running` when the orchestrator died is deleted on resume and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rsi.errors import UserError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER,
+    parent_commit TEXT,
+    commit_sha TEXT,
+    kept_commit TEXT,
+    proposer TEXT NOT NULL,
+    hypothesis TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    diff TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    status TEXT,
+    verdict TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment INTEGER NOT NULL REFERENCES experiments(id),
+    kind TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    status TEXT,
+    metric REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    returncode INTEGER,
+    duration_s REAL,
+    peak_memory_mb REAL,
+    pid INTEGER,
+    pid_started REAL,
+    stdout_tail TEXT NOT NULL DEFAULT '',
+    stderr_tail TEXT NOT NULL DEFAULT '',
+    env TEXT NOT NULL DEFAULT '{}',
+    started REAL NOT NULL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment);
+"""
+
+
+@dataclass
+class Run:
+    id: int
+    experiment: int
+    kind: str  # "select" (the task's command) or "holdout"
+    seed: int
+    state: str
+    status: str | None
+    metric: float | None
+    reason: str
+    duration_s: float | None
+    peak_memory_mb: float | None
+    stdout_tail: str
+    stderr_tail: str
+
+
+@dataclass
+class Experiment:
+    id: int
+    parent: int | None
+    parent_commit: str | None
+    commit_sha: str | None
+    kept_commit: str | None
+    proposer: str
+    hypothesis: str
+    params: dict[str, Any]
+    diff: str
+    state: str  # proposed | running | done
+    status: str | None
+    verdict: str | None
+    reason: str
+    attempts: int
+    created: float
+    finished: float | None
+    runs: list[Run] = field(default_factory=list)
+
+    def metrics(self, kind: str = "select") -> list[float | None]:
+        return [r.metric if r.status == "ok" else None for r in self.runs if r.kind == kind]
+
+    def valid(self, kind: str = "select") -> list[float]:
+        return [m for m in self.metrics(kind) if m is not None]
+
+    def mean(self, kind: str = "select") -> float | None:
+        v = self.valid(kind)
+        return sum(v) / len(v) if v else None
+
+
+class Ledger:
+    """One research's record; opened by the orchestrator read-write and by `status` read-only."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            if not path.exists():
+                raise UserError(f"no research here yet: {path} does not exist (start one with `rsi run`)")
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            version = self.get("schema_version")
+            if version is None:
+                self.set("schema_version", str(SCHEMA_VERSION))
+            elif int(version) > SCHEMA_VERSION:
+                raise UserError(f"{path} was written by a newer rsi (schema {version}); upgrade rsi")
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # meta: small facts about the research (tag, start commit, frozen hashes, seed)
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def get_json(self, key: str) -> Any:
+        raw = self.get(key)
+        return None if raw is None else json.loads(raw)
+
+    # experiments
+    def next_id(self) -> int:
+        row = self.db.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM experiments").fetchone()
+        return int(row[0])
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0])
+
+    def add_experiment(
+        self,
+        *,
+        exp_id: int,
+        parent: int | None,
+        parent_commit: str | None,
+        commit_sha: str | None,
+        proposer: str,
+        hypothesis: str,
+        params: dict[str, Any],
+        diff: str,
+        state: str = "proposed",
+        status: str | None = None,
+        verdict: str | None = None,
+        reason: str = "",
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO experiments (id, parent, parent_commit, commit_sha, proposer, hypothesis, params, diff,"
+            " state, status, verdict, reason, created, finished)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                exp_id,
+                parent,
+                parent_commit,
+                commit_sha,
+                proposer,
+                hypothesis,
+                json.dumps(params),
+                diff,
+                state,
+                status,
+                verdict,
+                reason,
+                time.time(),
+                time.time() if state == "done" else None,
+            ),
+        )
+
+    def update_experiment(self, exp_id: int, **fields: Any) -> None:
+        if "state" in fields and fields["state"] == "done":
+            fields.setdefault("finished", time.time())
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE experiments SET {cols} WHERE id = ?", (*fields.values(), exp_id))
+
+    def experiment(self, exp_id: int) -> Experiment | None:
+        rows = self.experiments(where="id = ?", args=(exp_id,))
+        return rows[0] if rows else None
+
+    def experiments(self, where: str = "1", args: Sequence[Any] = ()) -> list[Experiment]:
+        exps = [
+            Experiment(
+                id=r["id"],
+                parent=r["parent"],
+                parent_commit=r["parent_commit"],
+                commit_sha=r["commit_sha"],
+                kept_commit=r["kept_commit"],
+                proposer=r["proposer"],
+                hypothesis=r["hypothesis"],
+                params=json.loads(r["params"]),
+                diff=r["diff"],
+                state=r["state"],
+                status=r["status"],
+                verdict=r["verdict"],
+                reason=r["reason"],
+                attempts=r["attempts"],
+                created=r["created"],
+                finished=r["finished"],
+            )
+            for r in self.db.execute(f"SELECT * FROM experiments WHERE {where} ORDER BY id", tuple(args))
+        ]
+        by_id = {e.id: e for e in exps}
+        if by_id:
+            marks = ",".join("?" * len(by_id))
+            for r in self.db.execute(
+                f"SELECT * FROM runs WHERE experiment IN ({marks}) AND state = 'done' ORDER BY id", tuple(by_id)
+            ):
+                by_id[r["experiment"]].runs.append(
+                    Run(
+                        id=r["id"],
+                        experiment=r["experiment"],
+                        kind=r["kind"],
+                        seed=r["seed"],
+                        state=r["state"],
+                        status=r["status"],
+                        metric=r["metric"],
+                        reason=r["reason"],
+                        duration_s=r["duration_s"],
+                        peak_memory_mb=r["peak_memory_mb"],
+                        stdout_tail=r["stdout_tail"],
+                        stderr_tail=r["stderr_tail"],
+                    )
+                )
+        return exps
+
+    # runs
+    def start_run(self, exp_id: int, kind: str, seed: int, env: dict[str, str]) -> int:
+        cur = self.db.execute(
+            "INSERT INTO runs (experiment, kind, seed, state, env, started) VALUES (?, ?, ?, 'running', ?, ?)",
+            (exp_id, kind, seed, json.dumps(env), time.time()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def set_run_pid(self, run_id: int, pid: int, started: float) -> None:
+        self.db.execute("UPDATE runs SET pid = ?, pid_started = ? WHERE id = ?", (pid, started, run_id))
+
+    def finish_run(self, run_id: int, **fields: Any) -> None:
+        fields["state"] = "done"
+        fields["finished"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
+
+    def interrupted_runs(self) -> list[tuple[int, int | None, float | None]]:
+        """(run id, pid, pid start time) of runs the last orchestrator left unfinished."""
+        rows = self.db.execute("SELECT id, pid, pid_started FROM runs WHERE state = 'running'").fetchall()
+        return [(int(r[0]), r[1], r[2]) for r in rows]
+
+    def drop_runs(self, run_ids: Sequence[int]) -> None:
+        self.db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in run_ids])

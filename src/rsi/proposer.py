@@ -1,0 +1,158 @@
+"""Proposers turn the ledger into candidates: file edits plus a one-line hypothesis.
+
+`KnobsProposer` is the offline default: it searches the tunable literals of the editable files with Optuna's
+ask-and-tell, proposing against the current champion and telling Optuna every outcome, failures included.
+"""
+
+from __future__ import annotations
+
+import random
+from ast import literal_eval
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+
+from rsi.config import KnobsConfig
+from rsi.errors import UserError
+from rsi.judge import Goal
+from rsi.knobs import Knob, apply_values, describe, find_knobs, format_value
+from rsi.ledger import Experiment
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    edits: dict[str, str]  # repository-relative path -> new full text
+    hypothesis: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Context:
+    champion: Experiment
+    files: Mapping[str, str]  # the champion's editable files
+    history: list[Experiment]  # finished experiments, oldest first (no held-out numbers are read from it)
+
+
+class Proposer(Protocol):
+    name: str
+
+    def propose(self, ctx: Context) -> Proposal | None:
+        """A new candidate, or None when this proposer has nothing left to try."""
+        ...
+
+    def observe(self, exp: Experiment) -> None:
+        """Learn from a finished experiment (called for every one, also when resuming)."""
+        ...
+
+
+def _distribution(k: Knob) -> optuna.distributions.BaseDistribution:
+    if k.kind == "float":
+        assert k.low is not None and k.high is not None
+        return optuna.distributions.FloatDistribution(float(k.low), float(k.high), log=k.log)
+    if k.kind == "int":
+        assert k.low is not None and k.high is not None
+        return optuna.distributions.IntDistribution(int(k.low), int(k.high), log=k.log)
+    return optuna.distributions.CategoricalDistribution(list(k.choices))
+
+
+class KnobsProposer:
+    name = "knobs"
+
+    def __init__(self, start_files: Mapping[str, str], cfg: KnobsConfig, goal: Goal, seed: int = 0) -> None:
+        self.knobs: dict[str, Knob] = {}
+        for path, text in sorted(start_files.items()):
+            if not path.endswith(".py"):
+                continue
+            for k in find_knobs(path, text, cfg.include, cfg.exclude):
+                key = k.name if k.name not in self.knobs else f"{path}:{k.name}"
+                self.knobs[key] = k
+        self.cfg = cfg
+        self.seed = seed
+        self.dists = {key: _distribution(k) for key, k in self.knobs.items()}
+        self.study = optuna.create_study(direction=goal, sampler=self._sampler(seed))
+        self.pending: dict[tuple[Any, ...], optuna.trial.Trial] = {}
+        self.tried: set[tuple[Any, ...]] = set()
+
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.cfg.sampler == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if self.cfg.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
+
+    def _values(self, files: Mapping[str, str]) -> dict[str, Any]:
+        """Current values of the knobs in the champion's files (they change as knobs are kept)."""
+        found: dict[str, Any] = {}
+        for path in {k.file for k in self.knobs.values()}:
+            if path in files:
+                for k in find_knobs(path, files[path], include=[k.name for k in self.knobs.values()]):
+                    found[k.name if k.name in self.knobs else f"{path}:{k.name}"] = k.value
+        return {key: found.get(key, k.value) for key, k in self.knobs.items()}
+
+    def propose(self, ctx: Context) -> Proposal | None:
+        if not self.knobs:
+            return None
+        current = self._values(ctx.files)
+        rng = random.Random(self.seed * 100_003 + len(self.study.trials))
+        for _ in range(20):
+            chosen = set(rng.sample(sorted(self.knobs), min(self.cfg.per_candidate, len(self.knobs))))
+            fixed = {key: _clip(current[key], self.dists[key]) for key in self.knobs if key not in chosen}
+            self.study.enqueue_trial(fixed, skip_if_exists=False)
+            trial = self.study.ask(dict(self.dists))
+            # What is measured is what the file says: the literal as written (3 significant digits).
+            params = {key: literal_eval(format_value(v)) for key, v in trial.params.items()}
+            changed = {key: v for key, v in params.items() if v != current[key]}
+            signature = tuple(params[key] for key in self.knobs)
+            if changed and signature not in self.tried:
+                self.tried.add(signature)
+                self.pending[signature] = trial
+                return self._proposal(ctx.files, current, params, changed)
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return None
+
+    def _proposal(
+        self, files: Mapping[str, str], current: dict[str, Any], params: dict[str, Any], changed: dict[str, Any]
+    ) -> Proposal:
+        edits: dict[str, str] = {}
+        for key, value in changed.items():
+            k = self.knobs[key]
+            edits[k.file] = apply_values(edits.get(k.file, files[k.file]), {k.name: value})
+        hypothesis = describe({key: current[key] for key in changed}, changed)
+        return Proposal(edits=edits, hypothesis=hypothesis, params=params)
+
+    def observe(self, exp: Experiment) -> None:
+        if not self.knobs:
+            return
+        if exp.id == 0:
+            params = {key: k.value for key, k in self.knobs.items()}
+        elif exp.proposer == self.name and set(exp.params) == set(self.dists):
+            params = dict(exp.params)
+        else:
+            return
+        signature = tuple(params[key] for key in self.knobs)
+        self.tried.add(signature)
+        value = exp.mean() if exp.status == "ok" else None
+        state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+        trial = self.pending.pop(signature, None)
+        if trial is not None:
+            self.study.tell(trial, value, state=state)
+            return
+        try:
+            self.study.add_trial(
+                optuna.trial.create_trial(params=params, distributions=self.dists, value=value, state=state)
+            )
+        except ValueError:
+            return  # a value outside today's ranges (a hand-edited file): nothing to learn from
+
+
+def _clip(value: Any, dist: optuna.distributions.BaseDistribution) -> Any:
+    """Champion values lie inside the search ranges unless the file was edited by hand; clip those."""
+    if isinstance(dist, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"knob value {value!r} does not fit its range")
+        return type(value)(min(max(value, dist.low), dist.high))
+    return value

@@ -1,0 +1,101 @@
+"""The live terminal view: one line per experiment, the best so far, elapsed time and what remains."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from rsi.ledger import Experiment
+from rsi.status import experiment_status
+
+_STYLE = {"keep": "bold green", "baseline": "cyan", "discard": "dim", "inconclusive": "yellow"}
+_ROWS = 25
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.5g}"
+
+
+class LiveView:
+    """A listener for `Research`: a live table on a terminal, plain lines elsewhere (logs, CI)."""
+
+    def __init__(self, console: Console, goal: str, max_experiments: int | None, time_budget_s: float | None):
+        self.console = console
+        self.goal = goal
+        self.max_experiments = max_experiments
+        self.time_budget_s = time_budget_s
+        self.started = time.monotonic()
+        self.rows: dict[int, tuple[Experiment, str]] = {}
+        self.best: float | None = None
+        self.durations: list[float] = []
+        self.messages: list[str] = []
+        self.live = Live(console=console, refresh_per_second=4, transient=False) if console.is_terminal else None
+
+    def __enter__(self) -> LiveView:
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        if self.live:
+            self.live.update(self._render())
+            self.live.__exit__(t, v, tb)
+
+    def __call__(self, event: str, exp: Experiment | None, message: str) -> None:
+        if exp is not None:
+            self.rows[exp.id] = (exp, event)
+            if event == "done":
+                if exp.verdict in ("keep",) or exp.id == 0:
+                    self.best = exp.mean()
+                if exp.finished:
+                    self.durations.append(exp.finished - exp.created)
+        elif message:
+            self.messages.append(message)
+        if self.live:
+            self.live.update(self._render())
+        elif exp is not None and event == "done":
+            self.console.print(self._line(exp), highlight=False)
+        elif exp is None and message:
+            self.console.print(f"rsi: {message}", highlight=False)
+
+    def _remaining(self) -> str:
+        if not self.durations:
+            return "?"
+        per = sum(self.durations[-10:]) / len(self.durations[-10:])
+        left: list[float] = []
+        if self.max_experiments is not None:
+            left.append(max(0, self.max_experiments - len(self.rows)) * per)
+        if self.time_budget_s is not None:
+            left.append(max(0.0, self.time_budget_s - (time.monotonic() - self.started)))
+        return f"{min(left):.0f}s" if left else "until stopped"
+
+    def _line(self, e: Experiment) -> str:
+        verdict = "baseline" if e.id == 0 else (e.verdict or "pending")
+        return (
+            f"#{e.id:<4} {e.proposer:<8} {e.hypothesis[:48]:<48} {_fmt(e.mean()):>10} "
+            f"{experiment_status(e):<9} {verdict:<12} best {_fmt(self.best)}"
+        )
+
+    def _render(self) -> Group:
+        table = Table(expand=True, show_edge=False)
+        for col in ("#", "proposer", "hypothesis", "metric", "status", "verdict"):
+            table.add_column(col, no_wrap=col != "hypothesis", justify="right" if col == "metric" else "left")
+        for exp_id in sorted(self.rows)[-_ROWS:]:
+            e, event = self.rows[exp_id]
+            verdict = "baseline" if e.id == 0 else (e.verdict or ("running" if event == "running" else "pending"))
+            table.add_row(
+                str(e.id), e.proposer, e.hypothesis, _fmt(e.mean()) if event == "done" else "…",
+                experiment_status(e) if event == "done" else "-", Text(verdict, style=_STYLE.get(verdict, "")),
+            )
+        elapsed = time.monotonic() - self.started
+        head = Text(
+            f"best {_fmt(self.best)} ({self.goal})   experiments {len(self.rows)}   "
+            f"elapsed {elapsed:.0f}s   remaining {self._remaining()}",
+            style="bold",
+        )
+        return Group(head, table, *(Text(m, style="dim") for m in self.messages[-3:]))

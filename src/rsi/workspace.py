@@ -1,0 +1,174 @@
+"""The workspace: git is where code lives. The user's branch and working tree are never touched.
+
+Kept candidates become commits on `rsi/<tag>`; every candidate, kept or not, stays reachable under
+`refs/rsi/candidates/<id>`; each experiment runs in a git worktree of exactly its commit under `.rsi/worktrees/`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from rsi.errors import UserError
+
+STATE_DIR = ".rsi"
+# rsi's own commits have a fixed identity, so they work on machines with no git user configured,
+# and never run the user's hooks or signing (a commit is harness bookkeeping, not the user's act).
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "rsi",
+    "GIT_AUTHOR_EMAIL": "rsi@localhost",
+    "GIT_COMMITTER_NAME": "rsi",
+    "GIT_COMMITTER_EMAIL": "rsi@localhost",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+
+
+def matches(path: str, globs: Iterable[str]) -> bool:
+    """A repository-relative path against `rsi.toml` globs (`*.py`, `src/**/*.py`, `train.py`)."""
+    for g in globs:
+        if fnmatch.fnmatchcase(path, g) or (g.startswith("**/") and fnmatch.fnmatchcase(path, g[3:])):
+            return True
+    return False
+
+
+class Workspace:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.state = self.root / STATE_DIR
+        self._env = {**os.environ, **_GIT_ENV}
+
+    def git(self, *args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
+        proc = subprocess.run(
+            ["git", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null", *args],
+            cwd=cwd or self.root,
+            env=self._env,
+            input=input,
+            capture_output=True,
+        )
+        if proc.returncode != 0:
+            msg = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise RuntimeError(f"git {' '.join(args)} failed: {msg[-1] if msg else proc.returncode}")
+        return proc.stdout.decode(errors="replace")
+
+    # the user's repository
+    def check_repository(self) -> None:
+        if shutil.which("git") is None:
+            raise UserError("git is not installed; rsi keeps every experiment in git")
+        try:
+            top = self.git("rev-parse", "--show-toplevel").strip()
+        except RuntimeError:
+            raise UserError(f"{self.root} is not a git repository (run `git init` and commit your code)") from None
+        if Path(top).resolve() != self.root:
+            raise UserError(f"rsi.toml must sit at the repository root ({top}), not in {self.root}")
+        try:
+            self.git("rev-parse", "--verify", "HEAD^{commit}")
+        except RuntimeError:
+            raise UserError("the repository has no commit yet: commit your code first") from None
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD^{commit}").strip()
+
+    def dirty(self, globs: Sequence[str]) -> list[str]:
+        """Tracked or new files matching globs that differ from HEAD in the user's working tree."""
+        out = self.git("status", "--porcelain", "-z", "--untracked-files=all")
+        paths = [entry[3:] for entry in out.split("\0") if len(entry) > 3]
+        return [p for p in paths if matches(p, globs) and not p.startswith(STATE_DIR + "/")]
+
+    def hide_state_dir(self) -> None:
+        """List `.rsi/` in .git/info/exclude so the user's `git status` stays clean; touches no tracked file."""
+        exclude = Path(self.git("rev-parse", "--git-path", "info/exclude").strip())
+        if not exclude.is_absolute():
+            exclude = self.root / exclude
+        text = exclude.read_text() if exclude.exists() else ""
+        if f"/{STATE_DIR}/" not in text.splitlines():
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + f"/{STATE_DIR}/\n")
+
+    # commits and refs
+    def files(self, commit: str, globs: Sequence[str]) -> list[str]:
+        out = self.git("ls-tree", "-r", "-z", "--name-only", commit)
+        return [p for p in out.split("\0") if p and matches(p, globs)]
+
+    def read(self, commit: str, path: str) -> str:
+        return self.git("show", f"{commit}:{path}")
+
+    def read_bytes(self, commit: str, path: str) -> bytes:
+        proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.root, capture_output=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cannot read {path} at {commit[:10]}")
+        return proc.stdout
+
+    def set_ref(self, ref: str, sha: str) -> None:
+        self.git("update-ref", ref, sha)
+
+    def ref(self, ref: str) -> str | None:
+        try:
+            return self.git("rev-parse", "--verify", "--quiet", ref).strip() or None
+        except RuntimeError:
+            return None
+
+    def commit_tree(self, tree_of: str, parent: str, message: str) -> str:
+        """A new commit with the tree of `tree_of` on `parent` (a kept candidate's commit on the branch)."""
+        return self.git("commit-tree", f"{tree_of}^{{tree}}", "-p", parent, "-m", message).strip()
+
+    def diff(self, a: str, b: str) -> str:
+        return self.git("diff", "--no-color", "--no-ext-diff", a, b)
+
+    # worktrees
+    def worktree_dir(self, name: str) -> Path:
+        return self.state / "worktrees" / name
+
+    def add_worktree(self, name: str, commit: str) -> Path:
+        path = self.worktree_dir(name)
+        if path.exists():
+            if (path / ".git").exists() and self.git("rev-parse", "HEAD", cwd=path).strip() == commit:
+                return path  # the candidate was just committed here: run it where it is
+            self.remove_worktree(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.git("worktree", "add", "--quiet", "--detach", str(path), commit)
+        return path
+
+    def commit_in(self, worktree: Path, edits: Mapping[str, str], message: str) -> str:
+        """Write the edits into a worktree and commit them; returns the new commit."""
+        for rel, text in edits.items():
+            target = worktree / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        self.git("add", "--", *edits, cwd=worktree)
+        self.git("commit", "--quiet", "--no-verify", "--allow-empty", "-m", message, cwd=worktree)
+        return self.git("rev-parse", "HEAD", cwd=worktree).strip()
+
+    def changed_tracked(self, worktree: Path) -> list[str]:
+        """Tracked files a run modified or deleted in its worktree: evidence of tampering."""
+        out = self.git("status", "--porcelain", "-z", "--untracked-files=no", cwd=worktree)
+        return [entry[3:] for entry in out.split("\0") if len(entry) > 3]
+
+    def remove_worktree(self, name: str) -> None:
+        path = self.worktree_dir(name)
+        try:
+            self.git("worktree", "remove", "--force", "--force", str(path))
+        except RuntimeError:
+            shutil.rmtree(path, ignore_errors=True)
+            self.git("worktree", "prune")
+
+    def remove_all_worktrees(self) -> None:
+        """After a crash: worktrees of experiments that no longer run."""
+        base = self.state / "worktrees"
+        if base.exists():
+            for child in base.iterdir():
+                self.remove_worktree(child.name)
+        self.git("worktree", "prune")
+
+
+def hash_files(root: Path, paths: Iterable[str]) -> dict[str, str]:
+    """SHA-256 of each file ('missing' for a file that is not there)."""
+    out = {}
+    for rel in paths:
+        p = root / rel
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else "missing"
+    return out

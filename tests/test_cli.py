@@ -1,0 +1,112 @@
+"""The command line: bad input is one clear line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import MakeTask, commit_all, git, rsi
+
+
+def edit_toml(root: Path, old: str, new: str) -> None:
+    p = root / "rsi.toml"
+    text = p.read_text()
+    assert old in text, old
+    p.write_text(text.replace(old, new))
+
+
+BAD_TOML = [
+    ("unknown key", 'timeout = "20s"', 'timeout = "20s"\ntimeuot = "5s"', "task.timeuot: unknown key"),
+    ("unknown section", "[metric]", "[metrics]\nx = 1\n[metric]", "metrics: unknown key"),
+    ("goal misspelled", 'goal = "minimize"', 'goal = "minimise"', "metric.goal"),
+    ("bad duration", 'timeout = "20s"', 'timeout = "soon"', "task.timeout: 'soon' is not a duration"),
+    ("negative duration", 'timeout = "20s"', "timeout = -3", "task.timeout"),
+    ("bad size", 'timeout = "20s"', 'timeout = "20s"\nmemory = "lots"', "task.memory"),
+    ("regex without group", "pattern = '^loss:\\s*(\\S+)'", "pattern = '^loss:'", "needs a group"),
+    ("regex invalid", "pattern = '^loss:\\s*(\\S+)'", "pattern = '^loss:(('", "not a valid regex"),
+    ("toml syntax", "[metric]", "[metric", "not valid TOML"),
+    ("wrong type", 'editable = ["train.py"]', 'editable = "train.py"', "task.editable"),
+    ("missing command", 'command = ', 'commandx = ', "task.command"),
+    ("no metric source", "pattern = '^loss:\\s*(\\S+)'", "", "exactly one of 'pattern'"),
+    ("both metric sources", "pattern = '^loss:\\s*(\\S+)'", "pattern = '(x)'\nfile = 'm.json'\nkey = 'k'", "exactly one"),
+    ("judge out of range", "[metric]", "[judge]\nconfidence = 1.5\n[metric]", "judge.confidence"),
+    ("sampler unknown", "[metric]", '[knobs]\nsampler = "grid"\n[metric]', "knobs.sampler"),
+]
+
+
+@pytest.mark.parametrize(("case", "old", "new", "expected"), BAD_TOML, ids=[c[0] for c in BAD_TOML])
+def test_bad_config_is_one_line_and_exit_2(make_task: MakeTask, case: str, old: str, new: str, expected: str) -> None:
+    root = make_task()
+    # record something first: a bad config must never lose it
+    assert rsi("run", str(root), "--max-experiments", "2").returncode == 0
+    edit_toml(root, old, new)
+    p = rsi("run", str(root), "--max-experiments", "3")
+    assert p.returncode == 2, (case, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    s = json.loads(rsi("status", str(root), "--json").stdout)
+    assert len(s["experiments"]) == 2
+
+
+def test_bad_config_is_validated_even_when_the_budget_is_spent(make_task: MakeTask) -> None:
+    root = make_task()
+    assert rsi("run", str(root), "--max-experiments", "2").returncode == 0
+    edit_toml(root, 'timeout = "20s"', 'timeout = "20s"\nbogus = 1')
+    assert rsi("run", str(root), "--max-experiments", "2").returncode == 2
+
+
+def test_bad_states_exit_2(make_task: MakeTask, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    cases = {
+        "no rsi.toml": (rsi("run", str(plain)), "no rsi.toml"),
+        "no ledger": (rsi("status", str(plain)), "no research here yet"),
+        "bad time budget": (rsi("run", str(make_task(name="a")), "--time-budget", "later"), "--time-budget"),
+        "zero experiments": (rsi("run", str(plain), "--max-experiments", "0"), "max-experiments"),
+        "unknown proposer": (rsi("run", str(make_task(name="b")), "--proposer", "oracle"), "oracle"),
+    }
+    (plain / "rsi.toml").write_text((make_task(name="c") / "rsi.toml").read_text())
+    cases["not a git repository"] = (rsi("run", str(plain)), "not a git repository")
+    dirty = make_task(name="d")
+    (dirty / "train.py").write_text("lr = 2\n")
+    cases["uncommitted changes"] = (rsi("run", str(dirty)), "uncommitted changes")
+    nometric = make_task(name="e", train="lr = 1.0\nprint('nothing')\n")
+    cases["baseline without metric"] = (rsi("run", str(nometric)), "baseline gave no metric")
+    notfound = make_task(name="f")
+    edit_toml(notfound, "command = ", 'command = "no-such-program-xyz" #')
+    commit_all(notfound, "cmd")
+    cases["command not found"] = (rsi("run", str(notfound)), "command not found")
+    noknobs = make_task(name="g", train="print('loss: 1.0')\n")
+    cases["nothing to tune"] = (rsi("run", str(noknobs)), "no tunable literal")
+    for case, (p, expected) in cases.items():
+        assert p.returncode == 2, (case, p.stderr)
+        assert "Traceback" not in p.stderr, case
+        assert expected in p.stderr, (case, p.stderr)
+
+
+def test_init_writes_a_valid_config(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("lr = 0.1\nprint('loss:', lr)\n")
+    (tmp_path / "prepare.py").write_text("X = 1\n")
+    (tmp_path / "program.md").write_text("research notes\n")
+    p = rsi("init", str(tmp_path), "--from", "autoresearch")
+    assert p.returncode == 0, p.stderr
+    text = (tmp_path / "rsi.toml").read_text()
+    assert 'editable = ["train.py"]' in text and '"prepare.py"' in text and "^val_bpb:" in text
+    again = rsi("init", str(tmp_path))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert rsi("init", str(tmp_path), "--force").returncode == 0
+    assert rsi("init", str(tmp_path), "--from", "nanogpt", "--force").returncode == 2
+
+
+def test_init_then_run_on_a_fresh_repository(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("lr = 0.9\nprint(f'loss: {(lr - 0.3) ** 2:.5f}')\n")
+    assert rsi("init", str(tmp_path)).returncode == 0
+    edit_toml(tmp_path, 'command = "python train.py"', 'command = "python3 train.py"')
+    git(tmp_path, "init", "-q", "-b", "main")
+    commit_all(tmp_path)
+    p = rsi("run", str(tmp_path), "--max-experiments", "6")
+    assert p.returncode == 0, p.stderr
+    s = json.loads(rsi("status", str(tmp_path), "--json").stdout)
+    assert s["best"]["metric"] <= s["baseline"]["metric"]

@@ -1,0 +1,252 @@
+"""The research loop end to end, on real git repositories and real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MakeTask, git, rsi
+
+from rsi.config import load_config
+from rsi.engine import Limits, Research
+from rsi.errors import UserError
+from rsi.proposer import Context, KnobsProposer, Proposal, Proposer
+from rsi.status import status_json
+from rsi.workspace import Workspace
+
+
+def knobs_factory(root: Path) -> object:
+    cfg = load_config(root)
+
+    def factory(ws: Workspace, start: str) -> Proposer:
+        files = {p: ws.read(start, p) for p in ws.files(start, cfg.task.editable)}
+        return KnobsProposer(files, cfg.knobs, cfg.metric.goal)
+
+    return factory
+
+
+def research(root: Path, **kw: object) -> Research:
+    return Research(root, load_config(root), knobs_factory(root), **kw)  # type: ignore[arg-type]
+
+
+class Scripted:
+    """A proposer that returns prepared proposals, to drive the loop into each branch of its logic."""
+
+    name = "scripted"
+
+    def __init__(self, proposals: list[Proposal]) -> None:
+        self.proposals = list(proposals)
+        self.seen: list[int] = []
+
+    def propose(self, ctx: Context) -> Proposal | None:
+        return self.proposals.pop(0) if self.proposals else None
+
+    def observe(self, exp: object) -> None:
+        self.seen.append(exp.id)  # type: ignore[attr-defined]
+
+
+def scripted(root: Path, proposals: list[Proposal]) -> tuple[Research, Scripted]:
+    p = Scripted(proposals)
+    return Research(root, load_config(root), lambda ws, start: p), p
+
+
+def test_research_improves_a_noisy_metric_with_two_constants(make_task: MakeTask) -> None:
+    root = make_task()
+    r = research(root, tag="t")
+    r.run(Limits(max_experiments=30))
+    s = status_json(r.ledger)
+    assert len(s["experiments"]) == 30
+    assert s["baseline"]["metric"] > 2.5  # (0.5-0.12)^2*10 + 0.1*16
+    assert s["best"]["metric"] < s["baseline"]["metric"] / 3
+    kept = [e for e in s["experiments"] if e["verdict"] == "keep"]
+    assert kept and s["best"]["commit"] == kept[-1]["commit"]
+    # both the lowercase and the uppercase constant were tuned
+    touched = " ".join(e["hypothesis"] for e in s["experiments"])
+    assert "lr " in touched and "DEPTH " in touched
+    # the branch is the chain of kept commits on top of the start, each message carrying the metrics
+    log = git(root, "log", "--format=%H %s", "rsi/t").splitlines()
+    assert log[0].split()[0] == s["best"]["commit"]
+    assert len(log) == len(kept) + 1
+    body = git(root, "log", "-1", "--format=%B", "rsi/t")
+    assert "loss:" in body and "->" in body
+    # every candidate stays reachable, kept or not
+    refs = git(root, "for-each-ref", "--format=%(refname)", "refs/rsi/candidates").split()
+    assert len(refs) == sum(1 for e in s["experiments"][1:] if e["status"] != "rejected")
+    # the user's branch and tree are untouched; no worktree is left behind
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
+    assert git(root, "status", "--porcelain") == ""
+    assert len(git(root, "worktree", "list").splitlines()) == 1
+    assert (root / ".rsi" / "ledger.sqlite").exists()
+
+
+def test_baseline_runs_repeat_with_different_seeds_and_give_noise(make_task: MakeTask) -> None:
+    root = make_task(extra_toml="[judge]\nbaseline_repeats = 4\n")
+    r = research(root)
+    r.run(Limits(max_experiments=1))
+    base = r.ledger.experiment(0)
+    assert base is not None
+    seeds = [run.seed for run in base.runs]
+    assert len(seeds) == 4 and len(set(seeds)) == 4
+    s = status_json(r.ledger)
+    assert s["noise_sd"] is not None and 0.002 < s["noise_sd"] < 0.05
+    assert s["experiments"][0]["verdict"] == "baseline"
+
+
+def test_candidate_seeds_pair_with_the_baseline(make_task: MakeTask) -> None:
+    root = make_task()
+    r = research(root)
+    r.run(Limits(max_experiments=3))
+    exps = r.ledger.experiments()
+    assert exps[1].runs[0].seed == exps[0].runs[0].seed
+
+
+def test_frozen_file_changed_by_a_run_is_tampered(make_task: MakeTask) -> None:
+    train = """\
+    x = 1.0
+    if x == 2.0:
+        open("frozen.py", "a").write("# changed\\n")
+    print("loss: 1.0")
+    """
+    root = make_task(train=train, extra_toml="[judge]\nbaseline_repeats = 1\n")
+    edited = (root / "train.py").read_text().replace("x = 1.0", "x = 2.0")
+    r, _ = scripted(root, [Proposal(edits={"train.py": edited}, hypothesis="x 1.0 -> 2.0")])
+    r.run(Limits(max_experiments=2))
+    base, e = r.ledger.experiments()
+    assert base.status == "ok"
+    assert e.status == "tampered" and e.verdict == "discard"
+    assert "frozen.py" in e.runs[0].reason
+
+
+def test_tracked_editable_file_restored_by_the_run_is_caught(make_task: MakeTask) -> None:
+    train = """\
+    x = 1.0
+    src = open("train.py").read()
+    open("train.py", "w").write(src + "# self-edit\\n")
+    print("loss: 1.0")
+    """
+    root = make_task(train=train, extra_toml="[judge]\nbaseline_repeats = 1\n")
+    r = research(root)
+    with pytest.raises(UserError, match="baseline gave no metric"):
+        r.run(Limits(max_experiments=3))
+    base = r.ledger.experiment(0)
+    assert base is not None and base.status == "tampered"
+
+
+def test_proposals_outside_the_editable_files_are_rejected(make_task: MakeTask) -> None:
+    root = make_task(extra_toml="[judge]\nbaseline_repeats = 1\n")
+    proposals = [
+        Proposal(edits={"frozen.py": "VALUE = 2\n"}, hypothesis="frozen"),
+        Proposal(edits={"../outside.py": "x = 1\n"}, hypothesis="escape"),
+        Proposal(edits={"other.py": "x = 1\n"}, hypothesis="not editable"),
+        Proposal(edits={"train.py": (root / "train.py").read_text()}, hypothesis="no change"),
+    ]
+    r, p = scripted(root, proposals)
+    r.run(Limits(max_experiments=10))
+    exps = r.ledger.experiments()
+    assert [e.status for e in exps[1:]] == ["rejected"] * 4
+    assert [e.verdict for e in exps[1:]] == ["discard"] * 4
+    assert "frozen" in exps[1].reason and "outside" in exps[2].reason and "not editable" in exps[3].reason
+    assert "changes nothing" in exps[4].reason
+    assert p.seen == [0, 1, 2, 3, 4]
+    assert not (root.parent / "outside.py").exists()
+
+
+def test_setup_cache_budget_and_holdout(make_task: MakeTask) -> None:
+    train = """\
+    import os, pathlib
+    c = pathlib.Path(os.environ["RSI_CACHE_DIR"])
+    data = (c / "data.txt").read_text()
+    pathlib.Path("model.txt").write_text(data + os.environ["RSI_BUDGET_SECONDS"])
+    scale = 2.0
+    print(f"loss: {scale * float(os.environ['RSI_BUDGET_SECONDS'])}")
+    """
+    files = {
+        "prep.py": "import os, pathlib\npathlib.Path(os.environ['RSI_CACHE_DIR'], 'data.txt').write_text('d')\n",
+        "heldout.py": "import pathlib\nprint('test_loss:', len(pathlib.Path('model.txt').read_text()))\n",
+    }
+    extra = f"""
+    [judge]
+    baseline_repeats = 2
+    [holdout]
+    command = "{sys.executable} heldout.py"
+    pattern = '^test_loss:\\s*(\\S+)'
+    """
+    root = make_task(train=train, files=files, extra_toml=extra)
+    toml = (root / "rsi.toml").read_text()
+    toml = toml.replace('timeout = "20s"', f'timeout = "20s"\nsetup = "{sys.executable} prep.py"\nbudget = "7s"')
+    (root / "rsi.toml").write_text(toml)
+    git(root, "commit", "-qam", "setup")
+    r = research(root)
+    r.run(Limits(max_experiments=12))
+    s = status_json(r.ledger)
+    assert s["baseline"]["metric"] == 14.0
+    assert s["baseline"]["holdout"] == 2.0  # "d" + "7": the holdout read what the run produced
+    for e in s["experiments"][1:]:
+        assert (e["holdout"] is not None) == (e["verdict"] == "keep")
+    assert any(e["verdict"] == "keep" for e in s["experiments"])
+    assert r.ledger.get("setup_done") == "1"
+
+
+def test_environment_is_recorded_and_secrets_never_reach_the_run(
+    make_task: MakeTask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train = """\
+    import os
+    print("leak" if any("KEY" in k or "TOKEN" in k for k in os.environ) else "clean")
+    print("loss:", 1.0 if os.environ.get("KEEP_ME") == "yes" else 2.0)
+    """
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("GH_TOKEN", "ghp-secret")
+    monkeypatch.setenv("KEEP_ME", "yes")
+    root = make_task(train=train, extra_toml="[judge]\nbaseline_repeats = 1\n")
+    r = research(root)
+    r.run(Limits(max_experiments=2))  # no knob to tune: the loop stops after the baseline
+    base = r.ledger.experiment(0)
+    assert base is not None and base.runs[0].stdout_tail.startswith("clean")
+    assert base.mean() == 1.0
+    env = json.loads(r.ledger.db.execute("SELECT env FROM runs LIMIT 1").fetchone()[0])
+    assert env["python"] and env["commit"] and env["cpu"]
+
+
+def test_uncommitted_changes_to_editable_files_refuse_to_start(make_task: MakeTask) -> None:
+    root = make_task()
+    (root / "train.py").write_text("lr = 1\n")
+    with pytest.raises(UserError, match="uncommitted changes to train.py"):
+        research(root)
+
+
+def test_max_experiments_counts_the_whole_ledger_across_resumes(make_task: MakeTask) -> None:
+    root = make_task()
+    research(root).run(Limits(max_experiments=4))
+    r = research(root)
+    r.run(Limits(max_experiments=7))
+    assert r.ledger.count() == 7
+    r = research(root)
+    r.run(Limits(max_experiments=3))  # already spent: nothing more
+    assert r.ledger.count() == 7
+    ids = [e.id for e in r.ledger.experiments()]
+    assert ids == list(range(7))
+
+
+def test_resume_keeps_its_tag_and_refuses_another(make_task: MakeTask) -> None:
+    root = make_task()
+    research(root, tag="a").run(Limits(max_experiments=2))
+    with pytest.raises(UserError, match="rsi/a"):
+        research(root, tag="b")
+    r = research(root)
+    assert r.tag == "a"
+
+
+def test_cli_run_and_status(make_task: MakeTask) -> None:
+    root = make_task()
+    p = rsi("run", str(root), "--max-experiments", "8", "--tag", "cli")
+    assert p.returncode == 0, p.stderr
+    assert "rsi/cli" in p.stdout
+    s = json.loads(rsi("status", str(root), "--json").stdout)
+    assert s["task"] == "quad" and s["goal"] == "minimize" and s["metric"] == "loss"
+    assert [e["id"] for e in s["experiments"]] == list(range(8))
+    assert all(e["status"] == "ok" for e in s["experiments"])
+    table = rsi("status", str(root))
+    assert table.returncode == 0 and "baseline" in table.stdout

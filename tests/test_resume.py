@@ -1,0 +1,97 @@
+"""Kill the orchestrator at any moment (SIGKILL, Ctrl-C, SIGTERM); `rsi run` again resumes with nothing lost."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import MakeTask, git, rsi
+
+from rsi.ledger import Ledger
+
+SLOW = """\
+import os, random, time
+lr = 0.5
+DEPTH = 3
+time.sleep(0.25)
+random.seed(int(os.environ["RSI_SEED"]))
+print(f"loss: {(lr - 0.12) ** 2 * 10 + 0.1 * (DEPTH - 7) ** 2 + random.gauss(0, 0.01):.6f}")
+"""
+TOTAL = 14
+
+
+def start(root: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rsi", "run", str(root), "--max-experiments", str(TOTAL), "--tag", "k"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def check_consistent(root: Path) -> None:
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    exps = ledger.experiments()
+    assert [e.id for e in exps] == list(range(TOTAL))
+    assert all(e.state == "done" for e in exps)
+    # nothing repeated: the baseline has its 5 runs, every candidate exactly one (this judge never repeats)
+    assert len([r for r in exps[0].runs if r.kind == "select"]) == 5
+    assert all(len(e.runs) == 1 for e in exps[1:] if e.status != "rejected")
+    assert ledger.db.execute("SELECT COUNT(*) FROM runs WHERE state != 'done'").fetchone()[0] == 0
+    kept = [e for e in exps if e.verdict == "keep"]
+    head = git(root, "rev-parse", "rsi/k").strip()
+    assert head == (kept[-1].kept_commit if kept else exps[0].commit_sha)
+    # the branch is exactly the chain of kept commits
+    chain = git(root, "rev-list", "rsi/k").split()
+    assert chain[: len(kept)] == [e.kept_commit for e in reversed(kept)]
+    for e in exps[1:]:
+        if e.commit_sha:
+            assert git(root, "rev-parse", f"refs/rsi/candidates/{e.id}").strip() == e.commit_sha
+    assert len(git(root, "worktree", "list").splitlines()) == 1
+    assert not any((root / ".rsi" / "worktrees").iterdir())
+    orphans = []
+    for p in psutil.process_iter(["cwd"]):
+        cwd = p.info.get("cwd") or ""
+        if cwd.startswith(str(root / ".rsi")):
+            orphans.append(p.pid)
+    assert orphans == []
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume(make_task: MakeTask) -> None:
+    root = make_task(train=SLOW)
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(6):
+        proc = start(root)
+        time.sleep(rng.uniform(0.4, 1.6))
+        if proc.poll() is not None:
+            break
+        proc.kill()
+        proc.wait()
+        kills += 1
+    assert kills >= 4
+    final = rsi("run", str(root), "--max-experiments", str(TOTAL))
+    assert final.returncode == 0, final.stderr
+    check_consistent(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_cleanly_and_resumes(make_task: MakeTask, sig: signal.Signals) -> None:
+    root = make_task(train=SLOW)
+    proc = start(root)
+    time.sleep(2.5)
+    os.kill(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert b"resume" in stderr and b"Traceback" not in stderr
+    final = rsi("run", str(root), "--max-experiments", str(TOTAL))
+    assert final.returncode == 0, final.stderr
+    check_consistent(root)
