@@ -27,9 +27,14 @@ BAD_TOML = [
     ("regex invalid", "pattern = '^loss:\\s*(\\S+)'", "pattern = '^loss:(('", "not a valid regex"),
     ("toml syntax", "[metric]", "[metric", "not valid TOML"),
     ("wrong type", 'editable = ["train.py"]', 'editable = "train.py"', "task.editable"),
-    ("missing command", 'command = ', 'commandx = ', "task.command"),
+    ("missing command", "command = ", "commandx = ", "task.command"),
     ("no metric source", "pattern = '^loss:\\s*(\\S+)'", "", "exactly one of 'pattern'"),
-    ("both metric sources", "pattern = '^loss:\\s*(\\S+)'", "pattern = '(x)'\nfile = 'm.json'\nkey = 'k'", "exactly one"),
+    (
+        "both metric sources",
+        "pattern = '^loss:\\s*(\\S+)'",
+        "pattern = '(x)'\nfile = 'm.json'\nkey = 'k'",
+        "exactly one",
+    ),
     ("judge out of range", "[metric]", "[judge]\nconfidence = 1.5\n[metric]", "judge.confidence"),
     ("sampler unknown", "[metric]", '[knobs]\nsampler = "grid"\n[metric]', "knobs.sampler"),
 ]

@@ -213,7 +213,7 @@ def test_environment_is_recorded_and_secrets_never_reach_the_run(
 def test_uncommitted_changes_to_editable_files_refuse_to_start(make_task: MakeTask) -> None:
     root = make_task()
     (root / "train.py").write_text("lr = 1\n")
-    with pytest.raises(UserError, match="uncommitted changes to train.py"):
+    with pytest.raises(UserError, match=r"uncommitted changes to train\.py"):
         research(root)
 
 

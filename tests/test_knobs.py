@@ -43,9 +43,7 @@ def test_lowercase_and_uppercase_names_are_found() -> None:
         ("x = - 3", "int", -3, -12, 0, False),
     ],
 )
-def test_numbers_get_default_ranges(
-    line: str, kind: str, value: float, low: float, high: float, log: bool
-) -> None:
+def test_numbers_get_default_ranges(line: str, kind: str, value: float, low: float, high: float, log: bool) -> None:
     (knob,) = find_knobs("m.py", line + "\n")
     assert (knob.kind, knob.log, knob.hinted) == (kind, log, False)
     assert knob.value == value and type(knob.value) is type(value)
@@ -133,9 +131,7 @@ def test_range_hint_is_int_for_int_literal_and_float_otherwise() -> None:
 def test_choice_hint_makes_strings_and_numbers_choices() -> None:
     source = 'act = "gelu"  # rsi: choice("gelu", "relu", \'silu\')\nn = 4  # rsi: choice(2, 4, 8.0, True)\n'
     found = knobs_by_name(source)
-    assert found["act"] == Knob(
-        "train.py", "act", "choice", "gelu", choices=("gelu", "relu", "silu"), hinted=True
-    )
+    assert found["act"] == Knob("train.py", "act", "choice", "gelu", choices=("gelu", "relu", "silu"), hinted=True)
     assert found["n"].kind == "choice" and found["n"].choices == (2, 4, 8.0, True)
 
 
@@ -191,9 +187,7 @@ def test_hint_that_cannot_apply_raises_user_error(source: str) -> None:
 
 
 def test_rsi_inside_a_string_is_not_a_hint() -> None:
-    source = (
-        'doc = "# rsi: range(1, 2)"\nn = 4  # see "# rsi: nonsense" in docs\nlr = 0.1  # x = "#" rsi: no\n'
-    )
+    source = 'doc = "# rsi: range(1, 2)"\nn = 4  # see "# rsi: nonsense" in docs\nlr = 0.1  # x = "#" rsi: no\n'
     found = knobs_by_name(source)
     assert set(found) == {"n", "lr"} and not found["n"].hinted
     assert find_knobs("m.py", '"""\nn = 4  # rsi: range(\n"""\n') == []
@@ -215,9 +209,7 @@ def test_unparsable_source_is_a_user_error() -> None:
 def test_apply_values_changes_only_the_literals() -> None:
     source = "import torch\nLR  =   3e-3   # rsi: log-range(1e-5, 1e-1)\nbatch_size: int=12 # bs\nx = (0.5)\n"
     out = apply_values(source, {"LR": 6e-3, "batch_size": 16, "x": 0.25})
-    expected = (
-        "import torch\nLR  =   6e-3   # rsi: log-range(1e-5, 1e-1)\nbatch_size: int=16 # bs\nx = (0.25)\n"
-    )
+    expected = "import torch\nLR  =   6e-3   # rsi: log-range(1e-5, 1e-1)\nbatch_size: int=16 # bs\nx = (0.25)\n"
     assert out == expected
     assert apply_values(source, {}) == source
 
@@ -274,9 +266,7 @@ def test_apply_values_wrong_type_is_a_value_error(line: str, value: object) -> N
 NAMES = st.sampled_from(["lr", "LR", "batch_size", "größe", "ü", "dropout", "n_layer", "x"])
 SPACE = st.sampled_from(["", " ", "  ", "\t"])
 COMMENT = st.sampled_from(["", "  # note", " # größe = 1", "# lr = 0.5", "  # rsi? not a hint"])
-FILLER = st.sampled_from(
-    ["", "# comment\n", "\n", "def f():\n    lr = 1\n", 'S = "x = 1  # y"\n', "import os\n"]
-)
+FILLER = st.sampled_from(["", "# comment\n", "\n", "def f():\n    lr = 1\n", 'S = "x = 1  # y"\n', "import os\n"])
 NEWLINE = st.sampled_from(["\n", "\r\n"])
 FLOATS = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
 KNOB_VALUE = st.one_of(st.integers(-(10**6), 10**6), FLOATS, st.booleans())

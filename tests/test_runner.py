@@ -11,7 +11,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -65,14 +67,14 @@ def script(tmp_path: Path, body: str, name: str = "task.py") -> str:
     return f"{PY} {shlex.quote(str(path))}"
 
 
-def run_script(tmp_path: Path, body: str, **kwargs: object) -> RunResult:
-    return run(spec_for(tmp_path, script(tmp_path, body), **kwargs))  # type: ignore[arg-type]
+def run_script(tmp_path: Path, body: str, **kwargs: Any) -> RunResult:
+    return run(spec_for(tmp_path, script(tmp_path, body), **kwargs))
 
 
 def alive(pid: int) -> bool:
     """A zombie is dead for our purpose: it holds no memory and runs no code."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -159,9 +161,7 @@ def test_command_not_found_is_crash(tmp_path: Path) -> None:
 
 
 def test_timeout_kills_a_sleeping_script(tmp_path: Path) -> None:
-    result = run_script(
-        tmp_path, "import time\nprint('loss: 1', flush=True)\ntime.sleep(60)\n", timeout_s=1.0
-    )
+    result = run_script(tmp_path, "import time\nprint('loss: 1', flush=True)\ntime.sleep(60)\n", timeout_s=1.0)
     assert result.status == "timeout"
     assert result.metric is None
     assert result.reason == "killed after 1s wall clock"
@@ -545,11 +545,11 @@ def test_overhead_is_a_few_milliseconds(tmp_path: Path) -> None:
     def bare() -> None:
         subprocess.run("true", shell=True, capture_output=True, check=True)
 
-    def timed(fn: object, n: int = 15) -> float:
+    def timed(fn: Callable[[], object], n: int = 15) -> float:
         samples = []
         for _ in range(n):
             t0 = time.perf_counter()
-            fn()  # type: ignore[operator]
+            fn()
             samples.append(time.perf_counter() - t0)
         return statistics.median(samples)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, NoReturn
@@ -35,7 +36,7 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def make_proposer(cfg: Config, name: str) -> callable:  # type: ignore[valid-type]
+def make_proposer(cfg: Config, name: str) -> Callable[[Workspace, str], Proposer]:
     def factory(ws: Workspace, start_commit: str) -> Proposer:
         if name == "knobs":
             files = {p: ws.read(start_commit, p) for p in ws.files(start_commit, cfg.task.editable)}
@@ -92,8 +93,8 @@ def run(
     try:
         view = LiveView(out, cfg.metric.goal, max_experiments, budget)
         research = Research(directory, cfg, make_proposer(cfg, name), tag=tag, listener=view)
-        for e in research.ledger.experiments():
-            view.rows[e.id] = (e, "done" if e.state == "done" else "pending")
+        for exp in research.ledger.experiments():
+            view.rows[exp.id] = (exp, "done" if exp.state == "done" else "pending")
         with view:
             research.run(Limits(max_experiments=max_experiments, time_budget_s=budget))
     except UserError as e:
@@ -126,10 +127,16 @@ def status(
     table = Table(title=f"{data['task']}: {data['metric']} ({data['goal']})", show_edge=False)
     for col in ("#", "proposer", "hypothesis", "metric", "runs", "status", "verdict"):
         table.add_column(col, justify="right" if col in ("#", "metric", "runs") else "left")
-    for e in data["experiments"]:
-        metric = "-" if e["metric"] is None else f"{e['metric']:.5g}"
+    for x in data["experiments"]:
+        metric = "-" if x["metric"] is None else f"{x['metric']:.5g}"
         table.add_row(
-            str(e["id"]), e["proposer"], e["hypothesis"], metric, str(len(e["runs"])), e["status"], e["verdict"]
+            str(x["id"]),
+            x["proposer"],
+            x["hypothesis"],
+            metric,
+            str(len(x["runs"])),
+            x["status"],
+            x["verdict"],
         )
     out.print(table)
     noise = data["noise_sd"]

@@ -9,11 +9,12 @@ set from the ledger).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -31,7 +32,7 @@ from rsi.runner import MetricSpec, RunResult, RunSpec, run, scrub_env
 from rsi.workspace import Workspace, hash_files, matches
 
 SETUP_TIMEOUT = 3600.0
-MAX_ATTEMPTS = 3  # an experiment interrupted this often is recorded as a crash instead of run again
+MAX_INTERRUPTS = 5  # runs of one experiment cut short in a row before it counts as a crash, not a kill
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Research:
         self.cache_dir = self.ws.state / "cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.environment = describe_environment()
+        self._files: dict[str, str] = {}
+        self._files_of = ""
 
     # start and resume
     def _start(self, tag: str | None) -> None:
@@ -82,7 +85,9 @@ class Research:
             if self.ws.ref(f"refs/heads/rsi/{tag}") is not None:
                 raise UserError(f"branch rsi/{tag} already exists: pick another --tag")
             head = self.ws.head()
-            frozen = {p: sha256(self.ws.read_bytes(head, p)).hexdigest() for p in self.ws.files(head, self.cfg.task.frozen)}
+            frozen = {
+                p: sha256(self.ws.read_bytes(head, p)).hexdigest() for p in self.ws.files(head, self.cfg.task.frozen)
+            }
             with self.ledger.transaction():
                 self.ledger.set("tag", tag)
                 self.ledger.set("start_commit", head)
@@ -102,10 +107,10 @@ class Research:
     def _recover(self) -> None:
         """Undo what a killed orchestrator left half done; see the module docstring for why this is enough."""
         stale = self.ledger.interrupted_runs()
-        for _, pid, started in stale:
+        for _, _, pid, started in stale:
             _kill_orphan(pid, started)
         with self.ledger.transaction():
-            self.ledger.drop_runs([r for r, _, _ in stale])
+            self.ledger.drop_interrupted(stale)
             for e in self.ledger.experiments("state = 'running'"):
                 self.ledger.update_experiment(e.id, state="proposed")
         self.ws.remove_all_worktrees()
@@ -115,15 +120,36 @@ class Research:
         self.ws.set_ref(f"refs/heads/rsi/{self.tag}", self.branch_head())
 
     def branch_head(self) -> str:
-        kept = self.ledger.experiments("verdict = 'keep'")
-        return kept[-1].kept_commit or self.start_commit if kept else self.start_commit
+        """The last kept commit: what the research branch must point at (the ledger decides)."""
+        row = self.ledger.db.execute(
+            "SELECT kept_commit FROM experiments WHERE verdict = 'keep' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return str(row[0]) if row else self.start_commit
 
     def champion(self) -> Experiment:
-        kept = self.ledger.experiments("verdict IN ('keep', 'baseline')")
-        return kept[-1]
+        row = self.ledger.db.execute(
+            "SELECT id FROM experiments WHERE verdict = 'keep' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        champion = self.ledger.experiment(int(row[0]) if row else 0)
+        assert champion is not None
+        return champion
+
+    def champion_files(self, commit: str) -> dict[str, str]:
+        """The editable files at the champion's commit (cached: they change only on a keep)."""
+        if self._files_of != commit:
+            paths = self.ws.files(commit, self.cfg.task.editable)
+            self._files = {p: self.ws.read(commit, p) for p in paths if not matches(p, self.cfg.task.frozen)}
+            self._files_of = commit
+        return self._files
 
     # the loop
     def run(self, limits: Limits) -> None:
+        try:
+            self._loop(limits)
+        finally:
+            self.ws.git("worktree", "prune")  # removed worktrees leave bookkeeping behind; clear it
+
+    def _loop(self, limits: Limits) -> None:
         deadline = time.monotonic() + limits.time_budget_s if limits.time_budget_s else None
 
         def budget_left() -> bool:
@@ -143,20 +169,16 @@ class Research:
             self._experiment(e)
         while budget_left():
             champion = self.champion()
-            files = {p: self.ws.read(self.branch_head(), p) for p in self._editable(self.branch_head())}
-            history = self.ledger.experiments("state = 'done'")
-            proposal = self.proposer.propose(Context(champion, files, history))
+            files = self.champion_files(self.branch_head())
+            proposal = self.proposer.propose(Context(champion, files, self.ledger))
             if proposal is None:
                 return self.listener("stop", None, f"proposer {self.proposer.name} has nothing more to propose")
-            exp = self._record_proposal(proposal, champion)
+            exp = self._record_proposal(proposal, champion, files)
             if exp.state != "done":
                 self._experiment(exp)
             else:
                 self.proposer.observe(exp)
         self.listener("stop", None, "budget reached")
-
-    def _editable(self, commit: str) -> list[str]:
-        return [p for p in self.ws.files(commit, self.cfg.task.editable) if not matches(p, self.cfg.task.frozen)]
 
     def _setup(self) -> None:
         if not self.cfg.task.setup or self.ledger.get("setup_done") == "1":
@@ -196,19 +218,18 @@ class Research:
                 f"fix the task and start again (logs under {self.ws.state / 'logs' / '0'})"
             )
 
-    def _record_proposal(self, proposal: Proposal, champion: Experiment) -> Experiment:
+    def _record_proposal(self, proposal: Proposal, champion: Experiment, files: dict[str, str]) -> Experiment:
         exp_id = self.ledger.next_id()
         parent_commit = self.branch_head()
-        reason = self._reject_reason(proposal, parent_commit)
-        sha, diff = None, ""
+        reason = self._reject_reason(proposal)
+        diff = "" if reason else unified_diff(files, proposal.edits)
+        if not reason and not diff:
+            reason = "the edit changes nothing"
+        sha = None
         if not reason:
             wt = self.ws.add_worktree(str(exp_id), parent_commit)
             sha = self.ws.commit_in(wt, proposal.edits, f"rsi candidate {exp_id}: {proposal.hypothesis}")
             self.ws.set_ref(f"refs/rsi/candidates/{exp_id}", sha)
-            diff = self.ws.diff(parent_commit, sha)
-            if not diff.strip():
-                reason, sha = "the edit changes nothing", None
-                self.ws.remove_worktree(str(exp_id))
         with self.ledger.transaction():
             self.ledger.add_experiment(
                 exp_id=exp_id,
@@ -229,7 +250,7 @@ class Research:
         self.listener("done" if reason else "proposed", exp, reason)
         return exp
 
-    def _reject_reason(self, proposal: Proposal, parent_commit: str) -> str:
+    def _reject_reason(self, proposal: Proposal) -> str:
         if not proposal.edits:
             return "the proposal has no edits"
         for path in proposal.edits:
@@ -243,14 +264,13 @@ class Research:
 
     def _experiment(self, exp: Experiment, repeats: int = 1) -> None:
         """Run an experiment (new or interrupted) to its verdict."""
-        if exp.attempts >= MAX_ATTEMPTS:
+        if exp.interrupts >= MAX_INTERRUPTS:
+            reason = f"the orchestrator died during its run {exp.interrupts} times in a row"
             with self.ledger.transaction():
-                self.ledger.update_experiment(
-                    exp.id, state="done", status="crash", verdict="discard", reason="interrupted too often"
-                )
+                self.ledger.update_experiment(exp.id, state="done", status="crash", verdict="discard", reason=reason)
             return
         assert exp.commit_sha is not None
-        self.ledger.update_experiment(exp.id, state="running", attempts=exp.attempts + 1)
+        self.ledger.update_experiment(exp.id, state="running")
         self.listener("running", exp, "")
         wt = self.ws.add_worktree(str(exp.id), exp.commit_sha)
         try:
@@ -264,14 +284,23 @@ class Research:
 
     def _measure(self, exp: Experiment, wt: Path, repeats: int) -> str:
         is_baseline = exp.id == 0
+        commit = exp.commit_sha or ""
         champion = None if is_baseline else self.champion()
         current = self.ledger.experiment(exp.id)
         assert current is not None
         while True:
             n = len(current.metrics())
-            result = self._execute(wt, self.cfg.task.command, self._metric_spec(), n + 1, self.cfg.task.timeout, exp.id)
+            result = self._execute(
+                wt,
+                self.cfg.task.command,
+                self._metric_spec(),
+                n + 1,
+                self.cfg.task.timeout,
+                exp.id,
+                commit=commit,
+            )
             if is_baseline and result.status == "ok":
-                self._holdout(wt, exp.id, n + 1)
+                self._holdout(wt, exp.id, n + 1, commit)
             current = self.ledger.experiment(exp.id)
             assert current is not None
             if is_baseline:
@@ -284,7 +313,7 @@ class Research:
                 continue
             verdict = "inconclusive" if decision.verdict == "more" else decision.verdict
             if verdict == "keep":
-                self._holdout(wt, exp.id, len(current.metrics()))
+                self._holdout(wt, exp.id, len(current.metrics()), commit)
             return self._finish(current, verdict, decision.reason, champion)
 
     def _finish(self, exp: Experiment, verdict: str, reason: str, champion: Experiment | None = None) -> str:
@@ -312,12 +341,12 @@ class Research:
         m = self.cfg.metric
         return MetricSpec(pattern=m.pattern, file=m.file, key=m.key, evaluator=m.evaluator)
 
-    def _holdout(self, wt: Path, exp_id: int, seed: int) -> None:
+    def _holdout(self, wt: Path, exp_id: int, seed: int, commit: str) -> None:
         h = self.cfg.holdout
         if h is None:
             return
         spec = MetricSpec(pattern=h.pattern, file=h.file, key=h.key)
-        self._execute(wt, h.command, spec, seed, self.cfg.task.timeout, exp_id, kind="holdout")
+        self._execute(wt, h.command, spec, seed, self.cfg.task.timeout, exp_id, kind="holdout", commit=commit)
 
     def _environ(self, seed: int) -> dict[str, str]:
         env = scrub_env(os.environ, deny=self.cfg.task.secret_patterns, allow=self.cfg.task.env_pass)
@@ -329,7 +358,15 @@ class Research:
         return env
 
     def _execute(
-        self, wt: Path, command: str, metric: MetricSpec, seed: int, timeout: float, exp_id: int | str, kind: str = "select"
+        self,
+        wt: Path,
+        command: str,
+        metric: MetricSpec,
+        seed: int,
+        timeout: float,
+        exp_id: int | str,
+        kind: str = "select",
+        commit: str = "",
     ) -> RunResult:
         env = self._environ(seed)
         logs = self.ws.state / "logs" / str(exp_id) / f"{kind}-{seed}"
@@ -345,7 +382,7 @@ class Research:
         )
         if not isinstance(exp_id, int):
             return run(spec)
-        record = {**self.environment, "commit": self.ws.git("rev-parse", "HEAD", cwd=wt).strip()}
+        record = {**self.environment, "commit": commit}
         run_id = self.ledger.start_run(exp_id, kind, seed, record)
 
         def started(pid: int) -> None:
@@ -411,3 +448,17 @@ def _kill_orphan(pid: int | None, started: float | None) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (psutil.Error, ProcessLookupError, PermissionError):
         return
+
+
+def unified_diff(before: Mapping[str, str], edits: Mapping[str, str]) -> str:
+    """The candidate's diff against its parent, for people and for duplicate detection."""
+    out: list[str] = []
+    for path, text in sorted(edits.items()):
+        old = before.get(path, "")
+        if old != text:
+            out.extend(
+                difflib.unified_diff(
+                    old.splitlines(keepends=True), text.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+                )
+            )
+    return "".join(out)

@@ -216,9 +216,7 @@ def _hinted_knob(file: str, site: _Site, hint: _Hint) -> Knob:
     return Knob(file, site.name, "float", value, float(low), float(high), log=log, hinted=True)
 
 
-def find_knobs(
-    file: str, source: str, include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> list[Knob]:
+def find_knobs(file: str, source: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Knob]:
     """The knobs of one file, in source order. Raises UserError for a malformed hint or unparsable source."""
     knobs: list[Knob] = []
     for site in _sites(file, source):

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     status TEXT,
     verdict TEXT,
     reason TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0,
+    interrupts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     finished REAL
 );
@@ -95,7 +95,7 @@ class Experiment:
     status: str | None
     verdict: str | None
     reason: str
-    attempts: int
+    interrupts: int  # runs of it cut short by the orchestrator's death, in a row
     created: float
     finished: float | None
     runs: list[Run] = field(default_factory=list)
@@ -230,7 +230,7 @@ class Ledger:
                 status=r["status"],
                 verdict=r["verdict"],
                 reason=r["reason"],
-                attempts=r["attempts"],
+                interrupts=r["interrupts"],
                 created=r["created"],
                 finished=r["finished"],
             )
@@ -240,7 +240,8 @@ class Ledger:
         if by_id:
             marks = ",".join("?" * len(by_id))
             for r in self.db.execute(
-                f"SELECT * FROM runs WHERE experiment IN ({marks}) AND state = 'done' ORDER BY id", tuple(by_id)
+                f"SELECT * FROM runs WHERE experiment IN ({marks}) AND state = 'done' ORDER BY id",
+                tuple(by_id),
             ):
                 by_id[r["experiment"]].runs.append(
                     Run(
@@ -276,11 +277,18 @@ class Ledger:
         fields["finished"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in fields)
         self.db.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
+        self.db.execute(
+            "UPDATE experiments SET interrupts = 0 WHERE id = (SELECT experiment FROM runs WHERE id = ?)",
+            (run_id,),
+        )
 
-    def interrupted_runs(self) -> list[tuple[int, int | None, float | None]]:
-        """(run id, pid, pid start time) of runs the last orchestrator left unfinished."""
-        rows = self.db.execute("SELECT id, pid, pid_started FROM runs WHERE state = 'running'").fetchall()
-        return [(int(r[0]), r[1], r[2]) for r in rows]
+    def interrupted_runs(self) -> list[tuple[int, int, int | None, float | None]]:
+        """(run id, experiment, pid, pid start time) of runs the last orchestrator left unfinished."""
+        rows = self.db.execute("SELECT id, experiment, pid, pid_started FROM runs WHERE state = 'running'")
+        return [(int(r[0]), int(r[1]), r[2], r[3]) for r in rows.fetchall()]
 
-    def drop_runs(self, run_ids: Sequence[int]) -> None:
-        self.db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in run_ids])
+    def drop_interrupted(self, runs: Sequence[tuple[int, int, int | None, float | None]]) -> None:
+        """Forget unfinished runs (they are run again) and count the interruption against their experiment."""
+        for run_id, exp_id, _, _ in runs:
+            self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            self.db.execute("UPDATE experiments SET interrupts = interrupts + 1 WHERE id = ?", (exp_id,))

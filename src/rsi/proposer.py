@@ -18,7 +18,7 @@ from rsi.config import KnobsConfig
 from rsi.errors import UserError
 from rsi.judge import Goal
 from rsi.knobs import Knob, apply_values, describe, find_knobs, format_value
-from rsi.ledger import Experiment
+from rsi.ledger import Experiment, Ledger
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -34,7 +34,14 @@ class Proposal:
 class Context:
     champion: Experiment
     files: Mapping[str, str]  # the champion's editable files
-    history: list[Experiment]  # finished experiments, oldest first (no held-out numbers are read from it)
+    ledger: Ledger
+
+    def history(self) -> list[Experiment]:
+        """Finished experiments, oldest first, without their held-out runs: those never reach a proposer."""
+        exps = self.ledger.experiments("state = 'done'")
+        for e in exps:
+            e.runs = [r for r in e.runs if r.kind != "holdout"]
+        return exps
 
 
 class Proposer(Protocol):
@@ -115,7 +122,11 @@ class KnobsProposer:
         return None
 
     def _proposal(
-        self, files: Mapping[str, str], current: dict[str, Any], params: dict[str, Any], changed: dict[str, Any]
+        self,
+        files: Mapping[str, str],
+        current: dict[str, Any],
+        params: dict[str, Any],
+        changed: dict[str, Any],
     ) -> Proposal:
         edits: dict[str, str] = {}
         for key, value in changed.items():

@@ -205,9 +205,7 @@ def _check_metric_spec(metric: MetricSpec) -> None:
             raise UserError(f"metric: `pattern` {metric.pattern!r} is not a valid regex: {exc}") from None
 
 
-def _execute(
-    command: str, spec: RunSpec, deadline: float, on_start: Callable[[int], None] | None
-) -> _Execution:
+def _execute(command: str, spec: RunSpec, deadline: float, on_start: Callable[[int], None] | None) -> _Execution:
     """Launches one shell command in its own session and supervises it until it ends or is killed."""
     proc = subprocess.Popen(
         command,
@@ -432,9 +430,7 @@ def to_metric(raw: str) -> float | None:
 def scrub_env(base: Mapping[str, str], deny: Sequence[str] = (), allow: Sequence[str] = ()) -> dict[str, str]:
     """Drops variables that look like secrets because candidate code is untrusted; `allow` wins over deny."""
     blocked = (*SECRET_PATTERNS, *deny)
-    return {
-        name: value for name, value in base.items() if _matches(name, allow) or not _matches(name, blocked)
-    }
+    return {name: value for name, value in base.items() if _matches(name, allow) or not _matches(name, blocked)}
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:

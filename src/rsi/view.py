@@ -89,8 +89,12 @@ class LiveView:
             e, event = self.rows[exp_id]
             verdict = "baseline" if e.id == 0 else (e.verdict or ("running" if event == "running" else "pending"))
             table.add_row(
-                str(e.id), e.proposer, e.hypothesis, _fmt(e.mean()) if event == "done" else "…",
-                experiment_status(e) if event == "done" else "-", Text(verdict, style=_STYLE.get(verdict, "")),
+                str(e.id),
+                e.proposer,
+                e.hypothesis,
+                _fmt(e.mean()) if event == "done" else "…",
+                experiment_status(e) if event == "done" else "-",
+                Text(verdict, style=_STYLE.get(verdict, "")),
             )
         elapsed = time.monotonic() - self.started
         head = Text(

@@ -30,10 +30,9 @@ _GIT_ENV = {
 
 def matches(path: str, globs: Iterable[str]) -> bool:
     """A repository-relative path against `rsi.toml` globs (`*.py`, `src/**/*.py`, `train.py`)."""
-    for g in globs:
-        if fnmatch.fnmatchcase(path, g) or (g.startswith("**/") and fnmatch.fnmatchcase(path, g[3:])):
-            return True
-    return False
+    return any(
+        fnmatch.fnmatchcase(path, g) or (g.startswith("**/") and fnmatch.fnmatchcase(path, g[3:])) for g in globs
+    )
 
 
 class Workspace:
@@ -41,6 +40,8 @@ class Workspace:
         self.root = root.resolve()
         self.state = self.root / STATE_DIR
         self._env = {**os.environ, **_GIT_ENV}
+        self._checked_out: dict[str, str] = {}  # worktree name -> the commit it holds
+        self._removed = 0
 
     def git(self, *args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
         proc = subprocess.run(
@@ -116,21 +117,20 @@ class Workspace:
         """A new commit with the tree of `tree_of` on `parent` (a kept candidate's commit on the branch)."""
         return self.git("commit-tree", f"{tree_of}^{{tree}}", "-p", parent, "-m", message).strip()
 
-    def diff(self, a: str, b: str) -> str:
-        return self.git("diff", "--no-color", "--no-ext-diff", a, b)
-
     # worktrees
     def worktree_dir(self, name: str) -> Path:
         return self.state / "worktrees" / name
 
     def add_worktree(self, name: str, commit: str) -> Path:
         path = self.worktree_dir(name)
+        if self._checked_out.get(name) == commit and path.exists():
+            return path  # the candidate was just committed here: run it where it is
         if path.exists():
-            if (path / ".git").exists() and self.git("rev-parse", "HEAD", cwd=path).strip() == commit:
-                return path  # the candidate was just committed here: run it where it is
             self.remove_worktree(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.git("worktree", "add", "--quiet", "--detach", str(path), commit)
+        # --force: the name may still be registered by a worktree removed without a prune
+        self.git("worktree", "add", "--quiet", "--force", "--detach", str(path), commit)
+        self._checked_out[name] = commit
         return path
 
     def commit_in(self, worktree: Path, edits: Mapping[str, str], message: str) -> str:
@@ -141,7 +141,15 @@ class Workspace:
             target.write_text(text, encoding="utf-8")
         self.git("add", "--", *edits, cwd=worktree)
         self.git("commit", "--quiet", "--no-verify", "--allow-empty", "-m", message, cwd=worktree)
-        return self.git("rev-parse", "HEAD", cwd=worktree).strip()
+        sha = self._worktree_head(worktree)
+        self._checked_out[worktree.name] = sha
+        return sha
+
+    def _worktree_head(self, worktree: Path) -> str:
+        """A detached worktree's HEAD file holds the commit itself: reading it saves a git process."""
+        gitdir = (worktree / ".git").read_text().split(":", 1)[1].strip()
+        head = (worktree / gitdir / "HEAD").read_text()
+        return head.strip() if not head.startswith("ref:") else self.git("rev-parse", "HEAD", cwd=worktree).strip()
 
     def changed_tracked(self, worktree: Path) -> list[str]:
         """Tracked files a run modified or deleted in its worktree: evidence of tampering."""
@@ -149,19 +157,17 @@ class Workspace:
         return [entry[3:] for entry in out.split("\0") if len(entry) > 3]
 
     def remove_worktree(self, name: str) -> None:
-        path = self.worktree_dir(name)
-        try:
-            self.git("worktree", "remove", "--force", "--force", str(path))
-        except RuntimeError:
-            shutil.rmtree(path, ignore_errors=True)
+        """Delete the checkout; git's bookkeeping of it is pruned in batches (one process less per run)."""
+        self._checked_out.pop(name, None)
+        shutil.rmtree(self.worktree_dir(name), ignore_errors=True)
+        self._removed += 1
+        if self._removed % 50 == 0:
             self.git("worktree", "prune")
 
     def remove_all_worktrees(self) -> None:
         """After a crash: worktrees of experiments that no longer run."""
-        base = self.state / "worktrees"
-        if base.exists():
-            for child in base.iterdir():
-                self.remove_worktree(child.name)
+        shutil.rmtree(self.state / "worktrees", ignore_errors=True)
+        self._checked_out.clear()
         self.git("worktree", "prune")
 
 
