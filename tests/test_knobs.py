@@ -89,7 +89,8 @@ __all__ = ["top"]
 
 
 def test_first_assignment_counts() -> None:
-    assert knobs_by_name("lr = 0.1\nlr = 0.2\n")["lr"].value == 0.1
+    assert knobs_by_name("lr = 0.1\nlr = 0.2\n") == {}  # assigned twice: state, not a setting
+    assert knobs_by_name("lr = 0.1  # rsi: log-range(0.01, 1.0)\nlr = 0.2\n")["lr"].value == 0.1
     assert knobs_by_name("n = int('3')\nn = 4\n") == {}
     assert apply_values("lr = 0.1\nlr = 0.2\n", {"lr": 0.3}) == "lr = 0.3\nlr = 0.2\n"
 
@@ -391,3 +392,31 @@ def test_describe() -> None:
     assert describe(old, {"lr": 0.0030001}) == ""  # unchanged once written
     assert describe({"use_bias": True}, {"use_bias": False}) == "use_bias True -> False"
     assert describe({}, {"n_layer": 4}) == "n_layer -> 4"
+
+
+def test_names_assigned_again_are_state_not_knobs() -> None:
+    source = """\
+lr = 0.1
+b = 0.0
+vb = 0.0
+step = 0
+counter = 0
+mode = 1
+for _ in range(3):
+    vb = 0.9 * vb + 1
+    b -= lr * vb
+    step += 1
+
+
+def bump() -> None:
+    global counter
+    counter = counter + 1
+
+
+class C:
+    mode = 2
+"""
+    names = [k.name for k in find_knobs("t.py", source)]
+    assert names == ["lr", "mode"]
+    hinted = source.replace("\nb = 0.0", "\nb = 0.0  # rsi: range(0.0, 1.0)")
+    assert [k.name for k in find_knobs("t.py", hinted)] == ["lr", "b", "mode"]

@@ -186,7 +186,7 @@ class Research:
         self.listener("message", None, f"setup: {self.cfg.task.setup}")
         wt = self.ws.add_worktree("setup", self.start_commit)
         try:
-            result = self._execute(wt, self.cfg.task.setup, MetricSpec(pattern="^()"), 0, SETUP_TIMEOUT, "setup")
+            result = self._execute(wt, self.cfg.task.setup, MetricSpec(), 0, SETUP_TIMEOUT, "setup")
         finally:
             self.ws.remove_worktree("setup")
         if result.returncode != 0:

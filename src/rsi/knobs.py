@@ -12,8 +12,10 @@ the comment's start or after a later ``  #`` (``# width  # rsi: fixed``); ``#`` 
 
 Names that look like budgets, seeds or paths (``*budget*``, ``*seed*``, ``*time*``, ``*dir*``, ``*path*``,
 case-insensitive) belong to the harness: they are knobs only when hinted or named by an ``include`` pattern.
-Dunder names never are. A range, log-range or choice hint anywhere else than on the first module-level
-assignment of a literal is an error, so that a hint is never silently ignored.
+Dunder names never are, and neither are names assigned again at module level or declared ``global`` in a
+function (``b = 0.0`` then ``b -= lr * g`` is state, not a setting) unless hinted. A range, log-range or
+choice hint anywhere else than on the first module-level assignment of a literal is an error, so that a hint
+is never silently ignored.
 
 Default ranges, when there is no hint:
 
@@ -180,6 +182,22 @@ def _sites(file: str, source: str) -> list[_Site]:
     return sites
 
 
+def _reassigned(tree: ast.Module) -> set[str]:
+    """Names stored more than once at module scope, or made global by a function: state, not settings."""
+    stores: dict[str, int] = {}
+    globals_: set[str] = set()
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            globals_.update(n for g in ast.walk(node) if isinstance(g, ast.Global) for n in g.names)
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            stores[node.id] = stores.get(node.id, 0) + 1
+        todo.extend(ast.iter_child_nodes(node))
+    return globals_ | {name for name, n in stores.items() if n > 1}
+
+
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatchcase(name.lower(), pattern.lower()) for pattern in patterns)
 
@@ -219,6 +237,7 @@ def _hinted_knob(file: str, site: _Site, hint: _Hint) -> Knob:
 def find_knobs(file: str, source: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Knob]:
     """The knobs of one file, in source order. Raises UserError for a malformed hint or unparsable source."""
     knobs: list[Knob] = []
+    state = _reassigned(_parse(file, source))
     for site in _sites(file, source):
         hint = site.hint
         if hint is not None and hint.kind == "fixed":
@@ -230,6 +249,8 @@ def find_knobs(file: str, source: str, include: Sequence[str] = (), exclude: Seq
         if (include and not _matches(name, include)) or _matches(name, exclude):
             continue
         if hint is None and _matches(name, DEFAULT_EXCLUDE) and not _matches(name, include):
+            continue
+        if hint is None and name in state:
             continue
         knobs.append(knob)
     return knobs

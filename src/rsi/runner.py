@@ -49,6 +49,7 @@ Outcome = tuple[str, float | None, str]  # status, metric, reason
 class MetricSpec:
     """Where the metric comes from: a regex over the output, or a key in a JSON file the run writes."""
 
+    # neither pattern nor file: no metric is wanted (a setup command); exit 0 is then `ok`
     pattern: str | None = None  # MULTILINE regex, first group; last match wins; stdout, then stderr
     file: str | None = None  # JSON file relative to cwd ...
     key: str | None = None  # ... and its key, dotted for nesting ("val.loss")
@@ -194,8 +195,8 @@ def run(spec: RunSpec, on_start: Callable[[int], None] | None = None) -> RunResu
 
 def _check_metric_spec(metric: MetricSpec) -> None:
     """Fails before launching anything: a bad metric spec would waste the whole run."""
-    if (metric.pattern is None) == (metric.file is None):
-        raise UserError("metric: set either `pattern` or `file` (with `key`)")
+    if metric.pattern is not None and metric.file is not None:
+        raise UserError("metric: set either `pattern` or `file` (with `key`), not both")
     if metric.file is not None and not metric.key:
         raise UserError(f"metric: `file = {metric.file!r}` needs a `key`")
     if metric.pattern is not None:
@@ -333,7 +334,8 @@ def _classify(
     metric = spec.metric
     if metric.file is not None and metric.key is not None:
         return _metric_from_file(spec.cwd / metric.file, metric.file, metric.key, before)
-    assert metric.pattern is not None
+    if metric.pattern is None:
+        return "ok", None, "exit code 0"
     source = evaluator or main
     raw = parse_metric_text(metric.pattern, _decode(source.stdout), _decode(source.stderr))
     if raw is None:
