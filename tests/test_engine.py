@@ -250,3 +250,13 @@ def test_cli_run_and_status(make_task: MakeTask) -> None:
     assert all(e["status"] == "ok" for e in s["experiments"])
     table = rsi("status", str(root))
     assert table.returncode == 0 and "baseline" in table.stdout
+
+
+def test_time_budget_stops_starting_experiments(make_task: MakeTask) -> None:
+    slow = "import time\nlr = 0.5\ntime.sleep(0.2)\nprint(f'loss: {(lr - 0.1) ** 2}')\n"
+    root = make_task(train=slow, extra_toml="[judge]\nbaseline_repeats = 2\n")
+    r = research(root)
+    r.run(Limits(time_budget_s=2.0))  # no experiment limit: only the clock stops it
+    n = r.ledger.count()
+    assert 2 <= n <= 12  # about (2 s - baseline) / 0.25 s
+    assert all(e.state == "done" for e in r.ledger.experiments())

@@ -1,0 +1,103 @@
+"""The knobs proposer: Optuna ask-and-tell against the current champion, failures told, resumable."""
+
+from __future__ import annotations
+
+import ast
+import time
+
+import pytest
+
+from rsi.config import KnobsConfig
+from rsi.knobs import format_value
+from rsi.ledger import Experiment, Ledger, Run
+from rsi.proposer import Context, KnobsProposer
+
+SOURCE = "lr = 0.5  # the step\nDEPTH = 3\nuse_bias = False\nprint('x')\n"
+
+
+def experiment(exp_id: int, params: dict[str, object], metric: float | None, status: str = "ok") -> Experiment:
+    run = Run(exp_id, exp_id, "select", 1, "done", status, metric, "", 0.1, 1.0, "", "")
+    return Experiment(
+        exp_id, 0, None, None, None, "knobs" if exp_id else "baseline", "h", dict(params), "", "done", status,
+        "discard", "", 0, time.time(), time.time(), [run],
+    )  # fmt: skip
+
+
+def values(text: str) -> dict[str, object]:
+    tree = ast.parse(text)
+    return {s.targets[0].id: ast.literal_eval(s.value) for s in tree.body if isinstance(s, ast.Assign)}  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def ledger(tmp_path):  # type: ignore[no-untyped-def]
+    return Ledger(tmp_path / "l.sqlite")
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes", "random"])
+def test_proposals_change_at_most_per_candidate_knobs_of_the_champion(sampler: str, ledger: Ledger) -> None:
+    p = KnobsProposer({"train.py": SOURCE}, KnobsConfig(sampler=sampler, per_candidate=1), "minimize", seed=3)
+    assert set(p.knobs) == {"lr", "DEPTH", "use_bias"}
+    base = experiment(0, {}, 1.0)
+    p.observe(base)
+    champion_text = SOURCE.replace("DEPTH = 3", "DEPTH = 5")
+    seen = set()
+    for i in range(12):
+        prop = p.propose(Context(base, {"train.py": champion_text}, ledger))
+        assert prop is not None
+        new = values(prop.edits["train.py"])
+        old = values(champion_text)
+        changed = [k for k in old if new[k] != old[k]]
+        assert len(changed) == 1, prop.hypothesis
+        assert prop.hypothesis.startswith(f"{changed[0]} ")
+        lines = prop.edits["train.py"].splitlines()
+        assert lines[0].endswith("  # the step") and lines[3] == "print('x')"  # only literals change
+        signature = tuple(sorted(prop.params.items()))
+        assert signature not in seen  # never the same candidate twice
+        seen.add(signature)
+        p.observe(experiment(i + 1, prop.params, None if i % 3 == 0 else float(i), "ok" if i % 3 else "crash"))
+    states = [t.state.name for t in p.study.trials]
+    assert states.count("FAIL") == 4 and states.count("COMPLETE") >= 8
+
+
+def test_tpe_moves_towards_better_values(ledger: Ledger) -> None:
+    src = "x = 1.0\ny = 1.0\n"
+    p = KnobsProposer({"f.py": src}, KnobsConfig(per_candidate=2), "minimize", seed=0)
+    best = None
+    base = experiment(0, {}, 100.0)
+    p.observe(base)
+    for i in range(60):
+        prop = p.propose(Context(base, {"f.py": src}, ledger))
+        assert prop is not None
+        v = values(prop.edits["f.py"])
+        loss = (v["x"] - 4.2) ** 2 + (v["y"] - 0.3) ** 2  # type: ignore[operator]
+        best = loss if best is None else min(best, loss)
+        p.observe(experiment(i + 1, prop.params, loss))
+    assert best is not None and best < 0.3
+
+
+def test_resume_rebuilds_the_study_from_the_ledger(ledger: Ledger) -> None:
+    cfg = KnobsConfig(per_candidate=2)
+    first = KnobsProposer({"train.py": SOURCE}, cfg, "minimize")
+    history = [experiment(0, {}, 1.0)]
+    first.observe(history[0])
+    for i in range(5):
+        prop = first.propose(Context(history[0], {"train.py": SOURCE}, ledger))
+        assert prop is not None
+        history.append(experiment(i + 1, prop.params, float(i)))
+        first.observe(history[-1])
+    again = KnobsProposer({"train.py": SOURCE}, cfg, "minimize")
+    for e in history:
+        again.observe(e)
+    # the live study holds Optuna's raw values; the ledger (and so a resumed study) what the file said
+    rounded = [
+        {k: ast.literal_eval(format_value(v)) for k, v in t.params.items()}
+        for t in first.study.trials
+        if t.state.name != "PRUNED"
+    ]
+    assert [t.params for t in again.study.trials] == rounded
+    assert again.tried == first.tried
+
+
+def test_no_knobs_means_no_proposal(ledger: Ledger) -> None:
+    p = KnobsProposer({"train.py": "print('loss: 1')\n"}, KnobsConfig(), "minimize")
+    assert p.propose(Context(experiment(0, {}, 1.0), {"train.py": "print('loss: 1')\n"}, ledger)) is None
