@@ -32,7 +32,8 @@ def test_lowercase_and_uppercase_names_are_found() -> None:
     ("line", "kind", "value", "low", "high", "log"),
     [
         ("x = 3e-3", "float", 3e-3, 3e-4, 3e-2, True),
-        ("x = 0.5", "float", 0.5, 0.05, 5.0, True),
+        ("x = 0.5", "float", 0.5, 0.05, 0.75, True),
+        ("x = 2.5", "float", 2.5, 0.25, 25.0, True),
         ("x = 0.0", "float", 0.0, 0.0, 0.5, False),
         ("x = -0.5", "float", -0.5, -2.0, -0.125, False),
         ("x = 1", "int", 1, 1, 8, False),

@@ -15,11 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from rsi.config import Config, load_config, parse_duration
+from rsi.demo import check_requirements as check_demo
+from rsi.demo import create as create_demo
+from rsi.demo import default_dir as demo_dir
 from rsi.engine import Limits, Research
 from rsi.errors import UserError
 from rsi.init import write as write_config
 from rsi.ledger import Ledger
 from rsi.proposer import KnobsProposer, Proposer
+from rsi.report import write_report
 from rsi.status import status_json
 from rsi.view import LiveView
 from rsi.workspace import Workspace
@@ -87,27 +91,63 @@ def run(
         budget = parse_duration(time_budget) if time_budget is not None else None
     except (UserError, ValueError) as e:
         fail(str(e) if isinstance(e, UserError) else f"--time-budget: {e}")
-    name = proposer or cfg.proposer.kind
-    signal.signal(signal.SIGTERM, _interrupt_on_term)
-    research = None
-    try:
-        view = LiveView(out, cfg.metric.goal, max_experiments, budget)
-        research = Research(directory, cfg, make_proposer(cfg, name), tag=tag, listener=view)
-        for exp in research.ledger.experiments():
-            view.rows[exp.id] = (exp, "done" if exp.state == "done" else "pending")
-        with view:
-            research.run(Limits(max_experiments=max_experiments, time_budget_s=budget))
-    except UserError as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        err.print("rsi: stopped; nothing recorded is lost. Run `rsi run` again to resume.")
-        raise typer.Exit(130) from None
+    research = _research(directory, cfg, proposer or cfg.proposer.kind, Limits(max_experiments, budget), tag)
     s = research.summary()
     out.print(
         f"baseline {s['baseline']:.6g} -> best {s['best']:.6g} (experiment {s['best_id']}) after "
         f"{s['experiments']} experiments; kept changes are on branch {s['branch']}",
         highlight=False,
     )
+
+
+def _research(directory: Path, cfg: Config, proposer: str, limits: Limits, tag: str | None) -> Research:
+    """Runs the loop with the live view; a UserError or an interrupt ends the command cleanly."""
+    signal.signal(signal.SIGTERM, _interrupt_on_term)
+    try:
+        view = LiveView(out, cfg.metric.goal, limits.max_experiments, limits.time_budget_s)
+        research = Research(directory, cfg, make_proposer(cfg, proposer), tag=tag, listener=view)
+        for exp in research.ledger.experiments():
+            view.rows[exp.id] = (exp, "done" if exp.state == "done" else "pending")
+        with view:
+            research.run(limits)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        err.print("rsi: stopped; nothing recorded is lost. Run `rsi run` again to resume.")
+        raise typer.Exit(130) from None
+    return research
+
+
+@app.command()
+def demo(
+    minutes: Annotated[float, typer.Option(min=0.1, help="how long to research")] = 10.0,
+    directory: Annotated[Path | None, typer.Option("--dir", help="where to create the demo repository")] = None,
+    example: Annotated[str, typer.Option(help="tinygpt, tabular or sgd")] = "tinygpt",
+    budget: Annotated[str, typer.Option(help="training time per candidate (tinygpt)")] = "15s",
+) -> None:
+    """Research a shipped example (a tiny GPT by default) offline, in a fresh git repository."""
+    try:
+        check_demo(example)
+        parse_duration(budget)
+        root = create_demo(example, directory or demo_dir(example), budget)
+        cfg = load_config(root)
+    except (UserError, ValueError) as e:
+        fail(str(e) if isinstance(e, UserError) else f"--budget: {e}")
+    out.print(f"rsi demo: {example} in {root}, researching for {minutes:g} minutes", highlight=False)
+    research = _research(root, cfg, "knobs", Limits(time_budget_s=minutes * 60), None)
+    data = status_json(research.ledger)
+    base, best = data["baseline"], data["best"]
+    name = data["metric"]
+    out.print(f"\n{'':10}{name:>12}{'held-out':>12}", highlight=False)
+    for label, row in (("baseline", base), ("best", best)):
+        out.print(f"{label:10}{_num(row['metric']):>12}{_num(row['holdout']):>12}", highlight=False)
+    out.print(f"kept changes: git -C {root} log rsi/{data['tag']}", highlight=False)
+    report = write_report(root)
+    out.print(f"report: {report}", highlight=False)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 @app.command()

@@ -19,7 +19,8 @@ is never silently ignored.
 
 Default ranges, when there is no hint:
 
-- positive float v: log range [v/10, 10v];
+- float v in (0, 1): log range [v/10, min(10v, (1+v)/2)] (betas, momenta, fractions never reach 1);
+- float v >= 1: log range [v/10, 10v];
 - float 0.0: linear range [0.0, 0.5] (zeros are usually dropout- or weight-decay-like);
 - negative float v: linear range [4v, v/4] (a factor of 4 either way in magnitude; linear because a log
   scale cannot hold negative numbers, and a narrower factor than for positives keeps linear sampling sane);
@@ -211,6 +212,8 @@ def _default_knob(file: str, name: str, value: Value) -> Knob | None:
         low, high = {1: (1, 8), 0: (0, 8)}.get(value, (value * 4, 0))
         return Knob(file, name, "int", value, low, high)
     if isinstance(value, float):
+        if 0 < value < 1:  # betas, momenta, fractions: stay below 1
+            return Knob(file, name, "float", value, value / 10, min(value * 10, (1 + value) / 2), log=True)
         if value > 0:
             return Knob(file, name, "float", value, value / 10, value * 10, log=True)
         bounds = (0.0, 0.5) if value == 0 else (value * 4, value / 4)

@@ -59,9 +59,9 @@ class LiveView:
         if self.live:
             self.live.update(self._render())
         elif exp is not None and event == "done":
-            self.console.print(self._line(exp), highlight=False)
+            self.console.print(self._line(exp), highlight=False, soft_wrap=True)
         elif exp is None and message:
-            self.console.print(f"rsi: {message}", highlight=False)
+            self.console.print(f"rsi: {message}", highlight=False, soft_wrap=True)
 
     def _remaining(self) -> str:
         if not self.durations:
