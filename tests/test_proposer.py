@@ -16,10 +16,12 @@ SOURCE = "lr = 0.5  # the step\nDEPTH = 3\nuse_bias = False\nprint('x')\n"
 
 
 def experiment(exp_id: int, params: dict[str, object], metric: float | None, status: str = "ok") -> Experiment:
-    run = Run(exp_id, exp_id, "select", 1, "done", status, metric, "", 0.1, 1.0, "", "")
+    run = Run(exp_id, exp_id, "screen", 1, "done", status, metric, "", 0.1, 1.0, "", "")
     return Experiment(
-        exp_id, 0, None, None, None, "knobs" if exp_id else "baseline", "h", dict(params), "", "done", status,
-        "discard", "", 0, time.time(), time.time(), [run],
+        id=exp_id, parent=0, parent_commit=None, commit_sha=None, kept_commit=None,
+        proposer="knobs" if exp_id else "baseline", hypothesis="h", params=dict(params), diff="", state="done",
+        status=status, verdict="discard", reason="", interrupts=0, reverted=False, ci=None, created=time.time(),
+        finished=time.time(), runs=[run],
     )  # fmt: skip
 
 

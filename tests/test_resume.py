@@ -40,9 +40,13 @@ def check_consistent(root: Path) -> None:
     exps = ledger.experiments()
     assert [e.id for e in exps] == list(range(TOTAL))
     assert all(e.state == "done" for e in exps)
-    # nothing repeated: the baseline has its 5 runs, every candidate exactly one (this judge never repeats)
-    assert len([r for r in exps[0].runs if r.kind == "select"]) == 5
-    assert all(len(e.runs) == 1 for e in exps[1:] if e.status != "rejected")
+    # nothing lost or repeated: the baseline has its 5 fresh runs; no experiment ran one seed twice
+    assert {1, 2, 3, 4, 5} <= {r.seed for r in exps[0].runs if r.kind == "fresh"}
+    for e in exps:
+        pairs = [(r.kind, r.seed) for r in e.runs]
+        assert len(pairs) == len(set(pairs)), (e.id, pairs)
+        if e.id > 0 and e.status != "rejected":
+            assert any(r.kind == "screen" for r in e.runs)
     assert ledger.db.execute("SELECT COUNT(*) FROM runs WHERE state != 'done'").fetchone()[0] == 0
     kept = [e for e in exps if e.verdict == "keep"]
     head = git(root, "rev-parse", "rsi/k").strip()

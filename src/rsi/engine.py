@@ -1,10 +1,12 @@
 """The research loop: baseline first, then propose, commit, run, judge, record; resumable at any instant.
 
-Order of effects, so a kill at any point is safe: a candidate is committed and its ref set before its ledger
-row exists (an orphan commit is harmless); a run is a ledger row `running` before the process starts (on
-resume it is deleted, its process group killed, and the run done again); a verdict is written in one
-transaction together with the kept commit, and only then does the research branch move (on resume the branch is
-set from the ledger).
+Order of effects, so that a kill at any point is safe:
+- a candidate is committed and its ref set before its ledger row exists (an orphan commit is harmless);
+- a run is a ledger row `running` before its process starts; on resume that row is deleted, its process
+  group killed, and the run done again with the same seed;
+- a verdict is written in one transaction with the kept commit, and only then does the research branch move;
+  on resume the branch is set from the ledger.
+A keep lands only after the judge's replication on fresh seeds, so the branch never needs a revert.
 """
 
 from __future__ import annotations
@@ -23,13 +25,12 @@ from typing import Any
 import psutil
 
 from rsi.config import Config
-from rsi.environment import describe_environment
 from rsi.errors import UserError
-from rsi.judge import Judge, ThresholdJudge, noise_sd
+from rsi.judge import Decision, Judge, Noise, SequentialJudge, pooled_noise
 from rsi.ledger import Experiment, Ledger
+from rsi.measure import FRESH, HOLDOUT, SCREEN, Measurer, fresh_seed
 from rsi.proposer import Context, Proposal, Proposer
-from rsi.runner import MetricSpec, RunResult, RunSpec, run, scrub_env
-from rsi.workspace import Workspace, hash_files, matches
+from rsi.workspace import Workspace, matches
 
 SETUP_TIMEOUT = 3600.0
 MAX_INTERRUPTS = 5  # runs of one experiment cut short in a row before it counts as a crash, not a kill
@@ -48,6 +49,11 @@ def _quiet(event: str, exp: Experiment | None, message: str) -> None:
     return None
 
 
+def default_judge(cfg: Config) -> Judge:
+    j = cfg.judge
+    return SequentialJudge(confidence=j.confidence, max_repeats=j.max_repeats, min_delta=j.min_delta)
+
+
 class Research:
     def __init__(
         self,
@@ -63,14 +69,12 @@ class Research:
         self.cfg = cfg
         self.ws = Workspace(self.root)
         self.listener = listener
-        self.judge = judge or ThresholdJudge(cfg.judge.min_delta)
+        self.judge = judge or default_judge(cfg)
         self.ws.check_repository()
         self.ledger = Ledger(self.ws.state / "ledger.sqlite")
         self._start(tag)
+        self.measurer = Measurer(self.ws, cfg, self.ledger, self.ledger.get_json("frozen") or {})
         self.proposer = proposer_factory(self.ws, self.start_commit)
-        self.cache_dir = self.ws.state / "cache"
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.environment = describe_environment()
         self._files: dict[str, str] = {}
         self._files_of = ""
 
@@ -89,18 +93,20 @@ class Research:
                 p: sha256(self.ws.read_bytes(head, p)).hexdigest() for p in self.ws.files(head, self.cfg.task.frozen)
             }
             with self.ledger.transaction():
-                self.ledger.set("tag", tag)
-                self.ledger.set("start_commit", head)
-                self.ledger.set("frozen", json.dumps(frozen, sort_keys=True))
-                self.ledger.set("task", self.cfg.task.name)
-                self.ledger.set("goal", self.cfg.metric.goal)
-                self.ledger.set("metric", self.cfg.metric.name)
+                for key, value in {
+                    "tag": tag,
+                    "start_commit": head,
+                    "frozen": json.dumps(frozen, sort_keys=True),
+                    "task": self.cfg.task.name,
+                    "goal": self.cfg.metric.goal,
+                    "metric": self.cfg.metric.name,
+                }.items():
+                    self.ledger.set(key, value)
             self.ws.set_ref(f"refs/heads/rsi/{tag}", head)
         elif tag is not None and tag != known:
             raise UserError(f"this task's research is rsi/{known}; resume it without --tag or use --tag {known}")
         self.tag = self.ledger.get("tag") or ""
         self.start_commit = self.ledger.get("start_commit") or ""
-        self.frozen: dict[str, str] = self.ledger.get_json("frozen") or {}
         self.ws.hide_state_dir()
         self._recover()
 
@@ -114,8 +120,8 @@ class Research:
             for e in self.ledger.experiments("state = 'running'"):
                 self.ledger.update_experiment(e.id, state="proposed")
         self.ws.remove_all_worktrees()
-        for e in self.ledger.experiments("commit_sha IS NOT NULL"):
-            if self.ws.ref(f"refs/rsi/candidates/{e.id}") != e.commit_sha and e.commit_sha:
+        for e in self.ledger.experiments("commit_sha IS NOT NULL AND id > 0"):
+            if e.commit_sha and self.ws.ref(f"refs/rsi/candidates/{e.id}") != e.commit_sha:
                 self.ws.set_ref(f"refs/rsi/candidates/{e.id}", e.commit_sha)
         self.ws.set_ref(f"refs/heads/rsi/{self.tag}", self.branch_head())
 
@@ -127,10 +133,9 @@ class Research:
         return str(row[0]) if row else self.start_commit
 
     def champion(self) -> Experiment:
-        row = self.ledger.db.execute(
-            "SELECT id FROM experiments WHERE verdict = 'keep' ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        champion = self.ledger.experiment(int(row[0]) if row else 0)
+        row = self.ledger.db.execute("SELECT id FROM experiments WHERE verdict = 'keep' ORDER BY id DESC LIMIT 1")
+        found = row.fetchone()
+        champion = self.ledger.experiment(int(found[0]) if found else 0)
         assert champion is not None
         return champion
 
@@ -142,6 +147,10 @@ class Research:
             self._files_of = commit
         return self._files
 
+    def noise(self) -> Noise | None:
+        """Run-to-run noise pooled over every experiment measured more than once."""
+        return pooled_noise(list(self.ledger.select_metrics().values()))
+
     # the loop
     def run(self, limits: Limits) -> None:
         try:
@@ -150,12 +159,12 @@ class Research:
             self.ws.git("worktree", "prune")  # removed worktrees leave bookkeeping behind; clear it
 
     def _loop(self, limits: Limits) -> None:
-        deadline = time.monotonic() + limits.time_budget_s if limits.time_budget_s else None
+        deadline = _deadline(limits.time_budget_s)
 
         def budget_left() -> bool:
             if limits.max_experiments is not None and self.ledger.count() >= limits.max_experiments:
                 return False
-            return deadline is None or time.monotonic() < deadline
+            return deadline is None or _now() < deadline
 
         for e in self.ledger.experiments("state = 'done'"):
             self.proposer.observe(e)
@@ -186,10 +195,10 @@ class Research:
         self.listener("message", None, f"setup: {self.cfg.task.setup}")
         wt = self.ws.add_worktree("setup", self.start_commit)
         try:
-            result = self._execute(wt, self.cfg.task.setup, MetricSpec(), 0, SETUP_TIMEOUT, "setup")
+            result = self.measurer.unrecorded(wt, self.cfg.task.setup, SETUP_TIMEOUT, "setup")
         finally:
             self.ws.remove_worktree("setup")
-        if result.returncode != 0:
+        if result.status != "ok":
             raise UserError(f"setup command failed ({result.reason}); see {self.ws.state / 'logs' / 'setup'}")
         self.ledger.set("setup_done", "1")
 
@@ -208,7 +217,7 @@ class Research:
                 )
         exp = self.ledger.experiment(0)
         assert exp is not None
-        self._experiment(exp, repeats=self.cfg.judge.baseline_repeats)
+        self._experiment(exp)
         exp = self.ledger.experiment(0)
         assert exp is not None
         if not exp.valid():
@@ -217,6 +226,12 @@ class Research:
                 f"the baseline gave no metric ({exp.status}: {run0.reason if run0 else 'no run'}); "
                 f"fix the task and start again (logs under {self.ws.state / 'logs' / '0'})"
             )
+        noise, detectable = self.noise(), self.judge.detectable(len(exp.valid()), self.noise())
+        if detectable is not None:
+            self.ledger.set("detectable", repr(detectable))
+        if noise is not None:
+            smallest = f"; smallest improvement it keeps 80% of the time: {detectable:.4g}" if detectable else ""
+            self.listener("message", None, f"noise sd {noise.sd:.4g} ({noise.dof} dof){smallest}")
 
     def _record_proposal(self, proposal: Proposal, champion: Experiment, files: dict[str, str]) -> Experiment:
         exp_id = self.ledger.next_id()
@@ -262,8 +277,8 @@ class Research:
                 return f"{path} is not editable"
         return ""
 
-    def _experiment(self, exp: Experiment, repeats: int = 1) -> None:
-        """Run an experiment (new or interrupted) to its verdict."""
+    def _experiment(self, exp: Experiment) -> None:
+        """Measure an experiment (new or interrupted) to its verdict."""
         if exp.interrupts >= MAX_INTERRUPTS:
             reason = f"the orchestrator died during its run {exp.interrupts} times in a row"
             with self.ledger.transaction():
@@ -274,150 +289,125 @@ class Research:
         self.listener("running", exp, "")
         wt = self.ws.add_worktree(str(exp.id), exp.commit_sha)
         try:
-            decision_reason = self._measure(exp, wt, repeats)
+            if exp.id == 0:
+                self._measure_baseline(exp, wt)
+            else:
+                self._measure_candidate(exp, wt)
         finally:
             self.ws.remove_worktree(str(exp.id))
+            self.ws.remove_worktree("champion")
         done = self.ledger.experiment(exp.id)
         assert done is not None
-        self.listener("done", done, decision_reason)
+        self.listener("done", done, done.reason)
         self.proposer.observe(done)
 
-    def _measure(self, exp: Experiment, wt: Path, repeats: int) -> str:
-        is_baseline = exp.id == 0
-        commit = exp.commit_sha or ""
-        champion = None if is_baseline else self.champion()
-        current = self.ledger.experiment(exp.id)
-        assert current is not None
-        while True:
-            n = len(current.metrics())
-            result = self._execute(
-                wt,
-                self.cfg.task.command,
-                self._metric_spec(),
-                n + 1,
-                self.cfg.task.timeout,
-                exp.id,
-                commit=commit,
-            )
-            if is_baseline and result.status == "ok":
-                self._holdout(wt, exp.id, n + 1, commit)
-            current = self.ledger.experiment(exp.id)
-            assert current is not None
-            if is_baseline:
-                if len(current.metrics()) < repeats:
-                    continue
-                return self._finish(current, "baseline", f"{len(current.valid())} valid runs")
-            assert champion is not None
-            decision = self.judge.decide(current.metrics(), champion.valid(), self.cfg.metric.goal)
-            if decision.verdict == "more" and len(current.metrics()) < self.cfg.judge.max_repeats:
-                continue
-            verdict = "inconclusive" if decision.verdict == "more" else decision.verdict
-            if verdict == "keep":
-                self._holdout(wt, exp.id, len(current.metrics()), commit)
-            return self._finish(current, verdict, decision.reason, champion)
+    def _measure_baseline(self, exp: Experiment, wt: Path) -> None:
+        """Fresh runs on seeds 1..baseline_repeats, each followed by the holdout: the noise floor."""
+        assert exp.commit_sha is not None
+        done = {r.seed for r in exp.runs if r.kind == FRESH}
+        for seed in range(1, self.cfg.judge.baseline_repeats + 1):
+            if seed not in done and self.measurer.measure(wt, 0, exp.commit_sha, FRESH, seed).status == "ok":
+                self._holdout(wt, exp, seed)
+        self._finish(self._reload(exp), "baseline", Decision("keep", f"{self.cfg.judge.baseline_repeats} runs"))
 
-    def _finish(self, exp: Experiment, verdict: str, reason: str, champion: Experiment | None = None) -> str:
-        status = next((r.status for r in exp.runs if r.kind == "select" and r.status != "ok"), "ok") or "ok"
+    def _measure_candidate(self, exp: Experiment, wt: Path) -> None:
+        """Screening runs, paired with the champion's fresh seeds, until the judge decides; then replication."""
+        assert exp.commit_sha is not None
+        champion = self.champion()
+        pool = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None]
+        pool_metrics = [r.metric for r in pool if r.metric is not None]
+        deletes = _deletes_code(exp.diff)
+        while True:
+            screened = [r for r in exp.runs if r.kind == SCREEN]
+            if screened:
+                metrics = [r.metric if r.status == "ok" else None for r in screened]
+                decision = self.judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
+                if decision.verdict != "more":
+                    break
+                if len(screened) >= self.cfg.judge.max_repeats:
+                    decision = Decision("inconclusive", decision.reason, decision.ci)
+                    break
+            k = len(screened)
+            seed = pool[k].seed if k < len(pool) else fresh_seed(exp.id, 100 + k)
+            self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed)
+            exp = self._reload(exp)
+        if decision.verdict == "keep" and self.judge.replicate:
+            decision = self._replicate(exp, wt, champion)
+        if decision.verdict == "keep":
+            self._top_up(exp, wt)
+        self._finish(self._reload(exp), decision.verdict, decision, champion)
+
+    def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
+        """Candidate and champion on the same fresh seeds, new to both; the champion runs first so that the
+        candidate's own run is the last one in its worktree (the holdout reads what it produced)."""
+        assert champion.commit_sha is not None and exp.commit_sha is not None
+        champ_wt = self.ws.add_worktree("champion", champion.commit_sha)
+        seeds = [fresh_seed(exp.id, j) for j in range(1, self.judge.replicate + 1)]
+        for seed in seeds:
+            if not _has_run(champion, FRESH, seed):
+                self.measurer.measure(champ_wt, champion.id, champion.commit_sha, FRESH, seed)
+            if not _has_run(exp, FRESH, seed):
+                self.measurer.measure(wt, exp.id, exp.commit_sha, FRESH, seed)
+            exp, champion = self._reload(exp), self._reload(champion)
+        cand = [_metric_at(exp, seed) for seed in seeds]
+        champ = [_metric_at(champion, seed) for seed in seeds]
+        confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise())
+        if confirmed.verdict != "keep":
+            self.ledger.update_experiment(exp.id, reverted=1)
+            return Decision("discard", f"screening kept it, but it {confirmed.reason}", confirmed.ci)
+        return confirmed
+
+    def _top_up(self, exp: Experiment, wt: Path) -> None:
+        """A new champion gets at least baseline_repeats fresh runs: what later candidates are compared with,
+        free of the winner's curse of its screening runs. Its last run is followed by the holdout."""
+        commit = exp.commit_sha
+        assert commit is not None
+        exp = self._reload(exp)
+        k = self.judge.replicate
+        while sum(1 for r in exp.runs if r.kind == FRESH) < self.cfg.judge.baseline_repeats:
+            k += 1
+            self.measurer.measure(wt, exp.id, commit, FRESH, fresh_seed(exp.id, k))
+            exp = self._reload(exp)
+        last = max((r for r in exp.runs if r.kind in (FRESH, SCREEN)), key=lambda r: r.id)
+        if last.status == "ok":
+            self._holdout(wt, exp, last.seed)
+
+    def _finish(self, exp: Experiment, verdict: str, decision: Decision, champion: Experiment | None = None) -> None:
+        status = next((r.status for r in exp.runs if r.kind in (SCREEN, FRESH) and r.status != "ok"), "ok") or "ok"
         kept_commit = None
-        if verdict == "keep" and status == "ok":
-            assert champion is not None and exp.commit_sha is not None
+        if verdict == "keep" and status == "ok" and champion is not None:
+            assert exp.commit_sha is not None
             before, after = champion.mean(), exp.mean()
             message = (
                 f"{exp.hypothesis}\n\n{self.cfg.metric.name}: {before:.6g} -> {after:.6g} "
-                f"(experiment {exp.id}, {len(exp.valid())} run(s); {reason})"
+                f"(experiment {exp.id}, {len(exp.valid())} runs; {decision.reason})"
             )
             kept_commit = self.ws.commit_tree(exp.commit_sha, self.branch_head(), message)
-        elif verdict == "keep":
+        elif verdict == "keep" and champion is not None:
             verdict = "discard"
+        ci = decision.ci or (None, None)
         with self.ledger.transaction():
             self.ledger.update_experiment(
-                exp.id, state="done", status=status, verdict=verdict, reason=reason, kept_commit=kept_commit
+                exp.id,
+                state="done",
+                status=status,
+                verdict=verdict,
+                reason=decision.reason,
+                kept_commit=kept_commit,
+                ci_low=ci[0],
+                ci_high=ci[1],
             )
         if kept_commit:
             self.ws.set_ref(f"refs/heads/rsi/{self.tag}", kept_commit)
-        return reason
 
-    def _metric_spec(self) -> MetricSpec:
-        m = self.cfg.metric
-        return MetricSpec(pattern=m.pattern, file=m.file, key=m.key, evaluator=m.evaluator)
+    def _holdout(self, wt: Path, exp: Experiment, seed: int) -> None:
+        if self.cfg.holdout is not None and exp.commit_sha:
+            self.measurer.measure(wt, exp.id, exp.commit_sha, HOLDOUT, seed)
 
-    def _holdout(self, wt: Path, exp_id: int, seed: int, commit: str) -> None:
-        h = self.cfg.holdout
-        if h is None:
-            return
-        spec = MetricSpec(pattern=h.pattern, file=h.file, key=h.key)
-        self._execute(wt, h.command, spec, seed, self.cfg.task.timeout, exp_id, kind="holdout", commit=commit)
-
-    def _environ(self, seed: int) -> dict[str, str]:
-        env = scrub_env(os.environ, deny=self.cfg.task.secret_patterns, allow=self.cfg.task.env_pass)
-        env.update(self.cfg.task.env)
-        env["RSI_SEED"] = str(seed)
-        env["RSI_CACHE_DIR"] = str(self.cache_dir)
-        if self.cfg.task.budget is not None:
-            env["RSI_BUDGET_SECONDS"] = f"{self.cfg.task.budget:g}"
-        return env
-
-    def _execute(
-        self,
-        wt: Path,
-        command: str,
-        metric: MetricSpec,
-        seed: int,
-        timeout: float,
-        exp_id: int | str,
-        kind: str = "select",
-        commit: str = "",
-    ) -> RunResult:
-        env = self._environ(seed)
-        logs = self.ws.state / "logs" / str(exp_id) / f"{kind}-{seed}"
-        spec = RunSpec(
-            command=command,
-            cwd=wt,
-            env=env,
-            timeout_s=timeout,
-            memory_bytes=self.cfg.task.memory,
-            output_cap=self.cfg.task.output_cap,
-            log_dir=logs,
-            metric=metric,
-        )
-        if not isinstance(exp_id, int):
-            return run(spec)
-        record = {**self.environment, "commit": commit}
-        run_id = self.ledger.start_run(exp_id, kind, seed, record)
-
-        def started(pid: int) -> None:
-            self.ledger.set_run_pid(run_id, pid, _start_time(pid))
-
-        result = run(spec, on_start=started)
-        status, reason = result.status, result.reason
-        tampered = self._tampering(wt)
-        if tampered:
-            status, reason = "tampered", tampered
-        with self.ledger.transaction():
-            self.ledger.finish_run(
-                run_id,
-                status=status,
-                metric=result.metric if status == "ok" else None,
-                reason=reason,
-                returncode=result.returncode,
-                duration_s=result.duration_s,
-                peak_memory_mb=result.peak_memory_mb,
-                stdout_tail=result.stdout_tail,
-                stderr_tail=result.stderr_tail,
-            )
-        return result
-
-    def _tampering(self, wt: Path) -> str:
-        changed = self.ws.changed_tracked(wt)
-        if changed:
-            return f"the run changed tracked files: {', '.join(changed[:3])}"
-        now = hash_files(wt, self.frozen)
-        bad = [p for p, digest in self.frozen.items() if now[p] != digest]
-        return f"frozen file changed: {', '.join(bad[:3])}" if bad else ""
-
-    # summaries
-    def noise(self) -> float | None:
-        return noise_sd([e.valid() for e in self.ledger.experiments("state = 'done'")])
+    def _reload(self, exp: Experiment) -> Experiment:
+        fresh = self.ledger.experiment(exp.id)
+        assert fresh is not None
+        return fresh
 
     def summary(self) -> dict[str, Any]:
         base = self.ledger.experiment(0)
@@ -431,11 +421,28 @@ class Research:
         }
 
 
-def _start_time(pid: int) -> float:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return 0.0
+def _has_run(exp: Experiment, kind: str, seed: int) -> bool:
+    return any(r.kind == kind and r.seed == seed for r in exp.runs)
+
+
+def _metric_at(exp: Experiment, seed: int) -> float | None:
+    return next((r.metric for r in exp.runs if r.kind == FRESH and r.seed == seed and r.status == "ok"), None)
+
+
+def _deletes_code(diff: str) -> bool:
+    """More lines removed than added (blank lines aside): the simplicity rule may keep it at no gain."""
+    lines = diff.splitlines()
+    added = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++") and x[1:].strip())
+    removed = sum(1 for x in lines if x.startswith("-") and not x.startswith("---") and x[1:].strip())
+    return removed > added
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _deadline(budget: float | None) -> float | None:
+    return None if budget is None else _now() + budget
 
 
 def _kill_orphan(pid: int | None, started: float | None) -> None:

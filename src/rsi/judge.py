@@ -1,23 +1,50 @@
 """The judge decides keep / discard from measurements; it never sees a proposer or held-out numbers.
 
-`Judge` is a small protocol so that the statistical judge (noise floor, sequential repeats) can replace the
-first-version threshold rule without touching the loop: the loop asks, runs more seeds while the answer is
-`more`, and records the verdict with its reason.
+`SequentialJudge` (the default) decides in two independent stages, so that one lucky run can never land on
+the research branch:
+
+1. Screening. The candidate runs once, then at looks n = 1, 2, 4, 8, ... up to `max_repeats`. At each look
+   the improvement over the champion's fresh runs gets a one-sided t bound, with the noise sd pooled over
+   every repeated experiment. Keep-for-replication when the lower bound clears `min_delta` at level
+   alpha_s / K (Bonferroni over the K looks: valid however often we look). Discard for futility when even an
+   optimistic (80%) upper bound stays below 0.8 of the smallest effect the design can detect, or below
+   `min_delta`. Otherwise run more; at `max_repeats`, inconclusive.
+2. Replication. A screened keep and the champion both run `replicate` fresh seeds (the same seeds for both,
+   new to both), and the candidate is kept only if that fresh comparison alone clears level alpha_c.
+
+The stages use disjoint data, so a null candidate is kept with probability at most alpha_s * alpha_c, which
+is set to 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for confidence 0.99).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from scipy import stats
+
 Goal = Literal["minimize", "maximize"]
+Verdict = Literal["keep", "discard", "inconclusive", "more"]
+POWER = 0.8  # the power at which the smallest detectable effect is quoted
+FUTILITY = 0.8  # discard when the optimistic bound is below this fraction of that smallest effect
 
 
 @dataclass(frozen=True)
 class Decision:
-    verdict: Literal["keep", "discard", "inconclusive", "more"]
+    verdict: Verdict
     reason: str
+    ci: tuple[float, float] | None = None  # bounds on the improvement (positive is better) at this look
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The run-to-run standard deviation of the metric, pooled, with its degrees of freedom."""
+
+    sd: float
+    dof: int
 
 
 def improvement(candidate: float, champion: float, goal: Goal) -> float:
@@ -25,36 +52,175 @@ def improvement(candidate: float, champion: float, goal: Goal) -> float:
     return champion - candidate if goal == "minimize" else candidate - champion
 
 
-def noise_sd(samples: list[list[float]]) -> float | None:
-    """Pooled standard deviation of repeated runs of the same code (one list per experiment)."""
+def pooled_noise(samples: Sequence[Sequence[float]]) -> Noise | None:
+    """Pooled within-experiment sd of repeated runs of the same code (one sequence per experiment)."""
     num, dof = 0.0, 0
     for runs in samples:
         if len(runs) >= 2:
             num += statistics.variance(runs) * (len(runs) - 1)
             dof += len(runs) - 1
-    return (num / dof) ** 0.5 if dof else None
+    return Noise(math.sqrt(num / dof), dof) if dof else None
+
+
+def noise_sd(samples: Sequence[Sequence[float]]) -> float | None:
+    noise = pooled_noise(samples)
+    return noise.sd if noise else None
+
+
+def looks(max_repeats: int) -> list[int]:
+    """Numbers of runs at which the screening decides: 1, 2, 4, ... and max_repeats."""
+    points, n = [], 1
+    while n < max_repeats:
+        points.append(n)
+        n *= 2
+    return [*points, max_repeats]
 
 
 class Judge(Protocol):
-    def decide(self, candidate: list[float | None], champion: list[float], goal: Goal) -> Decision:
-        """`candidate`: metrics of its runs so far (None for a failed run); `champion`: valid metrics."""
+    @property
+    def replicate(self) -> int:
+        """Fresh runs per arm before a keep lands (0: no replication stage)."""
+        ...
+
+    def decide(
+        self,
+        candidate: Sequence[float | None],
+        champion: Sequence[float],
+        goal: Goal,
+        noise: Noise | None,
+        deletes_code: bool = False,
+    ) -> Decision:
+        """Screening: `candidate` holds its runs so far (None for a failed run)."""
+        ...
+
+    def confirm(
+        self, candidate: Sequence[float | None], champion: Sequence[float | None], goal: Goal, noise: Noise | None
+    ) -> Decision:
+        """Replication on fresh seeds, both arms on the same seeds: keep or discard."""
+        ...
+
+    def detectable(self, champion_runs: int, noise: Noise | None) -> float | None:
+        """The smallest improvement this judge keeps with 80% probability (None: noise unknown)."""
         ...
 
 
 @dataclass(frozen=True)
 class ThresholdJudge:
-    """First version: one run, kept when its metric beats the champion's mean by more than `min_delta`."""
+    """The first version, kept for comparison: one run, kept when it beats the champion's mean by min_delta."""
 
     min_delta: float = 0.0
+    replicate: int = 0
 
-    def decide(self, candidate: list[float | None], champion: list[float], goal: Goal) -> Decision:
+    def decide(
+        self,
+        candidate: Sequence[float | None],
+        champion: Sequence[float],
+        goal: Goal,
+        noise: Noise | None,
+        deletes_code: bool = False,
+    ) -> Decision:
         if not candidate or any(m is None for m in candidate):
             return Decision("discard", "a run failed")
         if not champion:
             return Decision("keep", "no valid champion measurement to compare with")
-        cand = statistics.fmean(m for m in candidate if m is not None)
-        best = statistics.fmean(champion)
-        gain = improvement(cand, best, goal)
+        gain = improvement(statistics.fmean(m for m in candidate if m is not None), statistics.fmean(champion), goal)
         if gain > self.min_delta:
             return Decision("keep", f"better by {gain:.4g} (> min_delta {self.min_delta:g})")
-        return Decision("discard", f"{'worse' if gain < 0 else 'better'} by {abs(gain):.4g}, not > {self.min_delta:g}")
+        return Decision("discard", f"improvement {gain:.4g} is not above min_delta {self.min_delta:g}")
+
+    def confirm(
+        self, candidate: Sequence[float | None], champion: Sequence[float | None], goal: Goal, noise: Noise | None
+    ) -> Decision:
+        return Decision("keep", "no replication stage")
+
+    def detectable(self, champion_runs: int, noise: Noise | None) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class SequentialJudge:
+    confidence: float = 0.99
+    max_repeats: int = 8
+    min_delta: float = 0.0
+    replicate: int = 4
+    simplicity: bool = True
+
+    @property
+    def alpha_stage(self) -> float:
+        return math.sqrt(1 - self.confidence)
+
+    def _quantile(self, level: float, dof: int) -> float:
+        return float(stats.t.ppf(level, max(dof, 1)))
+
+    def detectable(self, champion_runs: int, noise: Noise | None) -> float | None:
+        if noise is None or champion_runs < 1:
+            return None
+        k = len(looks(self.max_repeats))
+        q = self._quantile(1 - self.alpha_stage / k, noise.dof) + self._quantile(POWER, noise.dof)
+        return self.min_delta + q * noise.sd * math.sqrt(1 / self.max_repeats + 1 / champion_runs)
+
+    def decide(
+        self,
+        candidate: Sequence[float | None],
+        champion: Sequence[float],
+        goal: Goal,
+        noise: Noise | None,
+        deletes_code: bool = False,
+    ) -> Decision:
+        n = len(candidate)
+        if n == 0 or any(m is None for m in candidate):
+            return Decision("discard", "a run failed")
+        if not champion:
+            return Decision("discard", "the champion has no valid measurement to compare with")
+        if noise is None or noise.sd == 0:
+            return self._noiseless(candidate, champion, goal, noise)
+        gain = improvement(statistics.fmean(m for m in candidate if m is not None), statistics.fmean(champion), goal)
+        se = noise.sd * math.sqrt(1 / n + 1 / len(champion))
+        points = looks(self.max_repeats)
+        if n not in points:
+            return Decision("more", f"{n} run(s); next look at {min(p for p in points if p > n)}")
+        q_keep = self._quantile(1 - self.alpha_stage / len(points), noise.dof)
+        low, high = gain - q_keep * se, gain + q_keep * se
+        ci = (low, high)
+        if low > self.min_delta:
+            return Decision(
+                "keep", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}] clears {self.min_delta:g}", ci
+            )
+        optimistic = gain + self._quantile(POWER, noise.dof) * se
+        detectable = self.detectable(len(champion), noise) or 0.0
+        if deletes_code and self.simplicity and low > -0.5 * noise.sd:
+            return Decision("keep", f"deletes code and is at most half a noise sd worse (bound {low:.4g})", ci)
+        if optimistic < self.min_delta or optimistic < FUTILITY * detectable:
+            return Decision(
+                "discard", f"improvement {gain:.4g}; even the optimistic bound {optimistic:.4g} is too small", ci
+            )
+        if n >= self.max_repeats:
+            return Decision("inconclusive", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}] after {n} runs", ci)
+        return Decision("more", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}]: promising, run more", ci)
+
+    def _noiseless(
+        self, candidate: Sequence[float | None], champion: Sequence[float], goal: Goal, noise: Noise | None
+    ) -> Decision:
+        """Repeats agreed exactly (a deterministic metric) or no noise estimate exists yet."""
+        gain = improvement(statistics.fmean(m for m in candidate if m is not None), statistics.fmean(champion), goal)
+        if noise is None and len(candidate) < 2:
+            return Decision("more", "no noise estimate yet: repeating to measure it")
+        if gain > self.min_delta:
+            return Decision("keep", f"improvement {gain:.4g} with no run-to-run noise", (gain, gain))
+        return Decision("discard", f"improvement {gain:.4g} with no run-to-run noise", (gain, gain))
+
+    def confirm(
+        self, candidate: Sequence[float | None], champion: Sequence[float | None], goal: Goal, noise: Noise | None
+    ) -> Decision:
+        pairs = [(c, h) for c, h in zip(candidate, champion, strict=False) if c is not None and h is not None]
+        if len(pairs) < len(candidate) or not pairs:
+            return Decision("discard", "a replication run failed")
+        gain = improvement(statistics.fmean(c for c, _ in pairs), statistics.fmean(h for _, h in pairs), goal)
+        if noise is None or noise.sd == 0:
+            ok = gain > self.min_delta
+            return Decision("keep" if ok else "discard", f"replicated improvement {gain:.4g}", (gain, gain))
+        se = noise.sd * math.sqrt(2 / len(pairs))
+        low = gain - self._quantile(1 - self.alpha_stage, noise.dof) * se
+        if low > self.min_delta:
+            return Decision("keep", f"replicated on {len(pairs)} fresh seeds: {gain:.4g}, bound {low:.4g}", (low, gain))
+        return Decision("discard", f"did not replicate on {len(pairs)} fresh seeds: {gain:.4g}, bound {low:.4g}")

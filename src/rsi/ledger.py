@@ -19,6 +19,7 @@ from typing import Any
 from rsi.errors import UserError
 
 SCHEMA_VERSION = 1
+SELECT_KINDS = ("screen", "fresh")  # runs of the task's command; "holdout" and "verify" runs are apart
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,6 +38,9 @@ CREATE TABLE IF NOT EXISTS experiments (
     verdict TEXT,
     reason TEXT NOT NULL DEFAULT '',
     interrupts INTEGER NOT NULL DEFAULT 0,
+    reverted INTEGER NOT NULL DEFAULT 0,
+    ci_low REAL,
+    ci_high REAL,
     created REAL NOT NULL,
     finished REAL
 );
@@ -68,7 +72,7 @@ CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment);
 class Run:
     id: int
     experiment: int
-    kind: str  # "select" (the task's command) or "holdout"
+    kind: str  # "screen" or "fresh" (the task's command), "holdout", "verify"
     seed: int
     state: str
     status: str | None
@@ -96,12 +100,17 @@ class Experiment:
     verdict: str | None
     reason: str
     interrupts: int  # runs of it cut short by the orchestrator's death, in a row
+    reverted: bool  # screening kept it, replication on fresh seeds did not: never reached the branch
+    ci: tuple[float, float] | None  # bounds on its improvement over the champion when decided
     created: float
     finished: float | None
     runs: list[Run] = field(default_factory=list)
 
     def metrics(self, kind: str = "select") -> list[float | None]:
-        return [r.metric if r.status == "ok" else None for r in self.runs if r.kind == kind]
+        """Metrics of its runs of one kind (None for a failed run); "select" is every run of the task's
+        command (screening and fresh), as opposed to "holdout" runs."""
+        kinds = SELECT_KINDS if kind == "select" else (kind,)
+        return [r.metric if r.status == "ok" else None for r in self.runs if r.kind in kinds]
 
     def valid(self, kind: str = "select") -> list[float]:
         return [m for m in self.metrics(kind) if m is not None]
@@ -231,6 +240,8 @@ class Ledger:
                 verdict=r["verdict"],
                 reason=r["reason"],
                 interrupts=r["interrupts"],
+                reverted=bool(r["reverted"]),
+                ci=None if r["ci_low"] is None else (r["ci_low"], r["ci_high"]),
                 created=r["created"],
                 finished=r["finished"],
             )
@@ -260,6 +271,17 @@ class Ledger:
                     )
                 )
         return exps
+
+    def select_metrics(self) -> dict[int, list[float]]:
+        """Valid metrics of every experiment's runs of the task's command: the noise estimate pools them."""
+        out: dict[int, list[float]] = {}
+        rows = self.db.execute(
+            "SELECT experiment, metric FROM runs WHERE state = 'done' AND status = 'ok' AND metric IS NOT NULL"
+            " AND kind IN ('screen', 'fresh') ORDER BY id"
+        )
+        for exp_id, metric in rows:
+            out.setdefault(int(exp_id), []).append(float(metric))
+        return out
 
     # runs
     def start_run(self, exp_id: int, kind: str, seed: int, env: dict[str, str]) -> int:

@@ -18,7 +18,7 @@ from rsi.config import KnobsConfig
 from rsi.errors import UserError
 from rsi.judge import Goal
 from rsi.knobs import Knob, apply_values, describe, find_knobs, format_value
-from rsi.ledger import Experiment, Ledger
+from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -40,7 +40,7 @@ class Context:
         """Finished experiments, oldest first, without their held-out runs: those never reach a proposer."""
         exps = self.ledger.experiments("state = 'done'")
         for e in exps:
-            e.runs = [r for r in e.runs if r.kind != "holdout"]
+            e.runs = [r for r in e.runs if r.kind in SELECT_KINDS]
         return exps
 
 

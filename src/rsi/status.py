@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsi.judge import noise_sd
-from rsi.ledger import Experiment, Ledger
+from rsi.judge import Goal, improvement, pooled_noise
+from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 
 
 def experiment_status(e: Experiment) -> str:
     """`ok` when all its runs are ok, else the first failing run's status (contract)."""
     if e.status is not None:
         return e.status
-    return next((r.status or "ok" for r in e.runs if r.kind == "select" and r.status != "ok"), "ok")
+    return next((r.status or "ok" for r in e.runs if r.kind in SELECT_KINDS and r.status != "ok"), "ok")
 
 
-def experiment_json(e: Experiment) -> dict[str, Any]:
-    select = [r for r in e.runs if r.kind == "select"]
+def holdout_flag(e: Experiment, parent: Experiment | None, base: Experiment | None, goal: Goal) -> str | None:
+    """Where held-out data disagrees with selection. Shown, never acted on: acting would make it selection data."""
+    mine = e.mean("holdout")
+    if e.verdict != "keep" or mine is None:
+        return None
+    for who, other in (("the baseline's", base), ("its parent's", parent)):
+        theirs = other.mean("holdout") if other is not None else None
+        if theirs is not None and improvement(mine, theirs, goal) < 0:
+            return f"kept on selection, but its held-out result is worse than {who}"
+    return None
+
+
+def experiment_json(e: Experiment, flag: str | None = None) -> dict[str, Any]:
+    select = [r for r in e.runs if r.kind in SELECT_KINDS]
     durations = [r.duration_s for r in e.runs if r.duration_s is not None]
     memory = [r.peak_memory_mb for r in e.runs if r.peak_memory_mb is not None]
     return {
@@ -32,17 +44,28 @@ def experiment_json(e: Experiment) -> dict[str, Any]:
         "commit": e.kept_commit or e.commit_sha,
         "parent": e.parent,
         "reason": e.reason,
-        "reverted": False,
+        "reverted": e.reverted,
+        "ci": list(e.ci) if e.ci else None,
+        "holdout_flag": flag,
         "peak_memory_mb": max(memory) if memory else None,
         "duration_s": round(sum(durations), 3) if durations else None,
     }
 
 
+def _gain(a: float | None, b: float | None, goal: Goal) -> float | None:
+    return None if a is None or b is None else improvement(a, b, goal)
+
+
 def status_json(ledger: Ledger) -> dict[str, Any]:
     exps = ledger.experiments()
+    by_id = {e.id: e for e in exps}
     base = exps[0] if exps else None
     kept = [e for e in exps if e.verdict == "keep"]
     best = kept[-1] if kept else base
+    goal: Goal = "maximize" if ledger.get("goal") == "maximize" else "minimize"
+    noise = pooled_noise(list(ledger.select_metrics().values()))
+    detectable = ledger.get("detectable")
+    rows = [experiment_json(e, holdout_flag(e, by_id.get(e.parent or 0), base, goal)) for e in exps]
     return {
         "task": ledger.get("task"),
         "goal": ledger.get("goal"),
@@ -59,6 +82,11 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
             "holdout": best.mean("holdout") if best else None,
             "id": best.id if best else None,
         },
-        "noise_sd": noise_sd([e.valid() for e in exps if e.state == "done"]),
-        "experiments": [experiment_json(e) for e in exps],
+        "noise_sd": noise.sd if noise else None,
+        "noise_dof": noise.dof if noise else 0,
+        "detectable": float(detectable) if detectable else None,
+        "selection_gain": _gain(best.mean(), base.mean(), goal) if best and base else None,
+        "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,
+        "holdout_flags": sum(1 for r in rows if r["holdout_flag"]),
+        "experiments": rows,
     }
