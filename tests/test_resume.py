@@ -81,7 +81,7 @@ def test_sigkill_at_random_moments_then_resume(make_task: MakeTask) -> None:
         proc.wait()
         kills += 1
     assert kills >= 4
-    final = rsi("run", str(root), "--max-experiments", str(TOTAL))
+    final = rsi("run", str(root), "--max-experiments", str(TOTAL), "--tag", "k")
     assert final.returncode == 0, final.stderr
     check_consistent(root)
 

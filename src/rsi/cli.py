@@ -25,6 +25,7 @@ from rsi.ledger import Ledger
 from rsi.proposer import KnobsProposer, Proposer
 from rsi.report import write_report
 from rsi.status import status_json
+from rsi.store import Store
 from rsi.view import LiveView
 from rsi.workspace import Workspace
 
@@ -40,8 +41,8 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def make_proposer(cfg: Config, name: str) -> Callable[[Workspace, str], Proposer]:
-    def factory(ws: Workspace, start_commit: str) -> Proposer:
+def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
+    def factory(ws: Store, start_commit: str) -> Proposer:
         if name == "knobs":
             files = {p: ws.read(start_commit, p) for p in ws.files(start_commit, cfg.task.editable)}
             proposer = KnobsProposer(files, cfg.knobs, cfg.metric.goal)

@@ -18,7 +18,6 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,20 @@ import psutil
 from rsi.config import Config
 from rsi.errors import UserError
 from rsi.judge import Decision, Judge, Noise, SequentialJudge, pooled_noise
-from rsi.ledger import Experiment, Ledger
-from rsi.measure import FRESH, HOLDOUT, SCREEN, Measurer, fresh_seed
+from rsi.ledger import SELECT_KINDS, Experiment, Ledger
+from rsi.measure import (
+    CONFIRM,
+    FRESH,
+    HOLDOUT,
+    SCREEN,
+    FunctionMeasurer,
+    Measurer,
+    SubprocessMeasurer,
+    TaskFunction,
+    fresh_seed,
+)
 from rsi.proposer import Context, Proposal, Proposer
+from rsi.store import MemoryStore, Store
 from rsi.workspace import Workspace, matches
 
 SETUP_TIMEOUT = 3600.0
@@ -43,6 +53,12 @@ class Limits:
 
 
 Listener = Callable[[str, Experiment | None, str], None]  # (event, experiment, message)
+MeasurerFactory = Callable[[Store, Config, Ledger, dict[str, str]], Measurer]
+
+
+def _subprocess_measurer(store: Store, cfg: Config, ledger: Ledger, frozen: dict[str, str]) -> Measurer:
+    assert isinstance(store, Workspace), "subprocess runs need a git workspace"
+    return SubprocessMeasurer(store, cfg, ledger, frozen)
 
 
 def _quiet(event: str, exp: Experiment | None, message: str) -> None:
@@ -59,22 +75,28 @@ class Research:
         self,
         root: Path,
         cfg: Config,
-        proposer_factory: Callable[[Workspace, str], Proposer],
+        proposer_factory: Callable[[Store, str], Proposer],
         *,
         tag: str | None = None,
         judge: Judge | None = None,
         listener: Listener = _quiet,
+        store: Store | None = None,
+        measurer: MeasurerFactory | None = None,
     ) -> None:
+        """`store` and `measurer` default to the user's git repository at `root` and real subprocesses."""
         self.root = root.resolve()
         self.cfg = cfg
-        self.ws = Workspace(self.root)
+        self.store: Store = store or Workspace(self.root)
         self.listener = listener
         self.judge = judge or default_judge(cfg)
-        self.ws.check_repository()
-        self.ledger = Ledger(self.ws.state / "ledger.sqlite")
+        self.store.open()
+        state = self.store.state
+        self.logs = state / "logs" if state else None
+        self.ledger = Ledger(state / "ledger.sqlite" if state else Path(":memory:"))
         self._start(tag)
-        self.measurer = Measurer(self.ws, cfg, self.ledger, self.ledger.get_json("frozen") or {})
-        self.proposer = proposer_factory(self.ws, self.start_commit)
+        frozen = self.ledger.get_json("frozen") or {}
+        self.measurer = (measurer or _subprocess_measurer)(self.store, cfg, self.ledger, frozen)
+        self.proposer = proposer_factory(self.store, self.start_commit)
         self._files: dict[str, str] = {}
         self._files_of = ""
 
@@ -82,16 +104,9 @@ class Research:
     def _start(self, tag: str | None) -> None:
         known = self.ledger.get("tag")
         if known is None:
-            dirty = self.ws.dirty([*self.cfg.task.editable, *self.cfg.task.frozen])
-            if dirty:
-                raise UserError(f"uncommitted changes to {', '.join(dirty[:3])}: commit or stash them first")
             tag = tag or time.strftime("%Y%m%d")
-            if self.ws.ref(f"refs/heads/rsi/{tag}") is not None:
-                raise UserError(f"branch rsi/{tag} already exists: pick another --tag")
-            head = self.ws.head()
-            frozen = {
-                p: sha256(self.ws.read_bytes(head, p)).hexdigest() for p in self.ws.files(head, self.cfg.task.frozen)
-            }
+            task = self.cfg.task
+            head, frozen = self.store.begin(tag, [*task.editable, *task.frozen], task.frozen)
             with self.ledger.transaction():
                 for key, value in {
                     "tag": tag,
@@ -102,12 +117,10 @@ class Research:
                     "metric": self.cfg.metric.name,
                 }.items():
                     self.ledger.set(key, value)
-            self.ws.set_ref(f"refs/heads/rsi/{tag}", head)
         elif tag is not None and tag != known:
             raise UserError(f"this task's research is rsi/{known}; resume it without --tag or use --tag {known}")
         self.tag = self.ledger.get("tag") or ""
         self.start_commit = self.ledger.get("start_commit") or ""
-        self.ws.hide_state_dir()
         self._recover()
 
     def _recover(self) -> None:
@@ -119,11 +132,11 @@ class Research:
             self.ledger.drop_interrupted(stale)
             for e in self.ledger.experiments("state = 'running'"):
                 self.ledger.update_experiment(e.id, state="proposed")
-        self.ws.remove_all_worktrees()
+        self.store.recover()
         for e in self.ledger.experiments("commit_sha IS NOT NULL AND id > 0"):
-            if e.commit_sha and self.ws.ref(f"refs/rsi/candidates/{e.id}") != e.commit_sha:
-                self.ws.set_ref(f"refs/rsi/candidates/{e.id}", e.commit_sha)
-        self.ws.set_ref(f"refs/heads/rsi/{self.tag}", self.branch_head())
+            if e.commit_sha:
+                self.store.ensure_candidate(e.id, e.commit_sha)
+        self.store.set_branch(self.tag, self.branch_head())
 
     def branch_head(self) -> str:
         """The last kept commit: what the research branch must point at (the ledger decides)."""
@@ -142,8 +155,8 @@ class Research:
     def champion_files(self, commit: str) -> dict[str, str]:
         """The editable files at the champion's commit (cached: they change only on a keep)."""
         if self._files_of != commit:
-            paths = self.ws.files(commit, self.cfg.task.editable)
-            self._files = {p: self.ws.read(commit, p) for p in paths if not matches(p, self.cfg.task.frozen)}
+            paths = self.store.files(commit, self.cfg.task.editable)
+            self._files = {p: self.store.read(commit, p) for p in paths if not matches(p, self.cfg.task.frozen)}
             self._files_of = commit
         return self._files
 
@@ -156,7 +169,7 @@ class Research:
         try:
             self._loop(limits)
         finally:
-            self.ws.git("worktree", "prune")  # removed worktrees leave bookkeeping behind; clear it
+            self.store.close()
 
     def _loop(self, limits: Limits) -> None:
         deadline = _deadline(limits.time_budget_s)
@@ -193,13 +206,14 @@ class Research:
         if not self.cfg.task.setup or self.ledger.get("setup_done") == "1":
             return
         self.listener("message", None, f"setup: {self.cfg.task.setup}")
-        wt = self.ws.add_worktree("setup", self.start_commit)
+        wt = self.store.checkout("setup", self.start_commit)
         try:
-            result = self.measurer.unrecorded(wt, self.cfg.task.setup, SETUP_TIMEOUT, "setup")
+            failure = self.measurer.setup(wt, self.cfg.task.setup, SETUP_TIMEOUT)
         finally:
-            self.ws.remove_worktree("setup")
-        if result.status != "ok":
-            raise UserError(f"setup command failed ({result.reason}); see {self.ws.state / 'logs' / 'setup'}")
+            self.store.release("setup")
+        if failure:
+            where = self.logs / "setup" if self.logs else "its output"
+            raise UserError(f"setup command failed ({failure}); see {where}")
         self.ledger.set("setup_done", "1")
 
     def _baseline(self) -> None:
@@ -224,7 +238,7 @@ class Research:
             run0 = exp.runs[0] if exp.runs else None
             raise UserError(
                 f"the baseline gave no metric ({exp.status}: {run0.reason if run0 else 'no run'}); "
-                f"fix the task and start again (logs under {self.ws.state / 'logs' / '0'})"
+                f"fix the task and start again (logs under {self.logs / '0' if self.logs else '-'})"
             )
         noise, detectable = self.noise(), self.judge.detectable(len(exp.valid()), self.noise())
         if detectable is not None:
@@ -242,9 +256,8 @@ class Research:
             reason = "the edit changes nothing"
         sha = None
         if not reason:
-            wt = self.ws.add_worktree(str(exp_id), parent_commit)
-            sha = self.ws.commit_in(wt, proposal.edits, f"rsi candidate {exp_id}: {proposal.hypothesis}")
-            self.ws.set_ref(f"refs/rsi/candidates/{exp_id}", sha)
+            message = f"rsi candidate {exp_id}: {proposal.hypothesis}"
+            sha = self.store.candidate(exp_id, parent_commit, proposal.edits, message)
         with self.ledger.transaction():
             self.ledger.add_experiment(
                 exp_id=exp_id,
@@ -287,15 +300,15 @@ class Research:
         assert exp.commit_sha is not None
         self.ledger.update_experiment(exp.id, state="running")
         self.listener("running", exp, "")
-        wt = self.ws.add_worktree(str(exp.id), exp.commit_sha)
+        wt = self.store.checkout(str(exp.id), exp.commit_sha)
         try:
             if exp.id == 0:
                 self._measure_baseline(exp, wt)
             else:
                 self._measure_candidate(exp, wt)
         finally:
-            self.ws.remove_worktree(str(exp.id))
-            self.ws.remove_worktree("champion")
+            self.store.release(str(exp.id))
+            self.store.release("champion")
         done = self.ledger.experiment(exp.id)
         assert done is not None
         self.listener("done", done, done.reason)
@@ -304,17 +317,24 @@ class Research:
     def _measure_baseline(self, exp: Experiment, wt: Path) -> None:
         """Fresh runs on seeds 1..baseline_repeats, each followed by the holdout: the noise floor."""
         assert exp.commit_sha is not None
-        done = {r.seed for r in exp.runs if r.kind == FRESH}
+        commit = exp.commit_sha
         for seed in range(1, self.cfg.judge.baseline_repeats + 1):
-            if seed not in done and self.measurer.measure(wt, 0, exp.commit_sha, FRESH, seed).status == "ok":
-                self._holdout(wt, exp, seed)
+            if not _has_run(exp, FRESH, seed):
+                self.measurer.measure(wt, 0, commit, FRESH, seed)
+                exp = self._reload(exp)
+                if _metric_at(exp, seed) is not None:
+                    self._holdout(wt, exp, seed)
         self._finish(self._reload(exp), "baseline", Decision("keep", f"{self.cfg.judge.baseline_repeats} runs"))
 
     def _measure_candidate(self, exp: Experiment, wt: Path) -> None:
         """Screening runs, paired with the champion's fresh seeds, until the judge decides; then replication."""
         assert exp.commit_sha is not None
         champion = self.champion()
-        pool = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None]
+        # the champion's unbiased runs; a judge without replication (the autoresearch rule) has only its
+        # screening runs to offer
+        pool = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None] or [
+            r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and r.metric is not None
+        ]
         pool_metrics = [r.metric for r in pool if r.metric is not None]
         deletes = _deletes_code(exp.diff)
         while True:
@@ -334,22 +354,22 @@ class Research:
         if decision.verdict == "keep" and self.judge.replicate:
             decision = self._replicate(exp, wt, champion)
         if decision.verdict == "keep":
-            self._top_up(exp, wt)
+            self._top_up(exp, wt, self.cfg.judge.baseline_repeats if self.judge.replicate else 0)
         self._finish(self._reload(exp), decision.verdict, decision, champion)
 
     def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
         """Candidate and champion on the same fresh seeds, new to both; the champion runs first so that the
         candidate's own run is the last one in its worktree (the holdout reads what it produced)."""
         assert champion.commit_sha is not None and exp.commit_sha is not None
-        champ_wt = self.ws.add_worktree("champion", champion.commit_sha)
+        champ_wt = self.store.checkout("champion", champion.commit_sha)
         seeds = [fresh_seed(exp.id, j) for j in range(1, self.judge.replicate + 1)]
         for seed in seeds:
             if not _has_run(champion, FRESH, seed):
                 self.measurer.measure(champ_wt, champion.id, champion.commit_sha, FRESH, seed)
-            if not _has_run(exp, FRESH, seed):
-                self.measurer.measure(wt, exp.id, exp.commit_sha, FRESH, seed)
+            if not _has_run(exp, CONFIRM, seed):
+                self.measurer.measure(wt, exp.id, exp.commit_sha, CONFIRM, seed)
             exp, champion = self._reload(exp), self._reload(champion)
-        cand = [_metric_at(exp, seed) for seed in seeds]
+        cand = [_metric_at(exp, seed, CONFIRM) for seed in seeds]
         champ = [_metric_at(champion, seed) for seed in seeds]
         confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise())
         if confirmed.verdict != "keep":
@@ -357,23 +377,24 @@ class Research:
             return Decision("discard", f"screening kept it, but it {confirmed.reason}", confirmed.ci)
         return confirmed
 
-    def _top_up(self, exp: Experiment, wt: Path) -> None:
-        """A new champion gets at least baseline_repeats fresh runs: what later candidates are compared with,
-        free of the winner's curse of its screening runs. Its last run is followed by the holdout."""
+    def _top_up(self, exp: Experiment, wt: Path, runs: int) -> None:
+        """A new champion gets baseline_repeats fresh runs, used in no decision about itself: what later
+        candidates are compared with, free of the winner's curse of the runs that kept it (its screening and
+        confirmation runs were selected for being good). Its last run is followed by the holdout."""
         commit = exp.commit_sha
         assert commit is not None
         exp = self._reload(exp)
         k = self.judge.replicate
-        while sum(1 for r in exp.runs if r.kind == FRESH) < self.cfg.judge.baseline_repeats:
+        while sum(1 for r in exp.runs if r.kind == FRESH) < runs:
             k += 1
             self.measurer.measure(wt, exp.id, commit, FRESH, fresh_seed(exp.id, k))
             exp = self._reload(exp)
-        last = max((r for r in exp.runs if r.kind in (FRESH, SCREEN)), key=lambda r: r.id)
+        last = max((r for r in exp.runs if r.kind in SELECT_KINDS), key=lambda r: r.id)
         if last.status == "ok":
             self._holdout(wt, exp, last.seed)
 
     def _finish(self, exp: Experiment, verdict: str, decision: Decision, champion: Experiment | None = None) -> None:
-        status = next((r.status for r in exp.runs if r.kind in (SCREEN, FRESH) and r.status != "ok"), "ok") or "ok"
+        status = next((r.status for r in exp.runs if r.kind in SELECT_KINDS and r.status != "ok"), "ok") or "ok"
         kept_commit = None
         if verdict == "keep" and status == "ok" and champion is not None:
             assert exp.commit_sha is not None
@@ -382,7 +403,7 @@ class Research:
                 f"{exp.hypothesis}\n\n{self.cfg.metric.name}: {before:.6g} -> {after:.6g} "
                 f"(experiment {exp.id}, {len(exp.valid())} runs; {decision.reason})"
             )
-            kept_commit = self.ws.commit_tree(exp.commit_sha, self.branch_head(), message)
+            kept_commit = self.store.keep(exp.commit_sha, self.branch_head(), message)
         elif verdict == "keep" and champion is not None:
             verdict = "discard"
         ci = decision.ci or (None, None)
@@ -398,7 +419,7 @@ class Research:
                 ci_high=ci[1],
             )
         if kept_commit:
-            self.ws.set_ref(f"refs/heads/rsi/{self.tag}", kept_commit)
+            self.store.set_branch(self.tag, kept_commit)
 
     def _holdout(self, wt: Path, exp: Experiment, seed: int) -> None:
         if self.cfg.holdout is not None and exp.commit_sha:
@@ -425,8 +446,8 @@ def _has_run(exp: Experiment, kind: str, seed: int) -> bool:
     return any(r.kind == kind and r.seed == seed for r in exp.runs)
 
 
-def _metric_at(exp: Experiment, seed: int) -> float | None:
-    return next((r.metric for r in exp.runs if r.kind == FRESH and r.seed == seed and r.status == "ok"), None)
+def _metric_at(exp: Experiment, seed: int, kind: str = FRESH) -> float | None:
+    return next((r.metric for r in exp.runs if r.kind == kind and r.seed == seed and r.status == "ok"), None)
 
 
 def _deletes_code(diff: str) -> bool:
@@ -469,3 +490,25 @@ def unified_diff(before: Mapping[str, str], edits: Mapping[str, str]) -> str:
                 )
             )
     return "".join(out)
+
+
+def in_process(
+    cfg: Config,
+    files: Mapping[str, str],
+    task: TaskFunction,
+    proposer: Proposer,
+    *,
+    holdout: TaskFunction | None = None,
+    judge: Judge | None = None,
+    listener: Listener = _quiet,
+) -> Research:
+    """The same research loop on a task that is a Python function of the files: no git, no subprocess, an
+    in-memory ledger. For synthetic tasks, benchmarks and the meta level."""
+    store = MemoryStore(files)
+
+    def measurer(st: Store, c: Config, ledger: Ledger, frozen: dict[str, str]) -> Measurer:
+        return FunctionMeasurer(store, ledger, task, holdout)
+
+    return Research(
+        Path("."), cfg, lambda s, c: proposer, store=store, measurer=measurer, judge=judge, listener=listener
+    )

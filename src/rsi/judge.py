@@ -29,7 +29,7 @@ from scipy import stats
 Goal = Literal["minimize", "maximize"]
 Verdict = Literal["keep", "discard", "inconclusive", "more"]
 POWER = 0.8  # the power at which the smallest detectable effect is quoted
-FUTILITY = 0.8  # discard when the optimistic bound is below this fraction of that smallest effect
+FUTILITY = 0.7  # discard when the optimistic bound is below this fraction of that smallest effect
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,7 @@ class SequentialJudge:
     min_delta: float = 0.0
     replicate: int = 4
     simplicity: bool = True
+    futility: float = FUTILITY
 
     @property
     def alpha_stage(self) -> float:
@@ -190,7 +191,7 @@ class SequentialJudge:
         detectable = self.detectable(len(champion), noise) or 0.0
         if deletes_code and self.simplicity and low > -0.5 * noise.sd:
             return Decision("keep", f"deletes code and is at most half a noise sd worse (bound {low:.4g})", ci)
-        if optimistic < self.min_delta or optimistic < FUTILITY * detectable:
+        if optimistic < self.min_delta or optimistic < self.futility * detectable:
             return Decision(
                 "discard", f"improvement {gain:.4g}; even the optimistic bound {optimistic:.4g} is too small", ci
             )

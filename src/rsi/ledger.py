@@ -19,7 +19,7 @@ from typing import Any
 from rsi.errors import UserError
 
 SCHEMA_VERSION = 1
-SELECT_KINDS = ("screen", "fresh")  # runs of the task's command; "holdout" and "verify" runs are apart
+SELECT_KINDS = ("screen", "confirm", "fresh")  # runs of the task's command; "holdout" and "verify" are apart
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,7 +72,7 @@ CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment);
 class Run:
     id: int
     experiment: int
-    kind: str  # "screen" or "fresh" (the task's command), "holdout", "verify"
+    kind: str  # "screen", "confirm" or "fresh" (the task's command), "holdout", "verify"
     seed: int
     state: str
     status: str | None
@@ -277,7 +277,7 @@ class Ledger:
         out: dict[int, list[float]] = {}
         rows = self.db.execute(
             "SELECT experiment, metric FROM runs WHERE state = 'done' AND status = 'ok' AND metric IS NOT NULL"
-            " AND kind IN ('screen', 'fresh') ORDER BY id"
+            " AND kind IN ('screen', 'confirm', 'fresh') ORDER BY id"
         )
         for exp_id, metric in rows:
             out.setdefault(int(exp_id), []).append(float(metric))

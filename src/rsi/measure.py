@@ -1,24 +1,30 @@
-"""Measurement: one run of an experiment's commit in its worktree, recorded in the ledger before and after.
+"""Measurement: one run of an experiment's commit, recorded in the ledger before and after.
 
-A run is a ledger row `running` (with the pid of its process group once launched) before anything can
-happen, and `done` with its status after; the tamper check runs between the two. Seeds are chosen here too,
-so that repeats differ and comparisons pair up.
+`SubprocessMeasurer` runs the task's command in the commit's worktree under the harness's limits: a run is a
+ledger row `running` (with the pid of its process group once launched) before anything can happen, and
+`done` with its status after; the tamper check runs between the two. `FunctionMeasurer` calls a Python
+function on the commit's files instead, for tasks that are functions (synthetic tasks, the meta level).
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
 from rsi.config import Config
 from rsi.environment import describe_environment
 from rsi.ledger import Ledger
-from rsi.runner import MetricSpec, RunResult, RunSpec, run, scrub_env
+from rsi.runner import MetricSpec, RunSpec, run, scrub_env
+from rsi.store import MemoryStore
 from rsi.workspace import Workspace, hash_files
 
-SCREEN, FRESH, HOLDOUT, VERIFY = "screen", "fresh", "holdout", "verify"
+# screening runs of a candidate, its own replication runs, unbiased runs (the champion pool), held-out, verify
+SCREEN, CONFIRM, FRESH, HOLDOUT, VERIFY = "screen", "confirm", "fresh", "holdout", "verify"
 
 
 def fresh_seed(exp_id: int, k: int) -> int:
@@ -26,7 +32,48 @@ def fresh_seed(exp_id: int, k: int) -> int:
     return 10_000 * exp_id + k
 
 
-class Measurer:
+class Measurer(Protocol):
+    def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
+        """One recorded run of the experiment's commit (kind HOLDOUT: of the holdout command)."""
+        ...
+
+    def setup(self, wt: Path, command: str, timeout: float) -> str:
+        """Run the research's setup once; returns "" on success, else why it failed."""
+        ...
+
+
+# A task that is a function: the commit's files and a seed in, the metric out (raise, or None, for a failure).
+TaskFunction = Callable[[Mapping[str, str], int], float | None]
+
+
+class FunctionMeasurer:
+    def __init__(self, store: MemoryStore, ledger: Ledger, task: TaskFunction, holdout: TaskFunction | None) -> None:
+        self.store, self.ledger, self.task, self.holdout = store, ledger, task, holdout
+
+    def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
+        fn = self.holdout if kind == HOLDOUT else self.task
+        if fn is None:
+            return
+        run_id = self.ledger.start_run(exp_id, kind, seed, {"commit": commit})
+        status, metric, reason = "ok", None, ""
+        try:
+            value = fn(self.store.snapshot(commit), seed)
+            if value is None:
+                status, reason = "no_metric", "the function returned None"
+            elif not math.isfinite(value):
+                status, reason = "invalid_metric", f"metric is {value}"
+            else:
+                metric = float(value)
+        except Exception as e:  # the candidate's failure, not the harness's
+            status, reason = "crash", f"{type(e).__name__}: {e}"
+        with self.ledger.transaction():
+            self.ledger.finish_run(run_id, status=status, metric=metric, reason=reason, duration_s=0.0)
+
+    def setup(self, wt: Path, command: str, timeout: float) -> str:
+        return ""
+
+
+class SubprocessMeasurer:
     def __init__(self, ws: Workspace, cfg: Config, ledger: Ledger, frozen: dict[str, str]) -> None:
         self.ws, self.cfg, self.ledger, self.frozen = ws, cfg, ledger, frozen
         self.cache_dir = ws.state / "cache"
@@ -62,11 +109,12 @@ class Measurer:
             metric=metric,
         )
 
-    def unrecorded(self, wt: Path, command: str, timeout: float, name: str) -> RunResult:
-        """A run that is not an experiment's (the setup command): logged, not in the ledger."""
-        return run(self.spec(wt, command, MetricSpec(), 0, timeout, self.ws.state / "logs" / name))
+    def setup(self, wt: Path, command: str, timeout: float) -> str:
+        """The setup command is not an experiment: logged, not in the ledger."""
+        result = run(self.spec(wt, command, MetricSpec(), 0, timeout, self.ws.state / "logs" / "setup"))
+        return "" if result.status == "ok" else result.reason
 
-    def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> RunResult:
+    def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
         """One recorded run of the task's command (or of the holdout command, for kind HOLDOUT)."""
         if kind == HOLDOUT:
             metric, command = self.holdout_spec(), self.cfg.holdout.command if self.cfg.holdout else ""
@@ -97,7 +145,6 @@ class Measurer:
                 stdout_tail=result.stdout_tail,
                 stderr_tail=result.stderr_tail,
             )
-        return result
 
     def tampering(self, wt: Path) -> str:
         """A run may write new files, never change tracked ones; frozen files are checked by content too."""

@@ -80,6 +80,53 @@ class Workspace:
         paths = [entry[3:] for entry in out.split("\0") if len(entry) > 3]
         return [p for p in paths if matches(p, globs) and not p.startswith(STATE_DIR + "/")]
 
+    # the Store protocol (see store.py): what the research loop asks of the place code lives
+    def begin(self, tag: str, watched: Sequence[str], frozen: Sequence[str]) -> tuple[str, dict[str, str]]:
+        """Check that a research can start: no uncommitted changes to watched files, no branch rsi/<tag> yet.
+        Returns the start commit (HEAD) and the SHA-256 of each frozen file in it. The branch is created
+        once the ledger has recorded the start (a kill in between must not leave a branch the ledger lacks)."""
+        dirty = self.dirty(watched)
+        if dirty:
+            raise UserError(f"uncommitted changes to {', '.join(dirty[:3])}: commit or stash them first")
+        if self.ref(f"refs/heads/rsi/{tag}") is not None:
+            raise UserError(f"branch rsi/{tag} already exists: pick another --tag")
+        head = self.head()
+        hashes = {p: hashlib.sha256(self.read_bytes(head, p)).hexdigest() for p in self.files(head, frozen)}
+        return head, hashes
+
+    def open(self) -> None:
+        self.check_repository()
+        self.hide_state_dir()
+
+    def candidate(self, exp_id: int, parent: str, edits: Mapping[str, str], message: str) -> str:
+        """Commit a candidate in its own worktree (left checked out for its runs) and keep it reachable."""
+        wt = self.add_worktree(str(exp_id), parent)
+        sha = self.commit_in(wt, edits, message)
+        self.set_ref(f"refs/rsi/candidates/{exp_id}", sha)
+        return sha
+
+    def ensure_candidate(self, exp_id: int, sha: str) -> None:
+        if self.ref(f"refs/rsi/candidates/{exp_id}") != sha:
+            self.set_ref(f"refs/rsi/candidates/{exp_id}", sha)
+
+    def keep(self, candidate: str, parent: str, message: str) -> str:
+        return self.commit_tree(candidate, parent, message)
+
+    def set_branch(self, tag: str, sha: str) -> None:
+        self.set_ref(f"refs/heads/rsi/{tag}", sha)
+
+    def checkout(self, name: str, commit: str) -> Path:
+        return self.add_worktree(name, commit)
+
+    def release(self, name: str) -> None:
+        self.remove_worktree(name)
+
+    def recover(self) -> None:
+        self.remove_all_worktrees()
+
+    def close(self) -> None:
+        self.git("worktree", "prune")  # removed worktrees leave bookkeeping behind; clear it
+
     def hide_state_dir(self) -> None:
         """List `.rsi/` in .git/info/exclude so the user's `git status` stays clean; touches no tracked file."""
         exclude = Path(self.git("rev-parse", "--git-path", "info/exclude").strip())
