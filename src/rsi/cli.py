@@ -188,6 +188,19 @@ def status(
     )
 
 
+@app.command()
+def report(
+    directory: DirArg = Path("."),
+    out_file: Annotated[Path | None, typer.Option("--out", help="the HTML file (default .rsi/report.html)")] = None,
+) -> None:
+    """Write an HTML report (plots, table, kept diffs) and progress.png next to it."""
+    try:
+        path = write_report(directory, out_file)
+    except UserError as e:
+        fail(str(e))
+    out.print(f"wrote {path} and {path.parent / 'progress.png'}", highlight=False)
+
+
 def main() -> None:
     try:
         app()

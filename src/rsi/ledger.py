@@ -18,7 +18,7 @@ from typing import Any
 
 from rsi.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SELECT_KINDS = ("screen", "confirm", "fresh")  # runs of the task's command; "holdout" and "verify" are apart
 
 _SCHEMA = """
@@ -129,18 +129,45 @@ class Ledger:
             if not path.exists():
                 raise UserError(f"no research here yet: {path} does not exist (start one with `rsi run`)")
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            if self._version() < SCHEMA_VERSION:  # an older rsi wrote it: upgrade it once, then read
+                self.db.close()
+                Ledger(path).close()
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
-            version = self.get("schema_version")
-            if version is None:
-                self.set("schema_version", str(SCHEMA_VERSION))
-            elif int(version) > SCHEMA_VERSION:
-                raise UserError(f"{path} was written by a newer rsi (schema {version}); upgrade rsi")
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(_SCHEMA)
+            except sqlite3.DatabaseError:
+                raise UserError(f"{path} is not an rsi ledger (or is damaged)") from None
+            self._migrate()
         self.db.row_factory = sqlite3.Row
+
+    def _version(self) -> int:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError:
+            raise UserError(f"{self.path} is not an rsi ledger (or is damaged)") from None
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        """Bring a ledger written by an older rsi up to this schema, in one transaction."""
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise UserError(f"{self.path} was written by a newer rsi (schema {version}); upgrade rsi")
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
+        with self.transaction():
+            if "attempts" in columns:
+                self.db.execute("ALTER TABLE experiments RENAME COLUMN attempts TO interrupts")
+            for column, kind in (("reverted", "INTEGER NOT NULL DEFAULT 0"), ("ci_low", "REAL"), ("ci_high", "REAL")):
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE experiments ADD COLUMN {column} {kind}")
+            if version < 2:  # version 1 had one kind of run of the task's command
+                self.db.execute("UPDATE runs SET kind = 'fresh' WHERE kind = 'select' AND experiment = 0")
+                self.db.execute("UPDATE runs SET kind = 'screen' WHERE kind = 'select'")
+            self.set("schema_version", str(SCHEMA_VERSION))
 
     def close(self) -> None:
         self.db.close()
