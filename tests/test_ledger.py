@@ -25,7 +25,8 @@ INSERT INTO meta VALUES ('schema_version', '1');
 INSERT INTO experiments (id, proposer, hypothesis, state, status, verdict, created) VALUES
   (0, 'baseline', 'baseline', 'done', 'ok', 'baseline', 0), (1, 'knobs', 'lr 1 -> 2', 'done', 'ok', 'keep', 0);
 INSERT INTO runs (experiment, kind, seed, state, status, metric, started) VALUES
-  (0, 'select', 1, 'done', 'ok', 3.0, 0), (0, 'select', 2, 'done', 'ok', 3.2, 0), (1, 'select', 1, 'done', 'ok', 2.0, 0);
+  (0, 'select', 1, 'done', 'ok', 3.0, 0), (0, 'select', 2, 'done', 'ok', 3.2, 0),
+  (1, 'select', 1, 'done', 'ok', 2.0, 0);
 """
 
 
