@@ -115,3 +115,23 @@ def test_init_then_run_on_a_fresh_repository(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     s = json.loads(rsi("status", str(tmp_path), "--json").stdout)
     assert s["best"]["metric"] <= s["baseline"]["metric"]
+
+
+def test_verify_reruns_the_champion_and_flags_a_change(make_task: MakeTask) -> None:
+    drifting = """\
+    import os, random
+    lr = 0.5
+    random.seed(int(os.environ["RSI_SEED"]))
+    shift = float(os.environ.get("LOSS_SHIFT", "0"))  # a machine that changed under the research
+    print(f"loss: {(lr - 0.12) ** 2 * 10 + shift + random.gauss(0, 0.01):.6f}")
+    """
+    root = make_task(train=drifting)
+    assert rsi("run", str(root), "--max-experiments", "6").returncode == 0
+    p = rsi("verify", "--dir", str(root), "--runs", "3")
+    assert p.returncode == 0 and "reproduced" in p.stdout, p.stdout + p.stderr
+    s = json.loads(rsi("status", str(root), "--json").stdout)
+    base = s["experiments"][0]["commit"]
+    assert rsi("verify", base[:10], "--dir", str(root), "--runs", "2").returncode == 0
+    assert rsi("verify", "deadbeef", "--dir", str(root)).returncode == 2
+    p = rsi("verify", base[:10], "--dir", str(root), "--runs", "3", env={"LOSS_SHIFT": "1"})
+    assert p.returncode == 1 and "NOT reproduced" in p.stdout

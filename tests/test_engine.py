@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,39 @@ def test_time_budget_stops_starting_experiments(make_task: MakeTask) -> None:
     n = r.ledger.count()
     assert 2 <= n <= 12  # about (2 s - baseline) / 0.25 s
     assert all(e.state == "done" for e in r.ledger.experiments())
+
+
+@pytest.mark.slow
+def test_a_metric_that_is_pure_noise_keeps_nothing(make_task: MakeTask) -> None:
+    noise_only = """\
+    import os, random
+    lr = 0.5
+    width = 64
+    dropout = 0.1
+    random.seed(os.environ["RSI_SEED"] + open(__file__).read())  # unrelated to what the knobs say
+    print(f"loss: {random.gauss(1.0, 0.05):.6f}")
+    """
+    root = make_task(train=noise_only)
+    r = research(root)
+    r.run(Limits(max_experiments=30))
+    s = status_json(r.ledger)
+    assert len(s["experiments"]) == 30
+    assert [e["id"] for e in s["experiments"] if e["verdict"] == "keep"] == []
+    assert s["best"]["commit"] == s["experiments"][0]["commit"]
+    assert git(root, "rev-parse", "rsi/" + s["tag"]).strip() == s["experiments"][0]["commit"]
+
+
+def test_a_second_orchestrator_on_the_same_task_is_refused(make_task: MakeTask) -> None:
+    root = make_task(train="import time\nlr = 0.5\ntime.sleep(30)\nprint('loss: 1')\n")
+    first = subprocess.Popen([sys.executable, "-m", "rsi", "run", str(root)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if (root / ".rsi" / "lock").exists() and (root / ".rsi" / "lock").read_text():
+                break
+            time.sleep(0.1)
+        second = rsi("run", str(root))
+        assert second.returncode == 2 and "another rsi" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    assert rsi("status", str(root), "--json").returncode == 0  # the ledger is intact

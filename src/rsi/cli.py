@@ -31,7 +31,7 @@ from rsi.workspace import Workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Autonomous research on code, judged honestly.")
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 DirArg = Annotated[Path, typer.Argument(help="the task's repository (holds rsi.toml)")]
 
@@ -186,6 +186,26 @@ def status(
         f"(experiment {data['best']['id']})  noise sd {noise if noise is None else f'{noise:.3g}'}",
         highlight=False,
     )
+
+
+@app.command()
+def verify(
+    commit: Annotated[str | None, typer.Argument(help="a commit of this research (default: the champion)")] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="the task's repository")] = Path("."),
+    runs: Annotated[int, typer.Option(min=1, help="fresh runs")] = 5,
+) -> None:
+    """Re-run a commit with fresh seeds; exit 1 if its recorded metric is not reproduced."""
+    try:
+        cfg = load_config(directory)
+        research = Research(directory, cfg, make_proposer(cfg, "knobs"))
+        exp, fresh, sentence, ok = research.verify(commit, runs)
+    except UserError as e:
+        fail(str(e))
+    shown = ", ".join("failed" if m is None else f"{m:.6g}" for m in fresh)
+    out.print(f"experiment {exp.id} ({exp.hypothesis}): fresh runs {shown}", highlight=False)
+    out.print(f"{'reproduced' if ok else 'NOT reproduced'}: {sentence}", highlight=False)
+    if not ok:
+        raise typer.Exit(1)
 
 
 @app.command()

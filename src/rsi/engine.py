@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import signal
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from scipy import stats
 
 from rsi.config import Config
 from rsi.errors import UserError
@@ -32,6 +35,7 @@ from rsi.measure import (
     FRESH,
     HOLDOUT,
     SCREEN,
+    VERIFY,
     FunctionMeasurer,
     Measurer,
     SubprocessMeasurer,
@@ -43,6 +47,8 @@ from rsi.store import MemoryStore, Store
 from rsi.workspace import Workspace, matches
 
 SETUP_TIMEOUT = 3600.0
+CHAMPION_RUNS = 8  # fresh runs the champion is brought up to, one per candidate (see _remeasure)
+NOISE_DOF = 30  # ... and for as long as the noise estimate has fewer degrees of freedom
 MAX_INTERRUPTS = 5  # runs of one experiment cut short in a row before it counts as a crash, not a kill
 
 
@@ -329,7 +335,7 @@ class Research:
     def _measure_candidate(self, exp: Experiment, wt: Path) -> None:
         """Screening runs, paired with the champion's fresh seeds, until the judge decides; then replication."""
         assert exp.commit_sha is not None
-        champion = self.champion()
+        champion = self._remeasure(self.champion())
         # the champion's unbiased runs; a judge without replication (the autoresearch rule) has only its
         # screening runs to offer
         pool = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None] or [
@@ -356,6 +362,20 @@ class Research:
         if decision.verdict == "keep":
             self._top_up(exp, wt, self.cfg.judge.baseline_repeats if self.judge.replicate else 0)
         self._finish(self._reload(exp), decision.verdict, decision, champion)
+
+    def _remeasure(self, champion: Experiment) -> Experiment:
+        """Periodic re-measurement: one more fresh run of the champion per candidate while its pool is under
+        CHAMPION_RUNS or the noise estimate has under NOISE_DOF degrees of freedom. A precise champion and noise
+        estimate are what let one run of a candidate decide; this costs a few runs per keep, not per candidate."""
+        fresh = sum(1 for r in champion.runs if r.kind == FRESH)
+        noise = self.noise()
+        if not self.judge.replicate or champion.commit_sha is None:
+            return champion
+        if fresh >= CHAMPION_RUNS and noise is not None and noise.dof >= NOISE_DOF:
+            return champion
+        wt = self.store.checkout("champion", champion.commit_sha)
+        self.measurer.measure(wt, champion.id, champion.commit_sha, FRESH, fresh_seed(champion.id, 5000 + fresh))
+        return self._reload(champion)
 
     def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
         """Candidate and champion on the same fresh seeds, new to both; the champion runs first so that the
@@ -429,6 +449,46 @@ class Research:
         fresh = self.ledger.experiment(exp.id)
         assert fresh is not None
         return fresh
+
+    def verify(self, commit: str | None, runs: int) -> tuple[Experiment, list[float | None], str, bool]:
+        """Re-run a recorded commit (default: the champion) on fresh seeds. Returns the experiment, the new
+        metrics, a sentence, and whether the recorded mean is reproduced within the interval the noise allows
+        (two-sided, at the judge's confidence)."""
+        exp = self._find(commit)
+        assert exp.commit_sha is not None
+        done = sum(1 for r in exp.runs if r.kind == VERIFY)
+        wt = self.store.checkout("verify", exp.commit_sha)
+        try:
+            for k in range(runs):
+                self.measurer.measure(wt, exp.id, exp.commit_sha, VERIFY, fresh_seed(exp.id, 8000 + done + k))
+        finally:
+            self.store.release("verify")
+            self.store.close()
+        exp = self._reload(exp)
+        fresh = [r.metric if r.status == "ok" else None for r in exp.runs if r.kind == VERIFY][done:]
+        valid = [m for m in fresh if m is not None]
+        recorded, noise = exp.valid(), self.noise()
+        if not valid or not recorded:
+            return exp, fresh, "no valid run to compare", False
+        diff = statistics.fmean(valid) - statistics.fmean(recorded)
+        if noise is None or noise.sd == 0:
+            ok = abs(diff) <= 1e-12 * max(1.0, abs(statistics.fmean(recorded)))
+            return exp, fresh, f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}", ok
+        half = float(stats.t.ppf(0.5 + self.cfg.judge.confidence / 2, noise.dof)) * noise.sd
+        half *= math.sqrt(1 / len(valid) + 1 / len(recorded))
+        sentence = (
+            f"recorded {statistics.fmean(recorded):.6g} over {len(recorded)} runs, now {statistics.fmean(valid):.6g}"
+            f" over {len(valid)}: difference {diff:+.4g}, allowed +-{half:.4g}"
+        )
+        return exp, fresh, sentence, abs(diff) <= half
+
+    def _find(self, commit: str | None) -> Experiment:
+        if commit is None:
+            return self.champion()
+        for e in self.ledger.experiments():
+            if any(c and c.startswith(commit) for c in (e.kept_commit, e.commit_sha)):
+                return e
+        raise UserError(f"no experiment of this research has commit {commit}")
 
     def summary(self) -> dict[str, Any]:
         base = self.ledger.experiment(0)

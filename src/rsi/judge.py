@@ -29,7 +29,7 @@ from scipy import stats
 Goal = Literal["minimize", "maximize"]
 Verdict = Literal["keep", "discard", "inconclusive", "more"]
 POWER = 0.8  # the power at which the smallest detectable effect is quoted
-FUTILITY = 0.7  # discard when the optimistic bound is below this fraction of that smallest effect
+FUTILITY = 0.9  # discard when the optimistic bound is below this fraction of that smallest effect
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class SequentialJudge:
     confidence: float = 0.99
     max_repeats: int = 8
     min_delta: float = 0.0
-    replicate: int = 4
+    replicate: int = 3
     simplicity: bool = True
     futility: float = FUTILITY
 

@@ -6,6 +6,7 @@ Kept candidates become commits on `rsi/<tag>`; every candidate, kept or not, sta
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -97,6 +98,7 @@ class Workspace:
     def open(self) -> None:
         self.check_repository()
         self.hide_state_dir()
+        lock(self.state / "lock")
 
     def candidate(self, exp_id: int, parent: str, edits: Mapping[str, str], message: str) -> str:
         """Commit a candidate in its own worktree (left checked out for its runs) and keep it reachable."""
@@ -216,6 +218,26 @@ class Workspace:
         shutil.rmtree(self.state / "worktrees", ignore_errors=True)
         self._checked_out.clear()
         self.git("worktree", "prune")
+
+
+_HELD: dict[Path, int] = {}  # locks this process holds: a process may open its own research again
+
+
+def lock(path: Path) -> None:
+    """One orchestrator per task: an exclusive flock, which the kernel releases when its process dies."""
+    if path in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"another rsi (pid {holder}) is working on this task; wait for it or stop it") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD[path] = fd
 
 
 def hash_files(root: Path, paths: Iterable[str]) -> dict[str, str]:
