@@ -91,7 +91,12 @@ def test_sigkill_at_random_moments_then_resume(make_task: MakeTask) -> None:
 def test_interrupt_stops_cleanly_and_resumes(make_task: MakeTask, sig: signal.Signals) -> None:
     root = make_task(train=SLOW)
     proc = start(root)
-    time.sleep(2.5)
+    ledger = root / ".rsi" / "ledger.sqlite"
+    for _ in range(300):  # interrupt mid-research, not during start-up (a loaded machine starts slowly)
+        if ledger.exists() and Ledger(ledger, readonly=True).select_metrics():
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)
     os.kill(proc.pid, sig)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130

@@ -227,3 +227,6 @@ def main() -> None:
     except UserError as e:  # a UserError raised outside a command's own handling
         print(f"rsi: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # before a command had set up its own handling
+        print("rsi: stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,19 +1,22 @@
 """The judge decides keep / discard from measurements; it never sees a proposer or held-out numbers.
 
-`SequentialJudge` (the default) decides in two independent stages, so that one lucky run can never land on
-the research branch:
+`SequentialJudge` (the default) decides in two independent stages, so that one lucky run never lands on the
+research branch:
 
-1. Screening. The candidate runs once, then at looks n = 1, 2, 4, 8, ... up to `max_repeats`. At each look
-   the improvement over the champion's fresh runs gets a one-sided t bound, with the noise sd pooled over
-   every repeated experiment. Keep-for-replication when the lower bound clears `min_delta` at level
-   alpha_s / K (Bonferroni over the K looks: valid however often we look). Discard for futility when even an
-   optimistic (80%) upper bound stays below 0.8 of the smallest effect the design can detect, or below
-   `min_delta`. Otherwise run more; at `max_repeats`, inconclusive.
-2. Replication. A screened keep and the champion both run `replicate` fresh seeds (the same seeds for both,
-   new to both), and the candidate is kept only if that fresh comparison alone clears level alpha_c.
+1. Screening. The candidate runs once, and is looked at after 1, 2, 4, 8, ... runs up to `max_repeats`. At
+   each look its improvement over the champion's unbiased ("fresh") runs gets a one-sided t bound, with the
+   noise sd pooled over every repeated experiment. It passes when the lower bound clears `min_delta` at level
+   alpha_s / K (Bonferroni over the K looks: valid however often we look). It is discarded for futility when
+   even an optimistic (80%) upper bound stays below the smallest effect the design can detect, or below
+   `min_delta`. Otherwise it runs again; at `max_repeats` it is inconclusive.
+2. Replication. A candidate that passed and the champion both run `replicate` fresh seeds (the same seeds for
+   both, new to both); it is kept only if that fresh comparison alone clears level alpha_c.
 
-The stages use disjoint data, so a null candidate is kept with probability at most alpha_s * alpha_c, which
-is set to 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for confidence 0.99).
+The stages use disjoint runs, so a candidate with no real effect is kept with probability at most
+alpha_s * alpha_c = 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for 0.99). Over a night
+of 500 candidates that is at most 5 false keeps expected in the worst case, and benchmarks/judge.py measures
+about 0.15% (under one in a night). The constants below were chosen with that benchmark: at most 3 runs per
+candidate on a realistic mix, and at least 80% of true 2-sigma gains kept, under Gaussian and heavy tails.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from scipy import stats
 Goal = Literal["minimize", "maximize"]
 Verdict = Literal["keep", "discard", "inconclusive", "more"]
 POWER = 0.8  # the power at which the smallest detectable effect is quoted
-FUTILITY = 0.9  # discard when the optimistic bound is below this fraction of that smallest effect
+FUTILITY = 1.0  # discard when the optimistic bound is below this fraction of the smallest detectable effect
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class SequentialJudge:
     confidence: float = 0.99
     max_repeats: int = 8
     min_delta: float = 0.0
-    replicate: int = 3
+    replicate: int = 4
     simplicity: bool = True
     futility: float = FUTILITY
 

@@ -1,0 +1,233 @@
+"""An experiment measured to its verdict: the baseline's noise floor, a candidate's screening and replication,
+the champion's re-measurement, and `rsi verify`. The loop (engine.py) decides what to try; this decides what
+it is worth, with the judge, and records each run in the ledger as it happens, so a kill loses at most one run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from scipy import stats
+
+from rsi.config import Config
+from rsi.errors import UserError
+from rsi.judge import Decision, Judge, Noise, pooled_noise
+from rsi.ledger import SELECT_KINDS, Experiment, Ledger
+from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
+from rsi.store import Store
+
+CHAMPION_RUNS = 8  # fresh runs the champion is brought up to, one per candidate (see _remeasure)
+NOISE_DOF = 30  # ... and for as long as the noise estimate has fewer degrees of freedom
+
+
+class Experimenter:
+    def __init__(
+        self, cfg: Config, store: Store, ledger: Ledger, measurer: Measurer, judge: Judge, tag: str, start: str
+    ) -> None:
+        self.cfg, self.store, self.ledger, self.measurer, self.judge = cfg, store, ledger, measurer, judge
+        self.tag, self.start_commit = tag, start
+
+    def branch_head(self) -> str:
+        """The last kept commit: what the research branch must point at (the ledger decides)."""
+        row = self.ledger.db.execute(
+            "SELECT kept_commit FROM experiments WHERE verdict = 'keep' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return str(row[0]) if row else self.start_commit
+
+    def champion(self) -> Experiment:
+        row = self.ledger.db.execute("SELECT id FROM experiments WHERE verdict = 'keep' ORDER BY id DESC LIMIT 1")
+        found = row.fetchone()
+        champion = self.ledger.experiment(int(found[0]) if found else 0)
+        assert champion is not None
+        return champion
+
+    def noise(self) -> Noise | None:
+        """Run-to-run noise pooled over every experiment measured more than once."""
+        return pooled_noise(list(self.ledger.select_metrics().values()))
+
+    def baseline(self, exp: Experiment, wt: Path) -> None:
+        """Fresh runs on seeds 1..baseline_repeats, each followed by the holdout: the noise floor."""
+        assert exp.commit_sha is not None
+        commit = exp.commit_sha
+        for seed in range(1, self.cfg.judge.baseline_repeats + 1):
+            if not _has_run(exp, FRESH, seed):
+                self.measurer.measure(wt, 0, commit, FRESH, seed)
+                exp = self._reload(exp)
+                if _metric_at(exp, seed) is not None:
+                    self._holdout(wt, exp, seed)
+        self._finish(self._reload(exp), "baseline", Decision("keep", f"{self.cfg.judge.baseline_repeats} runs"))
+
+    def candidate(self, exp: Experiment, wt: Path) -> None:
+        """Screening runs, paired with the champion's fresh seeds, until the judge decides; then replication."""
+        assert exp.commit_sha is not None
+        champion = self._remeasure(self.champion())
+        # the champion's unbiased runs; a judge without replication (the autoresearch rule) has only its
+        # screening runs to offer
+        pool = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None] or [
+            r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and r.metric is not None
+        ]
+        pool_metrics = [r.metric for r in pool if r.metric is not None]
+        deletes = _deletes_code(exp.diff)
+        while True:
+            screened = [r for r in exp.runs if r.kind == SCREEN]
+            if screened:
+                metrics = [r.metric if r.status == "ok" else None for r in screened]
+                decision = self.judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
+                if decision.verdict != "more":
+                    break
+                if len(screened) >= self.cfg.judge.max_repeats:
+                    decision = Decision("inconclusive", decision.reason, decision.ci)
+                    break
+            k = len(screened)
+            seed = pool[k].seed if k < len(pool) else fresh_seed(exp.id, 100 + k)
+            self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed)
+            exp = self._reload(exp)
+        if decision.verdict == "keep" and self.judge.replicate:
+            decision = self._replicate(exp, wt, champion)
+        if decision.verdict == "keep":
+            self._top_up(exp, wt, self.cfg.judge.baseline_repeats if self.judge.replicate else 0)
+        self._finish(self._reload(exp), decision.verdict, decision, champion)
+
+    def _remeasure(self, champion: Experiment) -> Experiment:
+        """Periodic re-measurement: one more fresh run of the champion per candidate while its pool is under
+        CHAMPION_RUNS or the noise estimate has under NOISE_DOF degrees of freedom. A precise champion and noise
+        estimate are what let one run of a candidate decide; this costs a few runs per keep, not per candidate."""
+        fresh = sum(1 for r in champion.runs if r.kind == FRESH)
+        noise = self.noise()
+        if not self.judge.replicate or champion.commit_sha is None:
+            return champion
+        if fresh >= CHAMPION_RUNS and noise is not None and noise.dof >= NOISE_DOF:
+            return champion
+        wt = self.store.checkout("champion", champion.commit_sha)
+        self.measurer.measure(wt, champion.id, champion.commit_sha, FRESH, fresh_seed(champion.id, 5000 + fresh))
+        return self._reload(champion)
+
+    def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
+        """Candidate and champion on the same fresh seeds, new to both; the champion runs first so that the
+        candidate's own run is the last one in its worktree (the holdout reads what it produced)."""
+        assert champion.commit_sha is not None and exp.commit_sha is not None
+        champ_wt = self.store.checkout("champion", champion.commit_sha)
+        seeds = [fresh_seed(exp.id, j) for j in range(1, self.judge.replicate + 1)]
+        for seed in seeds:
+            if not _has_run(champion, FRESH, seed):
+                self.measurer.measure(champ_wt, champion.id, champion.commit_sha, FRESH, seed)
+            if not _has_run(exp, CONFIRM, seed):
+                self.measurer.measure(wt, exp.id, exp.commit_sha, CONFIRM, seed)
+            exp, champion = self._reload(exp), self._reload(champion)
+        cand = [_metric_at(exp, seed, CONFIRM) for seed in seeds]
+        champ = [_metric_at(champion, seed) for seed in seeds]
+        confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise())
+        if confirmed.verdict != "keep":
+            self.ledger.update_experiment(exp.id, reverted=1)
+            return Decision("discard", f"screening kept it, but it {confirmed.reason}", confirmed.ci)
+        return confirmed
+
+    def _top_up(self, exp: Experiment, wt: Path, runs: int) -> None:
+        """A new champion gets baseline_repeats fresh runs, used in no decision about itself: what later
+        candidates are compared with, free of the winner's curse of the runs that kept it (its screening and
+        confirmation runs were selected for being good). Its last run is followed by the holdout."""
+        commit = exp.commit_sha
+        assert commit is not None
+        exp = self._reload(exp)
+        k = self.judge.replicate
+        while sum(1 for r in exp.runs if r.kind == FRESH) < runs:
+            k += 1
+            self.measurer.measure(wt, exp.id, commit, FRESH, fresh_seed(exp.id, k))
+            exp = self._reload(exp)
+        last = max((r for r in exp.runs if r.kind in SELECT_KINDS), key=lambda r: r.id)
+        if last.status == "ok":
+            self._holdout(wt, exp, last.seed)
+
+    def _finish(self, exp: Experiment, verdict: str, decision: Decision, champion: Experiment | None = None) -> None:
+        status = next((r.status for r in exp.runs if r.kind in SELECT_KINDS and r.status != "ok"), "ok") or "ok"
+        kept_commit = None
+        if verdict == "keep" and status == "ok" and champion is not None:
+            assert exp.commit_sha is not None
+            before, after = champion.mean(), exp.mean()
+            message = (
+                f"{exp.hypothesis}\n\n{self.cfg.metric.name}: {before:.6g} -> {after:.6g} "
+                f"(experiment {exp.id}, {len(exp.valid())} runs; {decision.reason})"
+            )
+            kept_commit = self.store.keep(exp.commit_sha, self.branch_head(), message)
+        elif verdict == "keep" and champion is not None:
+            verdict = "discard"
+        ci = decision.ci or (None, None)
+        with self.ledger.transaction():
+            self.ledger.update_experiment(
+                exp.id,
+                state="done",
+                status=status,
+                verdict=verdict,
+                reason=decision.reason,
+                kept_commit=kept_commit,
+                ci_low=ci[0],
+                ci_high=ci[1],
+            )
+        if kept_commit:
+            self.store.set_branch(self.tag, kept_commit)
+
+    def _holdout(self, wt: Path, exp: Experiment, seed: int) -> None:
+        if self.cfg.holdout is not None and exp.commit_sha:
+            self.measurer.measure(wt, exp.id, exp.commit_sha, HOLDOUT, seed)
+
+    def _reload(self, exp: Experiment) -> Experiment:
+        fresh = self.ledger.experiment(exp.id)
+        assert fresh is not None
+        return fresh
+
+    def verify(self, commit: str | None, runs: int) -> tuple[Experiment, list[float | None], str, bool]:
+        """Re-run a recorded commit (default: the champion) on fresh seeds. Returns the experiment, the new
+        metrics, a sentence, and whether the recorded mean is reproduced within the interval the noise allows
+        (two-sided, at the judge's confidence)."""
+        exp = self._find(commit)
+        assert exp.commit_sha is not None
+        done = sum(1 for r in exp.runs if r.kind == VERIFY)
+        wt = self.store.checkout("verify", exp.commit_sha)
+        try:
+            for k in range(runs):
+                self.measurer.measure(wt, exp.id, exp.commit_sha, VERIFY, fresh_seed(exp.id, 8000 + done + k))
+        finally:
+            self.store.release("verify")
+        exp = self._reload(exp)
+        fresh = [r.metric if r.status == "ok" else None for r in exp.runs if r.kind == VERIFY][done:]
+        valid = [m for m in fresh if m is not None]
+        recorded, noise = exp.valid(), self.noise()
+        if not valid or not recorded:
+            return exp, fresh, "no valid run to compare", False
+        diff = statistics.fmean(valid) - statistics.fmean(recorded)
+        if noise is None or noise.sd == 0:
+            ok = abs(diff) <= 1e-12 * max(1.0, abs(statistics.fmean(recorded)))
+            return exp, fresh, f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}", ok
+        half = float(stats.t.ppf(0.5 + self.cfg.judge.confidence / 2, noise.dof)) * noise.sd
+        half *= math.sqrt(1 / len(valid) + 1 / len(recorded))
+        sentence = (
+            f"recorded {statistics.fmean(recorded):.6g} over {len(recorded)} runs, now {statistics.fmean(valid):.6g}"
+            f" over {len(valid)}: difference {diff:+.4g}, allowed +-{half:.4g}"
+        )
+        return exp, fresh, sentence, abs(diff) <= half
+
+    def _find(self, commit: str | None) -> Experiment:
+        if commit is None:
+            return self.champion()
+        for e in self.ledger.experiments():
+            if any(c and c.startswith(commit) for c in (e.kept_commit, e.commit_sha)):
+                return e
+        raise UserError(f"no experiment of this research has commit {commit}")
+
+
+def _has_run(exp: Experiment, kind: str, seed: int) -> bool:
+    return any(r.kind == kind and r.seed == seed for r in exp.runs)
+
+
+def _metric_at(exp: Experiment, seed: int, kind: str = FRESH) -> float | None:
+    return next((r.metric for r in exp.runs if r.kind == kind and r.seed == seed and r.status == "ok"), None)
+
+
+def _deletes_code(diff: str) -> bool:
+    """More lines removed than added (blank lines aside): the simplicity rule may keep it at no gain."""
+    lines = diff.splitlines()
+    added = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++") and x[1:].strip())
+    removed = sum(1 for x in lines if x.startswith("-") and not x.startswith("---") and x[1:].strip())
+    return removed > added
