@@ -90,7 +90,12 @@ class TwoSigmaJudge:
         return Decision("keep" if gain > 2 * noise.sd else "discard", f"gain {gain:.3g}")
 
     def confirm(
-        self, candidate: Sequence[float | None], champion: Sequence[float | None], goal: Goal, noise: Noise | None
+        self,
+        candidate: Sequence[float | None],
+        champion: Sequence[float | None],
+        goal: Goal,
+        noise: Noise | None,
+        deletes_code: bool = False,
     ) -> Decision:
         return Decision("keep", "no replication")
 

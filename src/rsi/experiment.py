@@ -118,7 +118,7 @@ class Experimenter:
             exp, champion = self._reload(exp), self._reload(champion)
         cand = [_metric_at(exp, seed, CONFIRM) for seed in seeds]
         champ = [_metric_at(champion, seed) for seed in seeds]
-        confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise())
+        confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise(), _deletes_code(exp.diff))
         if confirmed.verdict != "keep":
             self.ledger.update_experiment(exp.id, reverted=1)
             return Decision("discard", f"screening kept it, but it {confirmed.reason}", confirmed.ci)
@@ -169,7 +169,7 @@ class Experimenter:
             self.store.set_branch(self.tag, kept_commit)
 
     def _holdout(self, wt: Path, exp: Experiment, seed: int) -> None:
-        if self.cfg.holdout is not None and exp.commit_sha:
+        if self.measurer.has_holdout and exp.commit_sha:
             self.measurer.measure(wt, exp.id, exp.commit_sha, HOLDOUT, seed)
 
     def _reload(self, exp: Experiment) -> Experiment:

@@ -32,6 +32,7 @@ from scipy import stats
 Goal = Literal["minimize", "maximize"]
 Verdict = Literal["keep", "discard", "inconclusive", "more"]
 POWER = 0.8  # the power at which the smallest detectable effect is quoted
+SIMPLER_RUNS = 4  # runs before the simplicity rule may keep a deletion
 FUTILITY = 1.0  # discard when the optimistic bound is below this fraction of the smallest detectable effect
 
 
@@ -97,7 +98,12 @@ class Judge(Protocol):
         ...
 
     def confirm(
-        self, candidate: Sequence[float | None], champion: Sequence[float | None], goal: Goal, noise: Noise | None
+        self,
+        candidate: Sequence[float | None],
+        champion: Sequence[float | None],
+        goal: Goal,
+        noise: Noise | None,
+        deletes_code: bool = False,
     ) -> Decision:
         """Replication on fresh seeds, both arms on the same seeds: keep or discard."""
         ...
@@ -132,7 +138,12 @@ class ThresholdJudge:
         return Decision("discard", f"improvement {gain:.4g} is not above min_delta {self.min_delta:g}")
 
     def confirm(
-        self, candidate: Sequence[float | None], champion: Sequence[float | None], goal: Goal, noise: Noise | None
+        self,
+        candidate: Sequence[float | None],
+        champion: Sequence[float | None],
+        goal: Goal,
+        noise: Noise | None,
+        deletes_code: bool = False,
     ) -> Decision:
         return Decision("keep", "no replication stage")
 
@@ -192,8 +203,8 @@ class SequentialJudge:
             )
         optimistic = gain + self._quantile(POWER, noise.dof) * se
         detectable = self.detectable(len(champion), noise) or 0.0
-        if deletes_code and self.simplicity and low > -0.5 * noise.sd:
-            return Decision("keep", f"deletes code and is at most half a noise sd worse (bound {low:.4g})", ci)
+        if deletes_code and self.simplicity:
+            return self._simpler(gain, se, n, noise, ci)
         if optimistic < self.min_delta or optimistic < self.futility * detectable:
             return Decision(
                 "discard", f"improvement {gain:.4g}; even the optimistic bound {optimistic:.4g} is too small", ci
@@ -201,6 +212,17 @@ class SequentialJudge:
         if n >= self.max_repeats:
             return Decision("inconclusive", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}] after {n} runs", ci)
         return Decision("more", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}]: promising, run more", ci)
+
+    def _simpler(self, gain: float, se: float, n: int, noise: Noise, ci: tuple[float, float]) -> Decision:
+        """The simplicity rule: less code that is, with 80% confidence, at most one noise sd worse."""
+        q = self._quantile(POWER, noise.dof)
+        if n >= SIMPLER_RUNS and gain - q * se > -noise.sd:
+            return Decision("keep", f"deletes code and is within one noise sd of the champion ({gain:+.4g})", ci)
+        if gain + q * se < -noise.sd:
+            return Decision("discard", f"deletes code but is worse by {-gain:.4g}", ci)
+        if n >= self.max_repeats:
+            return Decision("inconclusive", f"deletes code; difference {gain:+.4g} after {n} runs", ci)
+        return Decision("more", f"deletes code; difference {gain:+.4g} so far", ci)
 
     def _noiseless(
         self, candidate: Sequence[float | None], champion: Sequence[float], goal: Goal, noise: Noise | None
@@ -214,7 +236,12 @@ class SequentialJudge:
         return Decision("discard", f"improvement {gain:.4g} with no run-to-run noise", (gain, gain))
 
     def confirm(
-        self, candidate: Sequence[float | None], champion: Sequence[float | None], goal: Goal, noise: Noise | None
+        self,
+        candidate: Sequence[float | None],
+        champion: Sequence[float | None],
+        goal: Goal,
+        noise: Noise | None,
+        deletes_code: bool = False,
     ) -> Decision:
         pairs = [(c, h) for c, h in zip(candidate, champion, strict=False) if c is not None and h is not None]
         if len(pairs) < len(candidate) or not pairs:
@@ -224,6 +251,8 @@ class SequentialJudge:
             ok = gain > self.min_delta
             return Decision("keep" if ok else "discard", f"replicated improvement {gain:.4g}", (gain, gain))
         se = noise.sd * math.sqrt(2 / len(pairs))
+        if deletes_code and self.simplicity and gain - self._quantile(POWER, noise.dof) * se > -noise.sd:
+            return Decision("keep", f"deletes code; on {len(pairs)} fresh seeds within one noise sd ({gain:+.4g})")
         low = gain - self._quantile(1 - self.alpha_stage, noise.dof) * se
         if low > self.min_delta:
             return Decision("keep", f"replicated on {len(pairs)} fresh seeds: {gain:.4g}, bound {low:.4g}", (low, gain))

@@ -33,6 +33,11 @@ def fresh_seed(exp_id: int, k: int) -> int:
 
 
 class Measurer(Protocol):
+    @property
+    def has_holdout(self) -> bool:
+        """Whether there is a held-out measurement to run for the baseline and for keeps."""
+        ...
+
     def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
         """One recorded run of the experiment's commit (kind HOLDOUT: of the holdout command)."""
         ...
@@ -49,6 +54,10 @@ TaskFunction = Callable[[Mapping[str, str], int], float | None]
 class FunctionMeasurer:
     def __init__(self, store: MemoryStore, ledger: Ledger, task: TaskFunction, holdout: TaskFunction | None) -> None:
         self.store, self.ledger, self.task, self.holdout = store, ledger, task, holdout
+
+    @property
+    def has_holdout(self) -> bool:
+        return self.holdout is not None
 
     def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
         fn = self.holdout if kind == HOLDOUT else self.task
@@ -79,6 +88,10 @@ class SubprocessMeasurer:
         self.cache_dir = ws.state / "cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.environment = describe_environment()
+
+    @property
+    def has_holdout(self) -> bool:
+        return self.cfg.holdout is not None
 
     def metric_spec(self) -> MetricSpec:
         m = self.cfg.metric

@@ -1,0 +1,99 @@
+"""The judge through the real loop, in process: what it keeps, what it refuses, and what it flags."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from rsi.config import Config
+from rsi.engine import Limits, in_process
+from rsi.judge import Noise, SequentialJudge, looks, pooled_noise
+from rsi.ledger import Experiment
+from rsi.proposer import Context, Proposal
+from rsi.status import status_json
+
+
+def config(goal: str = "minimize") -> Config:
+    return Config.model_validate(
+        {
+            "task": {"name": "t", "editable": ["f.py"], "command": "in-process"},
+            "metric": {"name": "loss", "goal": goal, "pattern": "(x)"},
+        }
+    )
+
+
+class Scripted:
+    name = "scripted"
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = list(texts)
+
+    def propose(self, ctx: Context) -> Proposal | None:
+        return Proposal({"f.py": self.texts.pop(0)}, f"variant {len(self.texts)}") if self.texts else None
+
+    def observe(self, exp: Experiment) -> None:
+        return None
+
+
+def value(files: Mapping[str, str], name: str) -> float:
+    for line in files["f.py"].splitlines():
+        if line.startswith(f"{name} = "):
+            return float(line.split(" = ")[1])
+    return 0.0
+
+
+def noisy(files: Mapping[str, str], seed: int) -> float:
+    return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.1)
+
+
+def test_a_real_gain_is_kept_and_replicated_a_null_is_not() -> None:
+    base = "loss = 1.0\n"
+    r = in_process(config(), {"f.py": base}, noisy, Scripted(["loss = 1.0\n# a comment\n", "loss = 0.5\n"]))
+    r.run(Limits(max_experiments=10))
+    base_exp, null, gain = r.ledger.experiments()
+    assert null.verdict in ("discard", "inconclusive") and not null.reverted
+    assert gain.verdict == "keep"
+    kinds = [run.kind for run in gain.runs]
+    assert "screen" in kinds and kinds.count("confirm") == 4 and kinds.count("fresh") >= 5
+    assert len([run for run in base_exp.runs if run.kind == "fresh"]) >= 5 + 4  # replication's champion arm
+
+
+def test_deleting_code_at_no_cost_is_kept_by_the_simplicity_rule() -> None:
+    base = "loss = 1.0\nunused_a = 1\nunused_b = 2\nunused_c = 3\n"
+    r = in_process(config(), {"f.py": base}, noisy, Scripted(["loss = 1.0\n"]))
+    r.run(Limits(max_experiments=2))
+    exp = r.ledger.experiments()[1]
+    assert exp.verdict == "keep" and "deletes code" in exp.reason
+    assert r.experimenter.branch_head() == exp.kept_commit
+
+
+def test_a_keep_whose_held_out_result_is_worse_is_flagged_not_reverted() -> None:
+    def holdout(files: Mapping[str, str], seed: int) -> float:
+        return value(files, "overfit") + 1.0  # worse when the candidate overfits the selection data
+
+    texts = ["loss = 0.5\noverfit = 1.0\n"]
+    r = in_process(config(), {"f.py": "loss = 1.0\noverfit = 0.0\n"}, noisy, Scripted(texts), holdout=holdout)
+    r.run(Limits(max_experiments=2))
+    s = status_json(r.ledger)
+    kept = s["experiments"][1]
+    assert kept["verdict"] == "keep" and kept["holdout"] == 2.0 and s["baseline"]["holdout"] == 1.0
+    assert "worse than the baseline's" in kept["holdout_flag"]
+    assert s["holdout_flags"] == 1 and s["holdout_gain"] < 0 < s["selection_gain"]
+
+
+def test_screening_decisions_and_bounds() -> None:
+    judge = SequentialJudge()
+    noise = Noise(1.0, 100)
+    champion = [0.0] * 8
+    assert looks(8) == [1, 2, 4, 8] and looks(5) == [1, 2, 4, 5]
+    assert judge.decide([5.0], champion, "maximize", noise).verdict == "keep"
+    assert judge.decide([-3.0], champion, "maximize", noise).verdict == "discard"
+    assert judge.decide([1.5], champion, "maximize", noise).verdict == "more"
+    assert judge.decide([1.5, None], champion, "maximize", noise).verdict == "discard"
+    assert judge.decide([0.8, 0.8, 0.8], champion, "maximize", noise).verdict == "more"  # not a look: 3 runs
+    assert judge.decide([5.0], champion, "minimize", noise).verdict == "discard"
+    assert judge.confirm([2.0] * 4, [0.0] * 4, "maximize", noise).verdict == "keep"
+    assert judge.confirm([0.3] * 4, [0.0] * 4, "maximize", noise).verdict == "discard"
+    detectable = judge.detectable(8, noise)
+    assert detectable is not None and 1.0 < detectable < 2.5
+    assert pooled_noise([[1.0, 3.0], [2.0]]) == Noise(2**0.5, 1)
