@@ -20,9 +20,10 @@ from pathlib import Path
 
 from rsi.config import load_config
 from rsi.engine import Limits, Research
+from rsi.judge import ThresholdJudge
 from rsi.ledger import Experiment
 from rsi.proposer import KnobsProposer, Proposer
-from rsi.workspace import Workspace
+from rsi.store import Store
 
 SCRIPT = "lr = 0.5\nwidth = 8\nprint(f'loss: {(lr - 0.1) ** 2 + (width - 20) ** 2 / 100:.6f}')\n"
 TOML = f"""
@@ -68,10 +69,11 @@ def harness(root: Path, n: int) -> list[float]:
 
     cfg = load_config(root)
 
-    def factory(ws: Workspace, start: str) -> Proposer:
+    def factory(ws: Store, start: str) -> Proposer:
         return KnobsProposer({p: ws.read(start, p) for p in ws.files(start, cfg.task.editable)}, cfg.knobs, "minimize")
 
-    Research(root, cfg, factory, listener=listener).run(Limits(max_experiments=n + 1))
+    # one run per experiment (the threshold rule), so that each interval is one experiment's whole harness cost
+    Research(root, cfg, factory, listener=listener, judge=ThresholdJudge()).run(Limits(max_experiments=n + 1))
     return [b - a for a, b in itertools.pairwise(stamps)]
 
 

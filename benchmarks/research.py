@@ -1,0 +1,524 @@
+"""Research quality at equal wall clock: rsi against random search, Optuna and the autoresearch rule.
+
+Each method researches its own fresh copy of a shipped example (tinygpt, tabular) for the same wall-clock
+budget, searching the same knobs (the knobs proposer's knobs and ranges), one method at a time so that no two
+compete for the CPU:
+
+- rsi: the engine with its default judge (screening, replication on fresh seeds) and the knobs proposer;
+- autoresearch: the same engine with the autoresearch rule: one run per candidate, kept when strictly
+  better than the best so far (`ThresholdJudge(0.0)`, one baseline run);
+- random: a plain loop drawing every knob uniformly (log-uniformly on log ranges) from the same ranges;
+- optuna: Optuna used directly as a hyperparameter tool (default TPE), one run per trial.
+
+Every method's clock covers everything it does (setup, baseline, search) and is a hard stop: a run still
+going at the deadline is killed and does not count, for rsi as for the others. The random and Optuna loops
+give every run the same seed as the baseline's first run (a fixed seed, as a user of those tools would).
+
+Then, outside the budgets, each method's final pick (rsi's champion, the best trial) is re-measured on
+held-out data: the task's command then its `[holdout]` command, in one directory, on the same fixed seeds for
+every pick and for the baseline (identical code is measured once, so a pick that is the baseline has a
+held-out gain of exactly 0). Figures per method: experiments run, selection gain (what the method believes:
+its pick's selection metric against its own baseline measurement), held-out gain (re-measured), and the gap
+between them. Gains are signed so that positive is better.
+Target: rsi's held-out gain is at least the best of the others', and its |gap| is the smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from ast import literal_eval
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import optuna
+import psutil
+
+from rsi.config import Config, load_config
+from rsi.demo import create
+from rsi.engine import Limits, Research
+from rsi.judge import Goal, Judge, ThresholdJudge, improvement
+from rsi.knobs import apply_values, describe, find_knobs, format_value
+from rsi.ledger import SELECT_KINDS, Ledger
+from rsi.proposer import KnobsProposer, Proposer
+from rsi.runner import MetricSpec, RunSpec, run, scrub_env
+from rsi.status import status_json
+from rsi.workspace import Workspace
+
+METHODS = ("rsi", "autoresearch", "random", "optuna")
+OTHERS = METHODS[1:]
+TRIAL_SEED = 1  # the random and Optuna loops run every trial on this seed, the baseline's first
+HOLDOUT_SEED = 7001  # held-out re-measurements use seeds from here on: none of the methods ever used them
+SETUP_TIMEOUT = 600.0
+FULL_MINUTES = {"tinygpt": 10.0, "tabular": 3.0}
+QUICK_MINUTES = {"tinygpt": 1.0, "tabular": 1 / 3}
+TARGET = "rsi held-out gain >= best other and smallest |gap|"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+Files = dict[str, str]  # repository-relative path -> text of every editable file
+
+
+class Code(Protocol):
+    """What the proposer factory reads from where the engine keeps code (a git workspace here)."""
+
+    def files(self, commit: str, globs: Sequence[str]) -> list[str]: ...
+
+    def read(self, commit: str, path: str) -> str: ...
+
+
+class OutOfTime(BaseException):
+    """Raised in the main thread at a method's deadline; the runner kills the run in flight and re-raises."""
+
+
+@contextmanager
+def hard_stop(seconds: float) -> Iterator[None]:
+    def ring(signum: int, frame: FrameType | None) -> None:
+        raise OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def kill_leftovers() -> None:
+    """A cut may land between a launch and its supervision; end any process this benchmark started."""
+    for child in psutil.Process().children(recursive=True):
+        with suppress(psutil.Error):
+            child.kill()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Task:
+    """One fresh copy of an example: a git repository with its config and its starting editable files."""
+
+    example: str
+    root: Path
+    cfg: Config
+    files: Files
+
+    @property
+    def cache(self) -> Path:
+        return self.root / ".bench-cache"
+
+    @property
+    def logs(self) -> Path:
+        return self.root.parent / f"{self.root.name}-logs"
+
+
+def prepare(example: str, dest: Path, train_budget: str) -> Task:
+    root = create(example, dest, budget=train_budget)
+    cfg = load_config(root)
+    ws = Workspace(root)
+    head = ws.head()
+    return Task(example, root, cfg, {p: ws.read(head, p) for p in ws.files(head, cfg.task.editable)})
+
+
+def execute(task: Task, command: str, metric: MetricSpec, seed: int, timeout: float) -> float | None:
+    """One run in the copy's own directory, under the task's limits, with the environment rsi would give it."""
+    cfg = task.cfg.task
+    env = scrub_env(os.environ, deny=cfg.secret_patterns, allow=cfg.env_pass)
+    env.update(cfg.env)
+    env.update(RSI_SEED=str(seed), RSI_CACHE_DIR=str(task.cache))
+    if cfg.budget is not None:
+        env["RSI_BUDGET_SECONDS"] = f"{cfg.budget:g}"
+    spec = RunSpec(command, task.root, env, timeout, cfg.memory, cfg.output_cap, task.logs, metric)
+    result = run(spec)
+    return result.metric if result.status == "ok" else None
+
+
+def setup(task: Task) -> None:
+    if task.cfg.task.setup:
+        task.cache.mkdir(exist_ok=True)
+        execute(task, task.cfg.task.setup, MetricSpec(), 0, SETUP_TIMEOUT)
+
+
+def select_run(task: Task, seed: int) -> float | None:
+    m = task.cfg.metric
+    spec = MetricSpec(pattern=m.pattern, file=m.file, key=m.key, evaluator=m.evaluator)
+    return execute(task, task.cfg.task.command, spec, seed, task.cfg.task.timeout)
+
+
+def holdout_run(task: Task, seed: int) -> float | None:
+    h = task.cfg.holdout
+    assert h is not None
+    return execute(task, h.command, MetricSpec(pattern=h.pattern, file=h.file, key=h.key), seed, task.cfg.task.timeout)
+
+
+def write_files(task: Task, files: Mapping[str, str]) -> None:
+    for path, text in files.items():
+        (task.root / path).write_text(text)
+
+
+def knob_space(task: Task) -> KnobsProposer:
+    """The knobs and ranges rsi's proposer searches: every method searches exactly these."""
+    return KnobsProposer(task.files, task.cfg.knobs, task.cfg.metric.goal)
+
+
+def knob_values(space: KnobsProposer, files: Mapping[str, str]) -> dict[str, Any]:
+    names = sorted({k.name for k in space.knobs.values()})
+    found = {
+        (k.file, k.name): k.value
+        for path in files
+        if path.endswith(".py")
+        for k in find_knobs(path, files[path], include=names)
+    }
+    return {key: found.get((k.file, k.name), k.value) for key, k in space.knobs.items()}
+
+
+@dataclass
+class Outcome:
+    """What one method did within its budget, and what it believes it found."""
+
+    experiments: int = 0  # finished ones, the baseline included
+    runs: int = 0  # finished runs of the task's command
+    wall_s: float = 0.0
+    cut: bool = False  # the deadline killed work in flight
+    busy: float = 0.0  # CPU use (%) by other work just before it started: that skews the comparison
+    baseline: float | None = None  # its own baseline measurement (selection metric)
+    best: float | None = None  # its pick's selection metric as it measured it
+    pick: Files = field(default_factory=dict)
+
+
+# rsi and the autoresearch rule: the engine
+def research(task: Task, budget: float, autoresearch: bool) -> Outcome:
+    cfg = task.cfg
+    judge: Judge | None = None
+    if autoresearch:
+        cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"baseline_repeats": 1})})
+        judge = ThresholdJudge(0.0)
+
+    def factory(code: Code, start: str) -> Proposer:
+        return KnobsProposer(
+            {p: code.read(start, p) for p in code.files(start, cfg.task.editable)}, cfg.knobs, cfg.metric.goal
+        )
+
+    out = Outcome()
+    started = time.monotonic()
+    engine: Research | None = None
+    try:
+        with hard_stop(budget):
+            engine = Research(task.root, cfg, factory, judge=judge)
+            engine.run(Limits(time_budget_s=budget))
+    except OutOfTime:
+        out.cut = True
+    finally:
+        if engine is not None:
+            engine.ledger.close()
+        kill_leftovers()
+    out.wall_s = time.monotonic() - started
+    ledger = Ledger(Workspace(task.root).state / "ledger.sqlite", readonly=True)
+    try:
+        status = status_json(ledger)
+        done = ledger.experiments("state = 'done'")
+    finally:
+        ledger.close()
+    out.experiments = len(done)
+    out.runs = sum(1 for e in done for r in e.runs if r.kind in SELECT_KINDS and r.status is not None)
+    out.baseline, out.best = status["baseline"]["metric"], status["best"]["metric"]
+    ws = Workspace(task.root)
+    commit = status["best"]["commit"] or ws.head()  # no baseline recorded yet: the pick is the start
+    out.pick = {p: ws.read(commit, p) for p in ws.files(commit, cfg.task.editable)}
+    return out
+
+
+# random search and Optuna: direct loops, one run per candidate
+class Direct:
+    """The shared part of the two direct loops: write the knob values, run once on the fixed seed, record."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        space = knob_space(task)
+        self.knobs, self.dists = space.knobs, space.dists
+        self.start = {key: k.value for key, k in self.knobs.items()}
+        self.out = Outcome()
+        self.trials: list[tuple[float, Files]] = []
+
+    def files(self, values: Mapping[str, Any]) -> Files:
+        if values == self.start:
+            return dict(self.task.files)
+        files = dict(self.task.files)
+        for key, value in values.items():
+            k = self.knobs[key]
+            files[k.file] = apply_values(files[k.file], {k.name: value})
+        return files
+
+    def measure(self, values: Mapping[str, Any]) -> float | None:
+        # what is measured is what the file says: the literal as written (3 significant digits), as in rsi
+        written = {key: literal_eval(format_value(v)) for key, v in values.items()}
+        files = self.files(written)
+        write_files(self.task, files)
+        value = select_run(self.task, TRIAL_SEED)
+        self.out.experiments += 1
+        self.out.runs += 1
+        if value is not None:
+            self.trials.append((value, files))
+        if self.out.experiments == 1:
+            self.out.baseline = value
+        return value
+
+    def finish(self) -> Outcome:
+        goal = self.task.cfg.metric.goal
+        self.out.pick = dict(self.task.files)
+        if self.out.baseline is None:
+            log(f"warning: {self.task.example}: no baseline measurement in the budget (logs in {self.task.logs})")
+        elif self.trials:
+            best = self.trials[0]
+            for trial in self.trials[1:]:
+                if improvement(trial[0], best[0], goal) > 0:
+                    best = trial
+            self.out.best, self.out.pick = best
+        write_files(self.task, self.task.files)
+        return self.out
+
+
+def timed(budget: float, body: Callable[[float], None], out: Outcome) -> None:
+    """Runs `body(deadline)` under the hard stop and records the wall clock it took."""
+    started = time.monotonic()
+    try:
+        with hard_stop(budget):
+            body(started + budget)
+    except OutOfTime:
+        out.cut = True
+    finally:
+        kill_leftovers()
+    out.wall_s = time.monotonic() - started
+
+
+def draw(dist: optuna.distributions.BaseDistribution, rng: random.Random) -> Any:
+    """Uniform on the range; log-uniform on a log range (ints: on [low - 0.5, high + 0.5], then rounded)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return rng.choice(dist.choices)
+    if isinstance(dist, optuna.distributions.FloatDistribution):
+        if dist.log:
+            return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+        return rng.uniform(dist.low, dist.high)
+    assert isinstance(dist, optuna.distributions.IntDistribution)
+    if dist.log:
+        x = round(math.exp(rng.uniform(math.log(dist.low - 0.5), math.log(dist.high + 0.5))))
+        return min(max(x, dist.low), dist.high)
+    return rng.randint(dist.low, dist.high)
+
+
+def random_search(task: Task, budget: float, seed: int) -> Outcome:
+    loop, rng = Direct(task), random.Random(seed)
+
+    def body(deadline: float) -> None:
+        setup(task)
+        loop.measure(loop.start)
+        while time.monotonic() < deadline:
+            loop.measure({key: draw(dist, rng) for key, dist in loop.dists.items()})
+
+    timed(budget, body, loop.out)
+    return loop.finish()
+
+
+class RunFailed(Exception):
+    """A trial's run gave no metric: Optuna records it as failed and goes on."""
+
+
+def optuna_search(task: Task, budget: float, seed: int) -> Outcome:
+    loop = Direct(task)
+    study = optuna.create_study(direction=task.cfg.metric.goal, sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial(loop.start)  # the baseline is trial 0: Optuna learns from it, as rsi's proposer does
+
+    def objective(trial: optuna.Trial) -> float:
+        values: dict[str, Any] = {}
+        for key, dist in loop.dists.items():
+            if isinstance(dist, optuna.distributions.FloatDistribution):
+                values[key] = trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                values[key] = trial.suggest_int(key, dist.low, dist.high, log=dist.log)
+            else:
+                assert isinstance(dist, optuna.distributions.CategoricalDistribution)
+                values[key] = trial.suggest_categorical(key, dist.choices)
+        value = loop.measure(values)
+        if value is None:
+            raise RunFailed(f"trial {trial.number} gave no metric")
+        return value
+
+    def body(deadline: float) -> None:
+        setup(task)
+        study.optimize(objective, timeout=max(deadline - time.monotonic(), 0.001), catch=(RunFailed,))
+
+    timed(budget, body, loop.out)
+    return loop.finish()
+
+
+# held-out re-measurement, outside every budget
+class Holdout:
+    """Measures picks on held-out data, command then holdout command in one directory, on fixed seeds."""
+
+    def __init__(self, task: Task, seeds: int) -> None:
+        self.task = task
+        self.seeds = [HOLDOUT_SEED + i for i in range(seeds)]
+        self.known: dict[str, float | None] = {}
+        setup(task)
+
+    def measure(self, files: Files) -> float | None:
+        key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        if key not in self.known:
+            write_files(self.task, files)
+            values = []
+            for seed in self.seeds:
+                if select_run(self.task, seed) is not None and (v := holdout_run(self.task, seed)) is not None:
+                    values.append(v)
+            self.known[key] = statistics.fmean(values) if values else None
+        return self.known[key]
+
+
+def gain(candidate: float | None, reference: float | None, goal: Goal) -> float | None:
+    return None if candidate is None or reference is None else improvement(candidate, reference, goal)
+
+
+def figures(task: Task, out: Outcome, holdout: Holdout) -> dict[str, Any]:
+    goal = task.cfg.metric.goal
+    base_holdout, pick_holdout = holdout.measure(task.files), holdout.measure(out.pick)
+    selection = gain(out.best, out.baseline, goal)
+    held = gain(pick_holdout, base_holdout, goal)
+    space = knob_space(task)
+    before, after = knob_values(space, task.files), knob_values(space, out.pick)
+    return {
+        "experiments": out.experiments,
+        "runs": out.runs,
+        "wall_s": round(out.wall_s, 1),
+        "cut": out.cut,
+        "cpu_busy_before_pct": round(out.busy, 1),
+        "selection_gain": rounded(selection),
+        "holdout_gain": rounded(held),
+        "gap": rounded(None if selection is None or held is None else selection - held),
+        "baseline_selection": rounded(out.baseline),
+        "pick_selection": rounded(out.best),
+        "baseline_holdout": rounded(base_holdout),
+        "pick_holdout": rounded(pick_holdout),
+        "change": describe(before, after) if out.pick != task.files else "",
+    }
+
+
+def rounded(x: float | None) -> float | None:
+    return None if x is None else float(f"{x:.6g}")
+
+
+def met(by_method: Mapping[str, Mapping[str, Any]]) -> bool:
+    mine = by_method["rsi"]
+    if mine["holdout_gain"] is None or mine["gap"] is None:
+        return False
+    others = [by_method[m] for m in OTHERS if m in by_method]
+    best_gain = max((f["holdout_gain"] for f in others if f["holdout_gain"] is not None), default=-math.inf)
+    least_gap = min((abs(f["gap"]) for f in others if f["gap"] is not None), default=math.inf)
+    return bool(mine["holdout_gain"] >= best_gain and abs(mine["gap"]) <= least_gap)
+
+
+def show(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.4f}"
+
+
+def print_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+    print(
+        f"{'example':10}{'method':14}{'experiments':>12}{'runs':>6}{'selection gain':>16}{'held-out gain':>15}"
+        f"{'gap':>9}  pick"
+    )
+    for example, by_method in results.items():
+        for method, f in by_method.items():
+            print(
+                f"{example:10}{method:14}{f['experiments']:>12}{f['runs']:>6}{show(f['selection_gain']):>16}"
+                f"{show(f['holdout_gain']):>15}{show(f['gap']):>9}  {f['change'] or '(baseline)'}"
+            )
+
+
+def run_example(example: str, work: Path, minutes: float, train_budget: str, seeds: int, seed: int) -> dict[str, Any]:
+    budget = minutes * 60
+    outcomes: dict[str, tuple[Task, Outcome]] = {}
+    for method in METHODS:
+        task = prepare(example, work / example / method, train_budget)
+        busy = psutil.cpu_percent(interval=1.0)  # nothing of ours runs now: this is other work
+        if busy > 20:
+            log(f"warning: the CPU is {busy:.0f}% busy with other work; it skews the comparison (keep it idle)")
+        log(f"{example} / {method}: {budget:.0f} s ...")
+        if method in ("rsi", "autoresearch"):
+            out = research(task, budget, autoresearch=method == "autoresearch")
+        elif method == "random":
+            out = random_search(task, budget, seed)
+        else:
+            out = optuna_search(task, budget, seed)
+        log(
+            f"{example} / {method}: {out.experiments} experiments, {out.runs} runs in {out.wall_s:.0f} s; "
+            f"selection {out.baseline} -> {out.best}"
+        )
+        out.busy = busy
+        outcomes[method] = (task, out)
+    log(f"{example}: held-out re-measurement of the picks ({seeds} seed(s) each) ...")
+    holdout = Holdout(prepare(example, work / example / "holdout", train_budget), seeds)
+    return {method: figures(task, out, holdout) for method, (task, out) in outcomes.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tabular only, 20 s per method, 1 held-out seed")
+    ap.add_argument("--examples", help="comma-separated: tabular,tinygpt (default: both; --quick: tabular)")
+    ap.add_argument(
+        "--minutes-per-method", type=float, help="wall clock per method and example (default: tinygpt 10, tabular 3)"
+    )
+    ap.add_argument("--train-budget", help="tinygpt's per-candidate training budget (default 15s; --quick 2s)")
+    ap.add_argument("--holdout-seeds", type=int, help="held-out re-measurements per pick (default 3; --quick 1)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random search and of Optuna's sampler")
+    ap.add_argument("--dir", type=Path, help="keep the copies here (default: a temporary folder, removed)")
+    args = ap.parse_args()
+    examples = (args.examples or ("tabular" if args.quick else "tabular,tinygpt")).split(",")
+    for example in examples:
+        if example not in FULL_MINUTES:
+            ap.error(f"unknown example {example!r} (known: {', '.join(FULL_MINUTES)})")
+    train_budget = args.train_budget or ("2s" if args.quick else "15s")
+    seeds = args.holdout_seeds or (1 if args.quick else 3)
+    work = args.dir or Path(tempfile.mkdtemp(prefix="rsi-bench-research-"))
+    minutes = {e: args.minutes_per_method or (QUICK_MINUTES if args.quick else FULL_MINUTES)[e] for e in examples}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    try:
+        for example in examples:
+            results[example] = run_example(example, work, minutes[example], train_budget, seeds, args.seed)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(results)
+    verdicts = {example: met(by_method) for example, by_method in results.items()}
+    settings = {"minutes_per_method": minutes, "holdout_seeds": seeds, "seed": args.seed}
+    if "tinygpt" in examples:
+        settings["tinygpt_train_budget"] = train_budget
+    print(
+        json.dumps(
+            {
+                "benchmark": "research",
+                "figures": results,
+                "settings": settings,
+                "met_by_example": verdicts,
+                "target": TARGET,
+                "met": all(verdicts.values()),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
