@@ -14,12 +14,13 @@ from scipy import stats
 from rsi.config import Config
 from rsi.errors import UserError
 from rsi.judge import Decision, Judge, Noise, pooled_noise
-from rsi.ledger import SELECT_KINDS, Experiment, Ledger
+from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.store import Store
 
 CHAMPION_RUNS = 8  # fresh runs the champion is brought up to, one per candidate (see _remeasure)
 NOISE_DOF = 30  # ... and for as long as the noise estimate has fewer degrees of freedom
+EARLY_DOF = 12  # below this, the champion is re-measured for every candidate, decided at once or not
 
 
 class Experimenter:
@@ -62,24 +63,27 @@ class Experimenter:
     def candidate(self, exp: Experiment, wt: Path) -> None:
         """Screening runs, paired with the champion's fresh seeds, until the judge decides; then replication."""
         assert exp.commit_sha is not None
-        champion = self._remeasure(self.champion())
-        # the champion's unbiased runs; a judge without replication (the autoresearch rule) has only its
-        # screening runs to offer
-        pool = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None] or [
-            r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and r.metric is not None
-        ]
-        pool_metrics = [r.metric for r in pool if r.metric is not None]
+        champion = self.champion()
+        noise = self.noise()
+        if self.judge.replicate and (noise is None or noise.dof < EARLY_DOF):  # the noise floor is still rough
+            champion = self._remeasure(champion)
         deletes = _deletes_code(exp.diff)
+        remeasured = False
         while True:
+            pool = _pool(champion)
             screened = [r for r in exp.runs if r.kind == SCREEN]
             if screened:
                 metrics = [r.metric if r.status == "ok" else None for r in screened]
+                pool_metrics = [r.metric for r in pool if r.metric is not None]
                 decision = self.judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
                 if decision.verdict != "more":
                     break
                 if len(screened) >= self.cfg.judge.max_repeats:
                     decision = Decision("inconclusive", decision.reason, decision.ci)
                     break
+                if not remeasured:  # an undecided candidate: the champion's precision now matters
+                    champion, remeasured = self._remeasure(champion), True
+                    pool = _pool(champion)
             k = len(screened)
             seed = pool[k].seed if k < len(pool) else fresh_seed(exp.id, 100 + k)
             self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed)
@@ -91,9 +95,9 @@ class Experimenter:
         self._finish(self._reload(exp), decision.verdict, decision, champion)
 
     def _remeasure(self, champion: Experiment) -> Experiment:
-        """Periodic re-measurement: one more fresh run of the champion per candidate while its pool is under
-        CHAMPION_RUNS or the noise estimate has under NOISE_DOF degrees of freedom. A precise champion and noise
-        estimate are what let one run of a candidate decide; this costs a few runs per keep, not per candidate."""
+        """Periodic re-measurement: one more fresh run of the champion for each candidate the judge could not
+        decide at once, while the champion has under CHAMPION_RUNS fresh runs or the noise estimate under
+        NOISE_DOF degrees of freedom. Precision is bought where a decision needs it: a few runs per keep."""
         fresh = sum(1 for r in champion.runs if r.kind == FRESH)
         noise = self.noise()
         if not self.judge.replicate or champion.commit_sha is None:
@@ -215,6 +219,13 @@ class Experimenter:
             if any(c and c.startswith(commit) for c in (e.kept_commit, e.commit_sha)):
                 return e
         raise UserError(f"no experiment of this research has commit {commit}")
+
+
+def _pool(champion: Experiment) -> list[Run]:
+    """The champion's unbiased runs; a judge without replication (the autoresearch rule) has only its screening
+    runs to offer."""
+    fresh = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None]
+    return fresh or [r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and r.metric is not None]
 
 
 def _has_run(exp: Experiment, kind: str, seed: int) -> bool:
