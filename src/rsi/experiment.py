@@ -98,10 +98,10 @@ class Experimenter:
         """Periodic re-measurement: one more fresh run of the champion for each candidate the judge could not
         decide at once, while the champion has under CHAMPION_RUNS fresh runs or the noise estimate under
         NOISE_DOF degrees of freedom. Precision is bought where a decision needs it: a few runs per keep."""
-        fresh = sum(1 for r in champion.runs if r.kind == FRESH)
-        noise = self.noise()
         if not self.judge.replicate or champion.commit_sha is None:
             return champion
+        fresh = sum(1 for r in champion.runs if r.kind == FRESH)
+        noise = self.noise()
         if fresh >= CHAMPION_RUNS and noise is not None and noise.dof >= NOISE_DOF:
             return champion
         wt = self.store.checkout("champion", champion.commit_sha)

@@ -66,11 +66,6 @@ def pooled_noise(samples: Sequence[Sequence[float]]) -> Noise | None:
     return Noise(math.sqrt(num / dof), dof) if dof else None
 
 
-def noise_sd(samples: Sequence[Sequence[float]]) -> float | None:
-    noise = pooled_noise(samples)
-    return noise.sd if noise else None
-
-
 def looks(max_repeats: int) -> list[int]:
     """Numbers of runs at which the screening decides: 1, 2, 4, ... and max_repeats."""
     points, n = [], 1
