@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,20 @@ def test_a_newer_or_foreign_file_is_a_clear_error(tmp_path: Path) -> None:
         Ledger(junk, readonly=True)
     with pytest.raises(UserError, match="not an rsi ledger"):
         Ledger(junk)
+
+
+def test_a_reader_never_sees_a_half_made_ledger(tmp_path: Path) -> None:
+    """`rsi status` polled while `rsi run` creates the ledger: the file is absent or whole, never 'damaged'."""
+    for i in range(40):
+        path = tmp_path / f"{i}" / "ledger.sqlite"
+        writer = threading.Thread(target=lambda p=path: Ledger(p).close())
+        writer.start()
+        seen = 0
+        while writer.is_alive() or seen == 0:
+            if path.exists():
+                reader = Ledger(path, readonly=True)
+                assert reader.get("schema_version") == str(SCHEMA_VERSION)
+                reader.close()
+                seen += 1
+        writer.join()
+        assert not path.with_name(path.name + ".new").exists()

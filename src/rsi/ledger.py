@@ -120,6 +120,21 @@ class Experiment:
         return sum(v) / len(v) if v else None
 
 
+def _create(path: Path) -> None:
+    """Write an empty ledger beside `path` and rename it into place, so that a reader (`rsi status`) never
+    sees a half-made file: the ledger either does not exist yet or has its whole schema."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(path.name + ".new")
+    draft.unlink(missing_ok=True)
+    db = sqlite3.connect(draft, isolation_level=None)
+    try:
+        db.executescript(_SCHEMA)
+        db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    finally:
+        db.close()
+    draft.replace(path)
+
+
 class Ledger:
     """One research's record; opened by the orchestrator read-write and by `status` read-only."""
 
@@ -134,7 +149,8 @@ class Ledger:
                 Ledger(path).close()
                 self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                _create(path)
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             try:
                 self.db.execute("PRAGMA journal_mode=WAL")
