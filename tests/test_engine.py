@@ -15,6 +15,7 @@ from rsi.config import load_config
 from rsi.engine import Limits, Research
 from rsi.errors import UserError
 from rsi.proposer import Context, KnobsProposer, Proposal, Proposer
+from rsi.sandbox import bubblewrap_path
 from rsi.status import status_json
 from rsi.workspace import Workspace
 
@@ -104,21 +105,47 @@ def test_candidate_seeds_pair_with_the_baseline(make_task: MakeTask) -> None:
     assert exps[1].runs[0].seed == exps[0].runs[0].seed
 
 
-def test_frozen_file_changed_by_a_run_is_tampered(make_task: MakeTask) -> None:
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_frozen_file_changed_by_a_run_is_tampered(make_task: MakeTask, sandbox: bool) -> None:
+    """Unconfined, the change is caught after the run; in the sandbox the frozen file is read-only."""
+    if sandbox and bubblewrap_path() is None:
+        pytest.skip("bubblewrap is not installed")
     train = """\
     x = 1.0
     if x == 2.0:
         open("frozen.py", "a").write("# changed\\n")
     print("loss: 1.0")
     """
-    root = make_task(train=train, extra_toml="[judge]\nbaseline_repeats = 1\n")
+    toml = f"[judge]\nbaseline_repeats = 1\n[sandbox]\nenabled = {str(sandbox).lower()}\n"
+    root = make_task(train=train, extra_toml=toml)
     edited = (root / "train.py").read_text().replace("x = 1.0", "x = 2.0")
     r, _ = scripted(root, [Proposal(edits={"train.py": edited}, hypothesis="x 1.0 -> 2.0")])
     r.run(Limits(max_experiments=2))
     base, e = r.ledger.experiments()
-    assert base.status == "ok"
-    assert e.status == "tampered" and e.verdict == "discard"
-    assert "frozen.py" in e.runs[0].reason
+    assert base.status == "ok" and e.verdict == "discard"
+    if sandbox:
+        assert e.status == "crash" and "Read-only file system" in e.runs[0].stderr_tail
+    else:
+        assert e.status == "tampered" and "frozen.py" in e.runs[0].reason
+
+
+def test_a_frozen_file_written_and_restored_is_tampered(make_task: MakeTask) -> None:
+    """Same bytes at the end, but the file was rewritten: its change time gives it away."""
+    train = """\
+    import os
+    x = 1.0
+    if x == 2.0:
+        saved = open("frozen.py").read()
+        open("frozen.py", "w").write("VALUE = 2\\n")
+        open("frozen.py", "w").write(saved)
+    print("loss: 1.0")
+    """
+    root = make_task(train=train, extra_toml="[judge]\nbaseline_repeats = 1\n[sandbox]\nenabled = false\n")
+    edited = (root / "train.py").read_text().replace("x = 1.0", "x = 2.0")
+    r, _ = scripted(root, [Proposal(edits={"train.py": edited}, hypothesis="x 1.0 -> 2.0")])
+    r.run(Limits(max_experiments=2))
+    e = r.ledger.experiments()[1]
+    assert e.status == "tampered" and "then restored" in e.runs[0].reason
 
 
 def test_tracked_editable_file_restored_by_the_run_is_caught(make_task: MakeTask) -> None:

@@ -37,7 +37,9 @@ def ledger(tmp_path):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes", "random"])
 def test_proposals_change_at_most_per_candidate_knobs_of_the_champion(sampler: str, ledger: Ledger) -> None:
-    p = KnobsProposer({"train.py": SOURCE}, KnobsConfig.model_validate({"sampler": sampler, "per_candidate": 1}), "minimize", seed=3)
+    p = KnobsProposer(
+        {"train.py": SOURCE}, KnobsConfig.model_validate({"sampler": sampler, "per_candidate": 1}), "minimize", seed=3
+    )
     assert set(p.knobs) == {"lr", "DEPTH", "use_bias"}
     base = experiment(0, {}, 1.0)
     p.observe(base)

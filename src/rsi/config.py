@@ -192,6 +192,9 @@ class SandboxConfig(_Section):
     network: bool = False
     read_only: list[str] = []
     writable: list[str] = []
+    processes: int = Field(default=1024, ge=8)
+    file_size: Size | None = None
+    cpu_time: Duration | None = None
 
 
 class Config(_Section):

@@ -160,6 +160,8 @@ class Research:
                 return False
             return deadline is None or _now() < deadline
 
+        if self.measurer.note:
+            self.listener("message", None, self.measurer.note)
         for e in self.ledger.experiments("state = 'done'"):
             self.proposer.observe(e)
         baseline = self.ledger.experiment(0)
@@ -234,7 +236,7 @@ class Research:
     def _record_proposal(self, proposal: Proposal, champion: Experiment, files: dict[str, str]) -> Experiment:
         exp_id = self.ledger.next_id()
         parent_commit = self.experimenter.branch_head()
-        reason = self._reject_reason(proposal)
+        reason = self._reject_reason(proposal, parent_commit)
         diff = "" if reason else unified_diff(files, proposal.edits)
         if not reason and not diff:
             reason = "the edit changes nothing"
@@ -262,12 +264,16 @@ class Research:
         self.listener("done" if reason else "proposed", exp, reason)
         return exp
 
-    def _reject_reason(self, proposal: Proposal) -> str:
+    def _reject_reason(self, proposal: Proposal, parent: str) -> str:
         if not proposal.edits:
             return "the proposal has no edits"
+        links = self.store.links(parent)
         for path in proposal.edits:
             if path.startswith("/") or ".." in Path(path).parts:
                 return f"{path} is outside the repository"
+            parts = Path(path).parts
+            if any("/".join(parts[:k]) in links for k in range(1, len(parts) + 1)):
+                return f"{path} is, or is inside, a symbolic link: edits never write through links"
             if matches(path, self.cfg.task.frozen):
                 return f"{path} is frozen"
             if not matches(path, self.cfg.task.editable):

@@ -34,6 +34,7 @@ Verdict = Literal["keep", "discard", "inconclusive", "more"]
 POWER = 0.8  # the power at which the smallest detectable effect is quoted
 SIMPLER_RUNS = 4  # runs before the simplicity rule may keep a deletion
 FUTILITY = 1.0  # discard when the optimistic bound is below this fraction of the smallest detectable effect
+FIRST_LOOK = 0.9  # ... an optimistic bound at this level after one run: one run discards only the clearly worse
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ class SequentialJudge:
             return Decision(
                 "keep", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}] clears {self.min_delta:g}", ci
             )
-        optimistic = gain + self._quantile(POWER, noise.dof) * se
+        optimistic = gain + self._quantile(FIRST_LOOK if n == 1 else POWER, noise.dof) * se
         detectable = self.detectable(len(champion), noise) or 0.0
         if deletes_code and self.simplicity:
             return self._simpler(gain, se, n, noise, ci)

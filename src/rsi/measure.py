@@ -20,11 +20,25 @@ from rsi.config import Config
 from rsi.environment import describe_environment
 from rsi.ledger import Ledger
 from rsi.runner import MetricSpec, RunSpec, run, scrub_env
+from rsi.sandbox import Bare, Bubblewrap, Limits, Sandbox, View, bubblewrap_path
 from rsi.store import MemoryStore
 from rsi.workspace import Workspace, hash_files
 
 # screening runs of a candidate, its own replication runs, unbiased runs (the champion pool), held-out, verify
 SCREEN, CONFIRM, FRESH, HOLDOUT, VERIFY = "screen", "confirm", "fresh", "holdout", "verify"
+SETUP = "setup"  # the research's setup command: not a run of the ledger, but it may write the cache
+MEMORY_SHARE = 0.8  # with no [task] memory, a run's tree may use this share of the machine's memory
+
+
+def default_memory() -> int:
+    return int(psutil.virtual_memory().total * MEMORY_SHARE)
+
+
+def limits(cfg: Config) -> Limits:
+    """The kernel limits of every run; CPU time defaults to what the timeout allows on every core."""
+    box = cfg.sandbox
+    cpu = box.cpu_time if box.cpu_time is not None else cfg.task.timeout * (os.cpu_count() or 1) + 60
+    return Limits(processes=box.processes, file_size=box.file_size, cpu_seconds=math.ceil(cpu))
 
 
 def fresh_seed(exp_id: int, k: int) -> int:
@@ -44,6 +58,11 @@ class Measurer(Protocol):
 
     def setup(self, wt: Path, command: str, timeout: float) -> str:
         """Run the research's setup once; returns "" on success, else why it failed."""
+        ...
+
+    @property
+    def note(self) -> str:
+        """A warning to show once when research starts ("" for none)."""
         ...
 
 
@@ -81,13 +100,53 @@ class FunctionMeasurer:
     def setup(self, wt: Path, command: str, timeout: float) -> str:
         return ""
 
+    @property
+    def note(self) -> str:
+        return ""
+
 
 class SubprocessMeasurer:
     def __init__(self, ws: Workspace, cfg: Config, ledger: Ledger, frozen: dict[str, str]) -> None:
         self.ws, self.cfg, self.ledger, self.frozen = ws, cfg, ledger, frozen
         self.cache_dir = ws.state / "cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.environment = describe_environment()
+        self.bwrap = bubblewrap_path() if cfg.sandbox.enabled else None
+        self.environment = {**describe_environment(), "sandbox": "bubblewrap" if self.bwrap else "none"}
+        self.limits = limits(cfg)
+
+    @property
+    def note(self) -> str:
+        """Said once at the start when candidates run unconfined."""
+        if self.bwrap is not None:
+            return ""
+        if not self.cfg.sandbox.enabled:
+            return "warning: [sandbox] enabled = false: candidates run unconfined, with resource limits only"
+        return (
+            "warning: bubblewrap (bwrap) is not installed or cannot make namespaces here: candidates run "
+            "unconfined, with resource limits only (Debian: apt install bubblewrap)"
+        )
+
+    def sandbox(self, wt: Path, kind: str) -> Sandbox:
+        """The view of one run: the setup may write the cache, only the holdout command sees held-out data."""
+        if self.bwrap is None:
+            return Bare()
+        root, box = self.ws.root, self.cfg.sandbox
+        inside: list[str] = []
+        outside: list[str] = []
+        if kind != HOLDOUT and self.cfg.holdout is not None:
+            for raw in self.cfg.holdout.data:
+                (outside if Path(raw).is_absolute() else inside).append(raw)
+        view = View(
+            repo=root,
+            worktree=wt,
+            read_only_inside=sorted(self.frozen),
+            hidden_inside=inside,
+            read_only=[*([] if kind == SETUP else [self.cache_dir]), *(root / p for p in box.read_only)],
+            writable=[*([self.cache_dir] if kind == SETUP else []), *(root / p for p in box.writable)],
+            hidden=[Path(p) for p in outside],
+            network=box.network,
+        )
+        return Bubblewrap(view, self.bwrap)
 
     @property
     def has_holdout(self) -> bool:
@@ -110,21 +169,26 @@ class SubprocessMeasurer:
             env["RSI_BUDGET_SECONDS"] = f"{self.cfg.task.budget:g}"
         return env
 
-    def spec(self, wt: Path, command: str, metric: MetricSpec, seed: int, timeout: float, logs: Path) -> RunSpec:
+    def spec(
+        self, wt: Path, kind: str, command: str, metric: MetricSpec, seed: int, timeout: float, logs: Path
+    ) -> RunSpec:
         return RunSpec(
             command=command,
             cwd=wt,
             env=self.environ(seed),
             timeout_s=timeout,
-            memory_bytes=self.cfg.task.memory,
+            memory_bytes=self.cfg.task.memory or default_memory(),
             output_cap=self.cfg.task.output_cap,
             log_dir=logs,
             metric=metric,
+            sandbox=self.sandbox(wt, kind),
+            limits=self.limits,
         )
 
     def setup(self, wt: Path, command: str, timeout: float) -> str:
         """The setup command is not an experiment: logged, not in the ledger."""
-        result = run(self.spec(wt, command, MetricSpec(), 0, timeout, self.ws.state / "logs" / "setup"))
+        logs = self.ws.state / "logs" / "setup"
+        result = run(self.spec(wt, SETUP, command, MetricSpec(), 0, timeout, logs))
         return "" if result.status == "ok" else result.reason
 
     def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
@@ -134,16 +198,19 @@ class SubprocessMeasurer:
             assert metric is not None
         else:
             metric, command = self.metric_spec(), self.cfg.task.command
+        if kind != HOLDOUT:  # the holdout reads what the run before it wrote; every other run starts clean
+            self.ws.clean(wt)
         logs = self.ws.state / "logs" / str(exp_id) / f"{kind}-{seed}"
-        spec = self.spec(wt, command, metric, seed, self.cfg.task.timeout, logs)
+        spec = self.spec(wt, kind, command, metric, seed, self.cfg.task.timeout, logs)
         run_id = self.ledger.start_run(exp_id, kind, seed, {**self.environment, "commit": commit})
 
         def started(pid: int) -> None:
             self.ledger.set_run_pid(run_id, pid, start_time(pid))
 
+        before = touch_marks(wt, self.frozen)
         result = run(spec, on_start=started)
         status, reason = result.status, result.reason
-        tampered = self.tampering(wt)
+        tampered = self.tampering(wt, before)
         if tampered:
             status, reason = "tampered", tampered
         with self.ledger.transaction():
@@ -159,14 +226,31 @@ class SubprocessMeasurer:
                 stderr_tail=result.stderr_tail,
             )
 
-    def tampering(self, wt: Path) -> str:
-        """A run may write new files, never change tracked ones; frozen files are checked by content too."""
+    def tampering(self, wt: Path, before: dict[str, tuple[int, int] | None]) -> str:
+        """A run may write new files, never change tracked ones. A frozen file is checked by content, and by
+        inode and change time too: a file written and then restored has the same content but a new ctime,
+        which no process can set back (in the sandbox frozen files are read-only besides)."""
         changed = self.ws.changed_tracked(wt)
         if changed:
             return f"the run changed tracked files: {', '.join(changed[:3])}"
         now = hash_files(wt, self.frozen)
         bad = [p for p, digest in self.frozen.items() if now[p] != digest]
-        return f"frozen file changed: {', '.join(bad[:3])}" if bad else ""
+        if bad:
+            return f"frozen file changed: {', '.join(bad[:3])}"
+        touched = [p for p, mark in touch_marks(wt, self.frozen).items() if mark != before[p]]
+        return f"frozen file written during the run, then restored: {', '.join(touched[:3])}" if touched else ""
+
+
+def touch_marks(root: Path, paths: Mapping[str, str]) -> dict[str, tuple[int, int] | None]:
+    """Inode and change time of each file, not following symlinks (None: missing)."""
+    marks: dict[str, tuple[int, int] | None] = {}
+    for rel in paths:
+        try:
+            st = (root / rel).lstat()
+            marks[rel] = (st.st_ino, st.st_ctime_ns)
+        except OSError:
+            marks[rel] = None
+    return marks
 
 
 def start_time(pid: int) -> float:

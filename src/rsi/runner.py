@@ -20,13 +20,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import psutil
 
 from rsi.errors import UserError
+from rsi.sandbox import Bare, Limits, Sandbox, confined
 
 SECRET_PATTERNS: tuple[str, ...] = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*CREDENTIAL*")
 TERM_GRACE_S = 2.0  # between SIGTERM and SIGKILL on timeout: lets a script flush its logs and checkpoints
@@ -68,6 +69,8 @@ class RunSpec:
     output_cap: int  # bytes kept per stream: half head, half tail
     log_dir: Path
     metric: MetricSpec
+    sandbox: Sandbox = field(default_factory=Bare)
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -208,16 +211,23 @@ def _check_metric_spec(metric: MetricSpec) -> None:
 
 def _execute(command: str, spec: RunSpec, deadline: float, on_start: Callable[[int], None] | None) -> _Execution:
     """Launches one shell command in its own session and supervises it until it ends or is killed."""
-    proc = subprocess.Popen(
-        command,
-        shell=True,
-        cwd=spec.cwd,
-        env=dict(spec.env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    with confined(spec.limits) as apply_limits:
+        proc = subprocess.Popen(
+            spec.sandbox.argv(command, spec.cwd),
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=apply_limits,
+        )
+        return _supervised(proc, spec, deadline, on_start)
+
+
+def _supervised(
+    proc: subprocess.Popen[bytes], spec: RunSpec, deadline: float, on_start: Callable[[int], None] | None
+) -> _Execution:
     tree = _Tree(proc.pid)
     out, err = _Capture(spec.output_cap), _Capture(spec.output_cap)
     pipes = ((proc.stdout, out), (proc.stderr, err))

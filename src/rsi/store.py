@@ -32,6 +32,10 @@ class Store(Protocol):
 
     def read(self, commit: str, path: str) -> str: ...
 
+    def links(self, commit: str) -> set[str]:
+        """Paths that are symbolic links in the commit: an edit must not write through one."""
+        ...
+
     def candidate(self, exp_id: int, parent: str, edits: Mapping[str, str], message: str) -> str:
         """Commit the edits on top of parent; the candidate stays reachable forever."""
         ...
@@ -85,6 +89,9 @@ class MemoryStore:
 
     def read(self, commit: str, path: str) -> str:
         return self.snapshots[commit][path]
+
+    def links(self, commit: str) -> set[str]:
+        return set()
 
     def candidate(self, exp_id: int, parent: str, edits: Mapping[str, str], message: str) -> str:
         return self._put({**self.snapshots[parent], **edits}, parent, message)

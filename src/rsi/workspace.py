@@ -147,6 +147,14 @@ class Workspace:
     def read(self, commit: str, path: str) -> str:
         return self.git("show", f"{commit}:{path}")
 
+    def links(self, commit: str) -> set[str]:
+        out = self.git("ls-tree", "-r", "-z", commit)
+        return {entry.split("\t", 1)[1] for entry in out.split("\0") if entry.startswith("120000 ")}
+
+    def clean(self, worktree: Path) -> None:
+        """Back to the commit exactly: what an earlier run left (checkpoints, caches) must not help the next."""
+        self.git("clean", "-ffdxq", cwd=worktree)
+
     def read_bytes(self, commit: str, path: str) -> bytes:
         proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.root, capture_output=True)
         if proc.returncode != 0:
@@ -201,8 +209,12 @@ class Workspace:
         return head.strip() if not head.startswith("ref:") else self.git("rev-parse", "HEAD", cwd=worktree).strip()
 
     def changed_tracked(self, worktree: Path) -> list[str]:
-        """Tracked files a run modified or deleted in its worktree: evidence of tampering."""
-        out = self.git("status", "--porcelain", "-z", "--untracked-files=no", cwd=worktree)
+        """Tracked files a run modified or deleted in its worktree (a type change to a symlink included):
+        evidence of tampering. A worktree whose git link the run broke is all changed."""
+        try:
+            out = self.git("status", "--porcelain", "-z", "--untracked-files=no", cwd=worktree)
+        except RuntimeError:
+            return [".git (the worktree's link to the repository)"]
         return [entry[3:] for entry in out.split("\0") if len(entry) > 3]
 
     def remove_worktree(self, name: str) -> None:

@@ -1,0 +1,278 @@
+"""Where a candidate's code runs: what it can see and write, and the kernel limits it cannot lift.
+
+Two sandboxes share one small protocol. `Bubblewrap` (when Debian's `bwrap` is installed) gives the run its own
+user, pid, network, ipc and uts namespaces and a filesystem view of its own:
+
+- the whole host read-only, with a private /tmp and an empty home;
+- the repository's main checkout hidden (and with it the ledger, `.rsi/`, and the other worktrees), except
+  its `.git`, read-only, which the worktree's git metadata lives in;
+- the experiment's worktree writable, with its frozen files and `.git` link read-only on top;
+- the cache read-only (the setup command alone may write it), data named in `[holdout] data` hidden from
+  everything but the holdout command, and the extra paths of `[sandbox]`.
+
+Inside, the candidate is uid 65534 with no capabilities, even when rsi runs as root; it sees only its own
+processes, so not the orchestrator's environment. `Bare` runs the command as it is, when bubblewrap is missing
+or `[sandbox] enabled = false`; rsi says so once.
+
+`Limits` apply in both: file size, CPU time and open files as rlimits, the process count through a pids cgroup
+where one can be made (RLIMIT_NPROC does not bind root, and inside a user namespace rsi's uid is still root to
+the kernel), and an oom_score_adj of 1000 so the kernel's OOM killer takes the candidate, not the orchestrator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+NOBODY = 65534
+CGROUP_V1_PIDS, CGROUP_V2 = Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")
+_counter = itertools.count()
+
+
+class Sandbox(Protocol):
+    @property
+    def name(self) -> str:
+        """How the run is confined, for the ledger and the warning: "bubblewrap" or "none"."""
+        ...
+
+    def argv(self, command: str, cwd: Path) -> list[str]:
+        """The argument vector that runs the shell command `command` in `cwd`, confined."""
+        ...
+
+
+@dataclass(frozen=True)
+class Bare:
+    """No confinement but the limits: the command runs as the orchestrator's user, seeing what it sees."""
+
+    name: str = "none"
+
+    def argv(self, command: str, cwd: Path) -> list[str]:
+        return ["/bin/sh", "-c", command]
+
+
+@dataclass(frozen=True)
+class View:
+    """The filesystem a run sees, in host paths."""
+
+    repo: Path  # the main checkout: hidden, but for its .git (read-only)
+    worktree: Path  # writable
+    read_only_inside: Sequence[str] = ()  # worktree-relative paths made read-only (frozen files)
+    hidden_inside: Sequence[str] = ()  # worktree-relative paths hidden (held-out data, for the task's command)
+    read_only: Sequence[Path] = ()  # extra host paths, read-only (the cache for runs, [sandbox] read_only)
+    writable: Sequence[Path] = ()  # extra host paths, writable (the cache for setup, [sandbox] writable)
+    hidden: Sequence[Path] = ()  # extra host paths hidden (held-out data outside the repository)
+    network: bool = False
+
+
+@dataclass(frozen=True)
+class Bubblewrap:
+    view: View
+    bwrap: str = "bwrap"
+    name: str = "bubblewrap"
+
+    def argv(self, command: str, cwd: Path) -> list[str]:
+        v = self.view
+        args = [self.bwrap, "--unshare-all", "--die-with-parent", "--uid", str(NOBODY), "--gid", str(NOBODY)]
+        args += ["--cap-drop", "ALL", "--hostname", "sandbox"]
+        if v.network:
+            args.append("--share-net")
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        home = Path.home()
+        if home != Path("/"):
+            args += ["--tmpfs", str(home)]
+        args += ["--tmpfs", str(v.repo)]
+        for path in _interpreter_paths():  # a venv in the home or in the repository must still run
+            args += ["--ro-bind-try", str(path), str(path)]
+        args += ["--ro-bind", str(v.repo / ".git"), str(v.repo / ".git")]
+        for path in v.read_only:
+            args += [_bind_kind(path, "--ro-bind-try"), str(path), str(path)]
+        args += ["--bind", str(v.worktree), str(v.worktree)]
+        for path in v.writable:
+            args += [_bind_kind(path, "--bind-try"), str(path), str(path)]
+        for rel in (".git", *v.read_only_inside):
+            target = v.worktree / rel
+            if target.exists() or target.is_symlink():
+                args += ["--ro-bind", str(target), str(target)]
+        for path in [*(v.worktree / rel for rel in v.hidden_inside), *v.hidden]:
+            args += _hide(path)
+        args += ["--chdir", str(cwd), "--", "/bin/sh", "-c", command]
+        return args
+
+
+def _bind_kind(path: Path, default: str) -> str:
+    """Device files (a GPU's /dev/nvidia*) need a device bind; everything else a plain one."""
+    return "--dev-bind-try" if str(path).startswith("/dev/") else default
+
+
+def _hide(path: Path) -> list[str]:
+    """An empty directory over a directory, an empty file over a file; nothing if the path is absent."""
+    if path.is_dir():
+        return ["--tmpfs", str(path)]
+    if path.exists():
+        return ["--ro-bind", "/dev/null", str(path)]
+    return []
+
+
+def _interpreter_paths() -> list[Path]:
+    """The Python that runs rsi (and so, usually, the task): its prefixes and installed packages."""
+    found: set[Path] = set()
+    for raw in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()):
+        for path in (Path(raw), Path(raw).resolve()):
+            if path.exists() and path != Path("/"):
+                found.add(path)
+    return sorted(found)
+
+
+def bubblewrap_path() -> str | None:
+    """bwrap, if it is installed and can make namespaces here (a container may forbid user namespaces)."""
+    found = shutil.which("bwrap")
+    if found is None:
+        return None
+    return found if _works(found) else None
+
+
+_WORKS: dict[str, bool] = {}
+
+
+def _works(bwrap: str) -> bool:
+    if bwrap not in _WORKS:
+        probe = [bwrap, "--unshare-all", "--uid", str(NOBODY), "--ro-bind", "/", "/", "--", "/bin/true"]
+        try:
+            _WORKS[bwrap] = subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _WORKS[bwrap] = False
+    return _WORKS[bwrap]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Kernel limits on one run's process tree (memory is sampled by the runner: RLIMIT_AS breaks PyTorch)."""
+
+    processes: int = 1024
+    file_size: int | None = None  # bytes, per file written
+    cpu_seconds: int | None = None  # CPU time of each process
+    open_files: int = 4096
+
+    def rlimits(self) -> list[tuple[int, int]]:
+        limits = [(resource.RLIMIT_NOFILE, self.open_files), (resource.RLIMIT_CORE, 0)]
+        if self.file_size is not None:
+            limits.append((resource.RLIMIT_FSIZE, self.file_size))
+        if self.cpu_seconds is not None:
+            limits.append((resource.RLIMIT_CPU, self.cpu_seconds))
+        if os.geteuid() != 0:  # binds only a non-root uid; root is bounded by the cgroup
+            limits.append((resource.RLIMIT_NPROC, self.processes))
+        return limits
+
+
+@dataclass
+class PidsCgroup:
+    """A pids cgroup of its own for one run: a cap on its process count, and a list of every process in it,
+    daemons included, to kill at the end."""
+
+    path: Path
+    members: list[int] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, limit: int) -> PidsCgroup | None:
+        for parent in _pids_parents():
+            path = parent / f"rsi-{os.getpid()}-{next(_counter)}"
+            try:
+                path.mkdir()
+                (path / "pids.max").write_text(str(limit))
+                return cls(path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        return None
+
+    def procs(self) -> list[int]:
+        try:
+            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+    def remove(self) -> None:
+        """Kills whatever is left in it, then removes it; a process stuck in the kernel may delay that."""
+        for _ in range(100):
+            pids = self.procs()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+
+def _pids_parents() -> list[Path]:
+    """Where this process may make a pids cgroup: below its own cgroup in a v1 pids hierarchy, or in v2
+    where its cgroup delegates the pids controller."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "pids" in controllers.split(","):
+            found.append(CGROUP_V1_PIDS / path.lstrip("/"))
+        elif controllers == "":
+            parent = CGROUP_V2 / path.lstrip("/")
+            with contextlib.suppress(OSError):
+                if "pids" in (parent / "cgroup.subtree_control").read_text().split():
+                    found.append(parent)
+    return found
+
+
+def preexec(limits: Limits, cgroup: PidsCgroup | None) -> Callable[[], None]:
+    """Runs in the child between fork and exec: only async-signal-safe-ish calls, no Python-level locks."""
+    rlimits = limits.rlimits()
+    procs = None if cgroup is None else str(cgroup.path / "cgroup.procs")
+
+    def apply() -> None:
+        if procs is not None:
+            fd = os.open(procs, os.O_WRONLY)
+            os.write(fd, b"0")  # "0" is the writing process itself
+            os.close(fd)
+        for which, value in rlimits:
+            resource.setrlimit(which, (value, value))
+        with contextlib.suppress(OSError):
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(fd, b"1000")
+            os.close(fd)
+
+    return apply
+
+
+@contextlib.contextmanager
+def confined(limits: Limits) -> Iterator[Callable[[], None]]:
+    """A cgroup for one run's process tree, and the function the child applies before exec; afterwards,
+    everything left in the cgroup is killed and the cgroup removed."""
+    cgroup = PidsCgroup.make(limits.processes)
+    try:
+        yield preexec(limits, cgroup)
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
+
+
+def cgroup_available() -> bool:
+    """Whether this machine lets rsi cap a run's process count with a pids cgroup."""
+    cgroup = PidsCgroup.make(1)
+    if cgroup is None:
+        return False
+    cgroup.remove()
+    return True
