@@ -18,6 +18,7 @@ from rsi.config import Config, load_config, parse_duration
 from rsi.demo import check_requirements as check_demo
 from rsi.demo import create as create_demo
 from rsi.demo import default_dir as demo_dir
+from rsi.doctor import Doctor
 from rsi.engine import Limits, Research
 from rsi.errors import UserError
 from rsi.init import write as write_config
@@ -219,6 +220,21 @@ def report(
     except UserError as e:
         fail(str(e))
     out.print(f"wrote {path} and {path.parent / 'progress.png'}", highlight=False)
+
+
+@app.command()
+def doctor(directory: DirArg = Path(".")) -> None:
+    """Check the ledger, the branch, the worktrees and the processes; repair what is safe. Exit 1 if a problem
+    remains."""
+    try:
+        findings = Doctor(directory).examine()
+    except UserError as e:
+        fail(str(e))
+    marks = {"ok": "ok     ", "fixed": "fixed  ", "problem": "PROBLEM"}
+    for f in findings:
+        out.print(f"{marks[f.level]} {f.what}", highlight=False, markup=False)
+    if any(f.level == "problem" for f in findings):
+        raise typer.Exit(1)
 
 
 def main() -> None:

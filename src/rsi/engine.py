@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from rsi.config import Config
 from rsi.errors import UserError
@@ -35,6 +31,7 @@ from rsi.measure import (
     TaskFunction,
 )
 from rsi.proposer import Context, Proposal, Proposer
+from rsi.runner import kill_orphan
 from rsi.store import MemoryStore, Store
 from rsi.workspace import Workspace, matches
 
@@ -126,7 +123,7 @@ class Research:
         """Undo what a killed orchestrator left half done; see the module docstring for why this is enough."""
         stale = self.ledger.interrupted_runs()
         for _, _, pid, started in stale:
-            _kill_orphan(pid, started)
+            kill_orphan(pid, started)
         with self.ledger.transaction():
             self.ledger.drop_interrupted(stale)
             for e in self.ledger.experiments("state = 'running'"):
@@ -328,18 +325,6 @@ def _now() -> float:
 
 def _deadline(budget: float | None) -> float | None:
     return None if budget is None else _now() + budget
-
-
-def _kill_orphan(pid: int | None, started: float | None) -> None:
-    """Kill the process group of a run whose orchestrator died, if that process still exists."""
-    if not pid:
-        return
-    try:
-        if started and abs(psutil.Process(pid).create_time() - started) > 1.0:
-            return  # the pid was reused by an unrelated process
-        os.killpg(pid, signal.SIGKILL)
-    except (psutil.Error, ProcessLookupError, PermissionError):
-        return
 
 
 def unified_diff(before: Mapping[str, str], edits: Mapping[str, str]) -> str:

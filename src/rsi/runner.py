@@ -448,3 +448,15 @@ def scrub_env(base: Mapping[str, str], deny: Sequence[str] = (), allow: Sequence
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     """Case-insensitive on every platform: `api_key` is as secret as `API_KEY`."""
     return any(fnmatch.fnmatchcase(name.upper(), pattern.upper()) for pattern in patterns)
+
+
+def kill_orphan(pid: int | None, started: float | None) -> None:
+    """Kills the process group of a run whose orchestrator died, if that process still exists."""
+    if not pid:
+        return
+    try:
+        if started and abs(psutil.Process(pid).create_time() - started) > 1.0:
+            return  # the pid was reused by an unrelated process
+        os.killpg(pid, signal.SIGKILL)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return
