@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -117,7 +119,16 @@ def _research(directory: Path, cfg: Config, proposer: str, limits: Limits, tag: 
     except KeyboardInterrupt:
         err.print("rsi: stopped; nothing recorded is lost. Run `rsi run` again to resume.")
         raise typer.Exit(130) from None
+    except (OSError, sqlite3.OperationalError) as e:
+        if not _disk_full(e):
+            raise
+        fail(f"the disk is full ({e}); stopped with nothing recorded lost: free space, then `rsi run` resumes")
     return research
+
+
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC from a write of ours, or SQLite's own words for it."""
+    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "disk is full" in str(e)
 
 
 @app.command()
