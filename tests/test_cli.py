@@ -83,6 +83,11 @@ def test_bad_states_exit_2(make_task: MakeTask, tmp_path: Path) -> None:
     edit_toml(notfound, "command = ", 'command = "no-such-program-xyz" #')
     commit_all(notfound, "cmd")
     cases["command not found"] = (rsi("run", str(notfound)), "command not found")
+    for key, name in (("editable", "h"), ("frozen", "i")):
+        typo = make_task(name=name)
+        edit_toml(typo, f'{key} = ["', f'{key} = ["trian.py", "')
+        commit_all(typo, "typo")
+        cases[f"{key} glob matches nothing"] = (rsi("run", str(typo)), f"task.{key}: 'trian.py' matches no")
     noknobs = make_task(name="g", train="print('loss: 1.0')\n")
     cases["nothing to tune"] = (rsi("run", str(noknobs)), "no tunable literal")
     for case, (p, expected) in cases.items():

@@ -101,6 +101,7 @@ class Research:
     def _start(self, tag: str | None) -> None:
         known = self.ledger.get("tag")
         if known is None:
+            self._check_globs()
             tag = tag or time.strftime("%Y%m%d")
             task = self.cfg.task
             head, frozen = self.store.begin(tag, [*task.editable, *task.frozen], task.frozen)
@@ -118,6 +119,14 @@ class Research:
             raise UserError(f"this task's research is rsi/{known}; resume it without --tag or use --tag {known}")
         self.tag = self.ledger.get("tag") or ""
         self.start_commit = self.ledger.get("start_commit") or ""
+
+    def _check_globs(self) -> None:
+        """A glob that matches nothing is a typo: researching without the file would waste the night."""
+        head = self.store.head() if isinstance(self.store, Workspace) else ""
+        for key, globs in (("editable", self.cfg.task.editable), ("frozen", self.cfg.task.frozen)):
+            for glob in globs:
+                if head and not self.store.files(head, [glob]):
+                    raise UserError(f"task.{key}: {glob!r} matches no committed file in the repository")
 
     def _recover(self) -> None:
         """Undo what a killed orchestrator left half done; see the module docstring for why this is enough."""
