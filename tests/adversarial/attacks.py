@@ -222,13 +222,14 @@ def make_repo(root: Path, attack: Attack, sandbox: bool, port: int, marker: str)
     (root / "train.py").write_text("def attack():\n" + body + "\n\n\n" + BENIGN)
     (root / "frozen.py").write_text("VALUE = 1\n")
     metric = "pattern = '^loss:\\s*(\\S+)'"
+    frozen = '["frozen.py", "evaluate.py"]' if attack.evaluator else '["frozen.py"]'
     if attack.evaluator:
         (root / "evaluate.py").write_text('print("loss: 1.5")\n')
         metric += f'\nevaluator = "{sys.executable} evaluate.py"'
     toml = f"""\
         [task]
         editable = ["train.py"]
-        frozen = ["frozen.py", "evaluate.py"]
+        frozen = {frozen}
         command = "{sys.executable} train.py"
         memory = "300MB"
         {attack.toml or 'timeout = "20s"'}
