@@ -7,15 +7,15 @@ research branch:
    each look its improvement over the champion's unbiased ("fresh") runs gets a one-sided t bound, with the
    noise sd pooled over every repeated experiment. It passes when the lower bound clears `min_delta` at level
    alpha_s / K (Bonferroni over the K looks: valid however often we look). It is discarded for futility when
-   even an optimistic (80%) upper bound stays below the smallest effect the design can detect, or below
-   `min_delta`. Otherwise it runs again; at `max_repeats` it is inconclusive.
+   even an optimistic upper bound (90% after one run, which is weak evidence; 80% later) stays below the
+   smallest effect the design can detect, or below `min_delta`. Otherwise it runs again; at `max_repeats` it is inconclusive.
 2. Replication. A candidate that passed and the champion both run `replicate` fresh seeds (the same seeds for
    both, new to both); it is kept only if that fresh comparison alone clears level alpha_c.
 
 The stages use disjoint runs, so a candidate with no real effect is kept with probability at most
 alpha_s * alpha_c = 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for 0.99). Over a night
 of 500 candidates that is at most 5 false keeps expected in the worst case, and benchmarks/judge.py measures
-about 0.15% (under one in a night). The constants below were chosen with that benchmark: at most 3 runs per
+0.2% to 0.25% (about one in a night). The constants below were chosen with that benchmark: at most 3 runs per
 candidate on a realistic mix, and at least 80% of true 2-sigma gains kept, under Gaussian and heavy tails.
 """
 
