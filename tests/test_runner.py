@@ -388,6 +388,7 @@ def test_output_cap_keeps_head_and_tail(tmp_path: Path) -> None:
     assert log.endswith(b"x\nloss: 0.5\n")
     omitted = 11 + 50 * 1024 * 1024 + 10 - cap
     assert f"\n[rsi: {omitted} bytes omitted]\n".encode() in log
+    assert f"output over the cap: {omitted} bytes dropped" in result.reason
     assert len(result.stdout_tail) == 4000
 
 

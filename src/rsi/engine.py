@@ -168,6 +168,9 @@ class Research:
 
         if self.measurer.note:
             self.listener("message", None, self.measurer.note)
+        if isinstance(self.store, Workspace) and self.store.stale_lock:
+            pid = self.store.stale_lock
+            self.listener("message", None, f"the lock of rsi pid {pid}, which is no longer running, was released")
         for e in self.ledger.experiments("state = 'done'"):
             self.proposer.observe(e)
         baseline = self.ledger.experiment(0)

@@ -106,6 +106,10 @@ class _Capture:
             if len(self.tail) > self.tail_cap:
                 del self.tail[: len(self.tail) - self.tail_cap]  # cheap: bytearray moves its start
 
+    def kept(self) -> int:
+        with self.lock:
+            return len(self.head) + len(self.tail)
+
     def data(self) -> bytes:
         """Head and tail joined by a marker that says how much was dropped, so a log never misleads."""
         with self.lock:
@@ -161,6 +165,7 @@ class _Execution:
     peak_bytes: int  # for "oom", the sample that broke the limit: every earlier one was below it
     stdout: bytes
     stderr: bytes
+    omitted: int = 0  # bytes of output dropped by the cap, both streams
 
 
 def run(spec: RunSpec, on_start: Callable[[int], None] | None = None) -> RunResult:
@@ -184,6 +189,9 @@ def run(spec: RunSpec, on_start: Callable[[int], None] | None = None) -> RunResu
     (spec.log_dir / "stdout.log").write_bytes(stdout)
     (spec.log_dir / "stderr.log").write_bytes(stderr)
     status, metric, reason = _classify(spec, main, evaluator, before)
+    omitted = main.omitted + (evaluator.omitted if evaluator else 0)
+    if omitted:  # recorded, so that a metric line lost in the middle of the output is explained
+        reason += f"; output over the cap: {omitted} bytes dropped from the middle of the log"
     return RunResult(
         status=status,
         metric=metric,
@@ -245,7 +253,8 @@ def _supervised(
     tree.send(signal.SIGKILL)
     for reader in readers:
         reader.join(READER_JOIN_S)
-    return _Execution(proc.returncode, killed_for, tree.peak, out.data(), err.data())
+    omitted = out.total + err.total - out.kept() - err.kept()
+    return _Execution(proc.returncode, killed_for, tree.peak, out.data(), err.data(), omitted)
 
 
 def _pump(stream: IO[bytes], capture: _Capture) -> None:
@@ -375,6 +384,9 @@ def _crash_reason(returncode: int | None, stderr: str) -> str:
         return "still running after SIGKILL"
     if returncode < 0:
         return f"killed by signal {-returncode} ({signal.strsignal(-returncode)})"
+    if 128 < returncode < 128 + signal.NSIG and (name := signal.strsignal(returncode - 128)):
+        # a shell reports its child's death by signal N as exit code 128 + N
+        return f"exit code {returncode}: killed by signal {returncode - 128} ({name})"
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     last = f": {lines[-1][:200]}" if lines else ""
     if returncode == 127 and "not found" in stderr:

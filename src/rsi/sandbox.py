@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Protocol
 
 NOBODY = 65534
+CPU_GRACE_S = 5  # CPU seconds between SIGXCPU and SIGKILL
 CGROUP_V1_PIDS, CGROUP_V2 = Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")
 _counter = itertools.count()
 
@@ -165,14 +166,15 @@ class Limits:
     cpu_seconds: int | None = None  # CPU time of each process
     open_files: int = 4096
 
-    def rlimits(self) -> list[tuple[int, int]]:
-        limits = [(resource.RLIMIT_NOFILE, self.open_files), (resource.RLIMIT_CORE, 0)]
+    def rlimits(self) -> list[tuple[int, int, int]]:
+        """(resource, soft, hard); CPU time's soft limit sends SIGXCPU, which names itself, before SIGKILL."""
+        limits = [(resource.RLIMIT_NOFILE, self.open_files, self.open_files), (resource.RLIMIT_CORE, 0, 0)]
         if self.file_size is not None:
-            limits.append((resource.RLIMIT_FSIZE, self.file_size))
+            limits.append((resource.RLIMIT_FSIZE, self.file_size, self.file_size))
         if self.cpu_seconds is not None:
-            limits.append((resource.RLIMIT_CPU, self.cpu_seconds))
+            limits.append((resource.RLIMIT_CPU, self.cpu_seconds, self.cpu_seconds + CPU_GRACE_S))
         if os.geteuid() != 0:  # binds only a non-root uid; root is bounded by the cgroup
-            limits.append((resource.RLIMIT_NPROC, self.processes))
+            limits.append((resource.RLIMIT_NPROC, self.processes, self.processes))
         return limits
 
 
@@ -247,8 +249,8 @@ def preexec(limits: Limits, cgroup: PidsCgroup | None) -> Callable[[], None]:
             fd = os.open(procs, os.O_WRONLY)
             os.write(fd, b"0")  # "0" is the writing process itself
             os.close(fd)
-        for which, value in rlimits:
-            resource.setrlimit(which, (value, value))
+        for which, soft, hard in rlimits:
+            resource.setrlimit(which, (soft, hard))
         with contextlib.suppress(OSError):
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             os.write(fd, b"1000")

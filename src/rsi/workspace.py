@@ -43,6 +43,7 @@ class Workspace:
         self._env = {**os.environ, **_GIT_ENV}
         self._checked_out: dict[str, str] = {}  # worktree name -> the commit it holds
         self._removed = 0
+        self.stale_lock: int | None = None  # pid of a dead orchestrator whose lock open() took over
 
     def git(self, *args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
         proc = subprocess.run(
@@ -98,7 +99,7 @@ class Workspace:
     def open(self) -> None:
         self.check_repository()
         self.hide_state_dir()
-        lock(self.state / "lock")
+        self.stale_lock = lock(self.state / "lock")
 
     def candidate(self, exp_id: int, parent: str, edits: Mapping[str, str], message: str) -> str:
         """Commit a candidate in its own worktree (left checked out for its runs) and keep it reachable."""
@@ -128,6 +129,9 @@ class Workspace:
 
     def close(self) -> None:
         self.git("worktree", "prune")  # removed worktrees leave bookkeeping behind; clear it
+        fd = _HELD.get(self.state / "lock")
+        if fd is not None:  # a clean stop: no pid left behind to report as a dead holder
+            os.ftruncate(fd, 0)
 
     def hide_state_dir(self) -> None:
         """List `.rsi/` in .git/info/exclude so the user's `git status` stays clean; touches no tracked file."""
@@ -235,10 +239,11 @@ class Workspace:
 _HELD: dict[Path, int] = {}  # locks this process holds: a process may open its own research again
 
 
-def lock(path: Path) -> None:
-    """One orchestrator per task: an exclusive flock, which the kernel releases when its process dies."""
+def lock(path: Path) -> int | None:
+    """One orchestrator per task: an exclusive flock, which the kernel releases when its process dies.
+    Returns the pid written by an earlier holder that died without unlocking (its lock is now ours)."""
     if path in _HELD:
-        return
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -247,9 +252,11 @@ def lock(path: Path) -> None:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise UserError(f"another rsi (pid {holder}) is working on this task; wait for it or stop it") from None
+    previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _HELD[path] = fd
+    return int(previous) if previous.isdigit() and int(previous) != os.getpid() else None
 
 
 def hash_files(root: Path, paths: Iterable[str]) -> dict[str, str]:
