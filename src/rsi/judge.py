@@ -8,7 +8,8 @@ research branch:
    noise sd pooled over every repeated experiment. It passes when the lower bound clears `min_delta` at level
    alpha_s / K (Bonferroni over the K looks: valid however often we look). It is discarded for futility when
    even an optimistic upper bound (90% after one run, which is weak evidence; 80% later) stays below the
-   smallest effect the design can detect, or below `min_delta`. Otherwise it runs again; at `max_repeats` it is inconclusive.
+   smallest effect the design can detect, or below `min_delta`. Otherwise it runs again; at `max_repeats` it
+   is inconclusive.
 2. Replication. A candidate that passed and the champion both run `replicate` fresh seeds (the same seeds for
    both, new to both); it is kept only if that fresh comparison alone clears level alpha_c.
 
