@@ -17,7 +17,7 @@ from conftest import MakeTask, commit_all, rsi
 
 from rsi.ledger import Ledger
 from rsi.runner import MetricSpec, RunSpec, run
-from rsi.sandbox import Limits, bubblewrap_path
+from rsi.sandbox import Bubblewrap, Limits, View, bubblewrap_path, cgroup_available
 
 PY = shlex.quote(sys.executable)
 needs_bwrap = pytest.mark.skipif(bubblewrap_path() is None, reason="bubblewrap is not installed")
@@ -103,8 +103,6 @@ def test_network_and_extra_writable_paths_are_opt_in(tmp_path: Path) -> None:
     wt = tmp_path / "wt"
     wt.mkdir()
     (wt / "probe.py").write_text(script)
-    from rsi.sandbox import Bubblewrap, View
-
     bwrap = bubblewrap_path()
     assert bwrap is not None
     closed = View(repo=tmp_path / "repo", worktree=wt)
@@ -170,3 +168,41 @@ def test_a_lock_left_by_a_dead_orchestrator_is_released(make_task: MakeTask) -> 
     assert f"the lock of rsi pid {dead.pid}, which is no longer running, was released" in proc.stdout
     again = rsi("run", str(root), "--max-experiments", "3")
     assert again.returncode == 0 and "was released" not in again.stdout, again.stdout
+
+
+def _spec(tmp_path: Path, script: str, limits: Limits) -> RunSpec:
+    return RunSpec(
+        command=f"{PY} -c {shlex.quote(script)}",
+        cwd=tmp_path,
+        env=dict(os.environ),
+        timeout_s=60,
+        memory_bytes=None,
+        output_cap=100_000,
+        log_dir=tmp_path / "logs",
+        metric=MetricSpec(),
+        limits=limits,
+    )
+
+
+@pytest.mark.skipif(not cgroup_available() and os.geteuid() == 0, reason="root without a pids cgroup: no cap")
+def test_the_process_count_is_capped_even_for_root(tmp_path: Path) -> None:
+    script = """\
+import os, time
+made = 0
+try:
+    for _ in range(60):
+        if os.fork() == 0:
+            time.sleep(2)
+            os._exit(0)
+        made += 1
+except OSError as e:
+    print("refused after", made, type(e).__name__)
+"""
+    result = run(_spec(tmp_path, script, Limits(processes=20)))
+    assert "refused after" in result.stdout_tail, result
+    assert int(result.stdout_tail.split()[2]) < 20
+
+
+def test_the_candidate_is_the_oom_killers_first_choice(tmp_path: Path) -> None:
+    result = run(_spec(tmp_path, "print(open('/proc/self/oom_score_adj').read())", Limits()))
+    assert result.stdout_tail.strip() == "1000"
