@@ -27,6 +27,7 @@ from rsi.init import write as write_config
 from rsi.ledger import Ledger
 from rsi.proposer import KnobsProposer, Proposer
 from rsi.report import write_report
+from rsi.researcher import LLMProposer
 from rsi.status import status_json
 from rsi.store import Store
 from rsi.view import LiveView
@@ -55,7 +56,13 @@ def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
                     f"in {', '.join(files) or 'the editable files'}"
                 )
             return proposer
-        raise UserError(f"proposer {name!r} is not available yet (available: knobs)")
+        if name == "llm":
+            program = ws.read(start_commit, "program.md") if ws.files(start_commit, ["program.md"]) else ""
+            frozen = ws.files(start_commit, cfg.task.frozen)
+            return LLMProposer(
+                cfg.proposer, program=program, frozen=frozen, metric=cfg.metric.name, goal=cfg.metric.goal
+            )
+        raise UserError(f"proposer {name!r} is not available yet (available: knobs, llm)")
 
     return factory
 
@@ -82,7 +89,7 @@ def init(
 @app.command()
 def run(
     directory: DirArg = Path("."),
-    proposer: Annotated[str | None, typer.Option(help="knobs (offline)")] = None,
+    proposer: Annotated[str | None, typer.Option(help="knobs (offline) or llm ([[proposer.models]])")] = None,
     max_experiments: Annotated[
         int | None, typer.Option(min=1, help="total experiments in the ledger, baseline included")
     ] = None,
@@ -198,6 +205,9 @@ def status(
         f"(experiment {data['best']['id']})  noise sd {noise if noise is None else f'{noise:.3g}'}",
         highlight=False,
     )
+    for model, m in data["models"].items():
+        tokens = int(m["tokens_in"] + m["tokens_out"])
+        out.print(f"model {model}: {int(m['calls'])} calls, {tokens} tokens, ${m['cost_usd']:.4f}", highlight=False)
 
 
 @app.command()

@@ -11,7 +11,9 @@ A keep lands only after the judge's replication on fresh seeds, so the branch ne
 
 from __future__ import annotations
 
+import ast
 import difflib
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -186,7 +188,8 @@ class Research:
             files = self.champion_files(self.experimenter.branch_head())
             proposal = self.proposer.propose(Context(champion, files, self.ledger))
             if proposal is None:
-                return self.listener("stop", None, f"proposer {self.proposer.name} has nothing more to propose")
+                why = self.proposer.done_reason or "it has nothing more to propose"
+                return self.listener("stop", None, f"proposer {self.proposer.name} stops: {why}")
             exp = self._record_proposal(proposal, champion, files)
             if exp.state != "done":
                 self._experiment(exp)
@@ -245,10 +248,12 @@ class Research:
     def _record_proposal(self, proposal: Proposal, champion: Experiment, files: dict[str, str]) -> Experiment:
         exp_id = self.ledger.next_id()
         parent_commit = self.experimenter.branch_head()
-        reason = self._reject_reason(proposal, parent_commit)
+        reason = proposal.rejected or self._reject_reason(proposal, parent_commit)
         diff = "" if reason else unified_diff(files, proposal.edits)
         if not reason and not diff:
             reason = "the edit changes nothing"
+        if not reason and self._tried(diff, parent_commit):
+            reason = "the same diff was already tried on this champion"
         sha = None
         if not reason:
             message = f"rsi candidate {exp_id}: {proposal.hypothesis}"
@@ -256,7 +261,7 @@ class Research:
         with self.ledger.transaction():
             self.ledger.add_experiment(
                 exp_id=exp_id,
-                parent=champion.id,
+                parent=champion.id if proposal.parent is None else proposal.parent,
                 parent_commit=parent_commit,
                 commit_sha=sha,
                 proposer=self.proposer.name,
@@ -273,10 +278,22 @@ class Research:
         self.listener("done" if reason else "proposed", exp, reason)
         return exp
 
+    def _tried(self, diff: str, parent_commit: str) -> bool:
+        """The same change (whitespace aside) on the same champion was already an experiment."""
+        key = _normalized(diff)
+        rows = self.ledger.db.execute("SELECT diff FROM experiments WHERE parent_commit = ?", (parent_commit,))
+        return any(_normalized(row[0]) == key for row in rows)
+
     def _reject_reason(self, proposal: Proposal, parent: str) -> str:
         if not proposal.edits:
             return "the proposal has no edits"
         links = self.store.links(parent)
+        for path, text in proposal.edits.items():
+            if path.endswith(".py"):
+                try:
+                    ast.parse(text)
+                except SyntaxError as e:
+                    return f"{path} no longer parses: {e.msg} (line {e.lineno})"
         for path in proposal.edits:
             if path.startswith("/") or ".." in Path(path).parts:
                 return f"{path} is outside the repository"
@@ -337,6 +354,12 @@ def _now() -> float:
 
 def _deadline(budget: float | None) -> float | None:
     return None if budget is None else _now() + budget
+
+
+def _normalized(diff: str) -> str:
+    """A diff's changed lines without whitespace: the same edit written twice compares equal."""
+    lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return hashlib.sha256("\n".join("".join(ln.split()) for ln in lines).encode()).hexdigest()
 
 
 def unified_diff(before: Mapping[str, str], edits: Mapping[str, str]) -> str:

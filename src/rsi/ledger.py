@@ -18,7 +18,7 @@ from typing import Any
 
 from rsi.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: calls (what each model call cost)
 SELECT_KINDS = ("screen", "confirm", "fresh")  # runs of the task's command; "holdout" and "verify" are apart
 
 _SCHEMA = """
@@ -65,6 +65,19 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL
 );
 CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment);
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment INTEGER,
+    proposer TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    duration_s REAL NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
 """
 
 
@@ -346,6 +359,38 @@ class Ledger:
             "UPDATE experiments SET interrupts = 0 WHERE id = (SELECT experiment FROM runs WHERE id = ?)",
             (run_id,),
         )
+
+    # model calls
+    def add_call(
+        self,
+        experiment: int,
+        proposer: str,
+        model: str,
+        tokens: tuple[int, int],
+        cost: float,
+        duration: float,
+        retries: int,
+        error: str,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO calls (experiment, proposer, model, tokens_in, tokens_out, cost_usd, duration_s, retries, "
+            "error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (experiment, proposer, model, tokens[0], tokens[1], cost, duration, retries, error, time.time()),
+        )
+
+    def spent(self) -> tuple[int, float]:
+        """Tokens (in and out) and dollars spent on model calls over the whole research."""
+        row = self.db.execute("SELECT COALESCE(SUM(tokens_in + tokens_out), 0), COALESCE(SUM(cost_usd), 0) FROM calls")
+        tokens, cost = row.fetchone()
+        return int(tokens), float(cost)
+
+    def calls_by_model(self) -> dict[str, dict[str, float]]:
+        rows = self.db.execute(
+            "SELECT model, COUNT(*), SUM(tokens_in), SUM(tokens_out), SUM(cost_usd), SUM(error != '') FROM calls "
+            "GROUP BY model"
+        )
+        keys = ("calls", "tokens_in", "tokens_out", "cost_usd", "failed")
+        return {r[0]: dict(zip(keys, (float(x or 0) for x in r[1:]), strict=True)) for r in rows}
 
     def interrupted_runs(self) -> list[tuple[int, int, int | None, float | None]]:
         """(run id, experiment, pid, pid start time) of runs the last orchestrator left unfinished."""

@@ -28,6 +28,8 @@ class Proposal:
     edits: dict[str, str]  # repository-relative path -> new full text
     hypothesis: str
     params: dict[str, Any] = field(default_factory=dict)
+    rejected: str = ""  # why the proposer itself could not make a candidate of it (a malformed edit)
+    parent: int | None = None  # the experiment it builds on, when not the champion (a fix of a crash)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Context:
 
 class Proposer(Protocol):
     name: str
+    done_reason: str  # why propose() returned None, for the user ("" while it has more to propose)
 
     def propose(self, ctx: Context) -> Proposal | None:
         """A new candidate, or None when this proposer has nothing left to try."""
@@ -68,6 +71,7 @@ def _distribution(k: Knob) -> optuna.distributions.BaseDistribution:
 
 class KnobsProposer:
     name = "knobs"
+    done_reason = "every combination of the knobs was tried"
 
     def __init__(self, start_files: Mapping[str, str], cfg: KnobsConfig, goal: Goal, seed: int = 0) -> None:
         self.knobs: dict[str, Knob] = {}

@@ -88,5 +88,6 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "selection_gain": _gain(best.mean(), base.mean(), goal) if best and base else None,
         "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,
         "holdout_flags": sum(1 for r in rows if r["holdout_flag"]),
+        "models": ledger.calls_by_model(),  # per model: calls, tokens_in, tokens_out, cost_usd, failed
         "experiments": rows,
     }
