@@ -53,6 +53,7 @@ class MixProposer:
     """Proposes quality := champion's quality + a true effect from the mix; remembers which was which."""
 
     name = "mix"
+    done_reason = ""
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)

@@ -38,6 +38,7 @@ class Scripted:
     """A proposer that returns prepared proposals, to drive the loop into each branch of its logic."""
 
     name = "scripted"
+    done_reason = "its script is done"
 
     def __init__(self, proposals: list[Proposal]) -> None:
         self.proposals = list(proposals)

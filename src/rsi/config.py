@@ -138,6 +138,14 @@ class HoldoutConfig(_Section):
 
     _regex = field_validator("pattern")(_check_regex)
 
+    @field_validator("data")
+    @classmethod
+    def _no_climbing(cls, paths: list[str]) -> list[str]:
+        for raw in paths:
+            if ".." in raw.split("/"):
+                raise ValueError(f"{raw!r}: use a path inside the repository, or an absolute one, without '..'")
+        return paths
+
     @model_validator(mode="after")
     def _one_source(self) -> HoldoutConfig:
         _check_source(self.pattern, self.file, self.key)
@@ -173,8 +181,9 @@ class ModelConfig(_Section):
 
 class ProposerConfig(_Section):
     kind: Literal["knobs", "llm", "swarm"] = "knobs"
-    max_cost_usd: float | None = None
-    max_tokens_total: int | None = None
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tokens_total: int | None = Field(default=None, gt=0)
+    bench_after: int = Field(default=8, ge=1)  # rejected replies in a row that bench a model
     program: str | None = None
     models: list[ModelConfig] = []
 

@@ -61,6 +61,8 @@ class Doctor:
             if repair:
                 self._worktrees()
                 self._processes()
+        if repair:
+            self.ws.close()  # leaves no pid of ours in the lock file for the next `rsi run` to report
         return self.findings
 
     def _ledger(self, readonly: bool) -> Ledger | None:
@@ -130,7 +132,9 @@ class Doctor:
         ).fetchone()
         want = str(row[0]) if row else ledger.get("start_commit") or ""
         have = self.ws.ref(f"refs/heads/rsi/{tag}")
-        if have == want:
+        if not want:
+            self.say("problem", "ledger: no start commit recorded, so the branch cannot be checked")
+        elif have == want:
             self.say("ok", f"branch rsi/{tag}: at the last kept commit {want[:10]}")
         elif repair:
             self.ws.set_branch(tag, want)
@@ -154,10 +158,14 @@ class Doctor:
         self.say("fixed", f"worktrees: removed {len(left)} left behind by a stopped run ({', '.join(left[:5])})")
 
     def _processes(self) -> None:
-        inside = str(self.ws.state)
+        """Processes working in a worktree of this research when no orchestrator runs: runs it left behind.
+        Only worktrees count (not a shell of the user's in .rsi/), and never the doctor or its parents."""
+        worktrees = self.ws.state / "worktrees"
+        ours = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
         orphans = []
-        for proc in psutil.process_iter(["cwd", "pid"]):
-            if (proc.info.get("cwd") or "").startswith(inside) and proc.pid != os.getpid():
+        for proc in psutil.process_iter(["cwd"]):
+            cwd = proc.info.get("cwd")
+            if cwd and proc.pid not in ours and Path(cwd).is_relative_to(worktrees):
                 orphans.append(proc)
         for proc in orphans:
             with contextlib.suppress(psutil.Error):

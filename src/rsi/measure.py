@@ -8,6 +8,7 @@ function on the commit's files instead, for tasks that are functions (synthetic 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ from rsi.config import Config
 from rsi.environment import describe_environment
 from rsi.ledger import Ledger
 from rsi.runner import MetricSpec, RunSpec, run, scrub_env
-from rsi.sandbox import Bare, Bubblewrap, Limits, Sandbox, View, bubblewrap_path
+from rsi.sandbox import Bare, Bubblewrap, Limits, Sandbox, View, bubblewrap_path, cgroup_available
 from rsi.store import MemoryStore
 from rsi.workspace import Workspace, hash_files
 
@@ -116,15 +117,21 @@ class SubprocessMeasurer:
 
     @property
     def note(self) -> str:
-        """Said once at the start when candidates run unconfined."""
-        if self.bwrap is not None:
-            return ""
-        if not self.cfg.sandbox.enabled:
-            return "warning: [sandbox] enabled = false: candidates run unconfined, with resource limits only"
-        return (
-            "warning: bubblewrap (bwrap) is not installed or cannot make namespaces here: candidates run "
-            "unconfined, with resource limits only (Debian: apt install bubblewrap)"
-        )
+        """Said once at the start when candidates run unconfined, or with their process count uncapped."""
+        notes = []
+        if self.bwrap is None:
+            why = (
+                "[sandbox] enabled = false"
+                if not self.cfg.sandbox.enabled
+                else "bubblewrap (bwrap) is not installed or cannot make namespaces here (apt install bubblewrap)"
+            )
+            notes.append(
+                f"warning: {why}: candidates run unconfined, with resource limits only; they can read what rsi "
+                "can, the environment of rsi's own process (/proc) included"
+            )
+        if os.geteuid() == 0 and not cgroup_available():
+            notes.append("warning: no pids cgroup can be made here: a run's process count is not capped")
+        return "\n".join(notes)
 
     def sandbox(self, wt: Path, kind: str) -> Sandbox:
         """The view of one run: the setup may write the cache, only the holdout command sees held-out data."""
@@ -201,7 +208,12 @@ class SubprocessMeasurer:
         if kind != HOLDOUT:  # the holdout reads what the run before it wrote; every other run starts clean
             self.ws.clean(wt)
         logs = self.ws.state / "logs" / str(exp_id) / f"{kind}-{seed}"
+        skip = [self.cfg.metric.file] if self.cfg.metric.file else []
+        if kind == HOLDOUT:  # frozen code from git, reading what the run before it produced
+            wt = self.ws.evaluation_copy(wt, commit, skip)
         spec = self.spec(wt, kind, command, metric, seed, self.cfg.task.timeout, logs)
+        if kind != HOLDOUT and self.cfg.metric.evaluator:
+            spec = dataclasses.replace(spec, evaluation=lambda: self._evaluation(wt, commit, kind, skip))
         run_id = self.ledger.start_run(exp_id, kind, seed, {**self.environment, "commit": commit})
 
         def started(pid: int) -> None:
@@ -225,6 +237,10 @@ class SubprocessMeasurer:
                 stdout_tail=result.stdout_tail,
                 stderr_tail=result.stderr_tail,
             )
+
+    def _evaluation(self, wt: Path, commit: str, kind: str, skip: list[str]) -> tuple[Path, Sandbox]:
+        place = self.ws.evaluation_copy(wt, commit, skip)
+        return place, self.sandbox(place, kind)
 
     def tampering(self, wt: Path, before: dict[str, tuple[int, int] | None]) -> str:
         """A run may write new files, never change tracked ones. A frozen file is checked by content, and by

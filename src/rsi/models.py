@@ -9,6 +9,7 @@ the moment a client is made; it is never stored, logged or put in a prompt.
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import time
@@ -64,6 +65,14 @@ def _key(cfg: ModelConfig) -> str:
     return value
 
 
+def _sdk(name: str) -> Any:
+    """The provider's official SDK, an optional extra of rsi."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(f"the {name} SDK is not installed: pip install 'rsi[llm]'") from None
+
+
 def _retry_after(error: Any) -> float | None:
     response = getattr(error, "response", None)
     raw = response.headers.get("retry-after") if response is not None else None
@@ -90,7 +99,7 @@ class OpenAIChat:
     """OpenAI's Chat Completions, from OpenAI or from any compatible server."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        import openai
+        openai = _sdk("openai")
 
         self.cfg, self._module = cfg, openai
         self.client = openai.OpenAI(api_key=_key(cfg), base_url=cfg.base_url, timeout=cfg.timeout, max_retries=0)
@@ -118,7 +127,7 @@ class AnthropicMessages:
     """Anthropic's Messages API (its current SDK takes no temperature: `temperature` is for the others)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        import anthropic
+        anthropic = _sdk("anthropic")
 
         self.cfg, self._module = cfg, anthropic
         self.client = anthropic.Anthropic(api_key=_key(cfg), base_url=cfg.base_url, timeout=cfg.timeout, max_retries=0)

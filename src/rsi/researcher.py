@@ -3,7 +3,7 @@
 Each proposal is one model call (retried and circuit-broken in `models.Caller`), recorded in the ledger's
 `calls` table with its tokens and cost. A reply that is not a clean edit becomes a `rejected` experiment with
 its reason, which the model sees in its memory next time. A model whose replies are rejected
-BENCH_AFTER times in a row is benched; when every model is benched, or a cost or token cap is reached, the
+`bench_after` times in a row is benched; when every model is benched, or a cost or token cap is reached, the
 proposer stops and the research ends cleanly. A candidate that crashes goes back to the model that wrote it
 with its error tail, up to MAX_FIXES times; each fix is recorded as a child of the crashed experiment.
 """
@@ -23,7 +23,6 @@ from rsi.models import Attempt, Caller, Model, make_model
 from rsi.prompt import SYSTEM, fix_prompt, user_prompt
 from rsi.proposer import Context, Proposal
 
-BENCH_AFTER = 8  # rejected replies in a row that bench a model
 MAX_FIXES = 2  # fix attempts per crashed candidate
 CRASHES = ("crash", "timeout", "oom", "no_metric", "invalid_metric")
 MAX_WAIT_S = 300.0  # longest wait for an open circuit breaker before giving up on this proposal
@@ -63,7 +62,7 @@ class LLMProposer:
             return None
         live = [name for name in self.callers if name not in self.benched]
         if not live:
-            self.done_reason = f"every model is benched after {BENCH_AFTER} rejected replies in a row"
+            self.done_reason = f"every model is benched after {self.cfg.bench_after} rejected replies in a row"
             return None
         name = self._pick(live)
         cfg, caller = self.callers[name]
@@ -100,7 +99,7 @@ class LLMProposer:
         if model in self.rejected_in_a_row:
             if exp.status == "rejected":
                 self.rejected_in_a_row[model] += 1
-                if self.rejected_in_a_row[model] >= BENCH_AFTER:
+                if self.rejected_in_a_row[model] >= self.cfg.bench_after:
                     self.benched.add(model)
             else:
                 self.rejected_in_a_row[model] = 0

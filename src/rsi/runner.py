@@ -8,6 +8,7 @@ its head and tail so endless output costs bounded memory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import math
@@ -15,6 +16,7 @@ import os
 import re
 import select
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -37,6 +39,7 @@ SAMPLE_EVERY_S = 0.05  # then at this pace: a psutil sample of a small tree cost
 READER_JOIN_S = 0.5  # an escaped daemon may hold a pipe open forever; do not wait for it
 REAP_TIMEOUT_S = 10.0  # a process stuck in the kernel may ignore even SIGKILL for a while
 TAIL_CHARS = 4000
+METRIC_FILE_MAX = 10_000_000  # bytes of a metric JSON file
 CHUNK_BYTES = 1 << 16
 MB = 1_000_000  # sizes follow the config, where MB and GB are powers of ten
 # the last line of a Python traceback: MemoryError, torch's OutOfMemoryError, numpy's _ArrayMemoryError
@@ -71,6 +74,9 @@ class RunSpec:
     metric: MetricSpec
     sandbox: Sandbox = field(default_factory=Bare)
     limits: Limits = field(default_factory=Limits)
+    # where the evaluator runs, made after the command: a fresh checkout holding the run's outputs, so that
+    # nothing the command left (a module shadowing one the evaluator imports) runs as the evaluator
+    evaluation: Callable[[], tuple[Path, Sandbox]] | None = None
 
 
 @dataclass
@@ -181,8 +187,12 @@ def run(spec: RunSpec, on_start: Callable[[int], None] | None = None) -> RunResu
     deadline = started + spec.timeout_s
     main = _execute(spec.command, spec, deadline, on_start)
     stdout, stderr, evaluator = main.stdout, main.stderr, None
-    if spec.metric.evaluator and main.killed_for is None and main.returncode == 0:
-        evaluator = _execute(spec.metric.evaluator, spec, deadline, on_start)
+    if (command := spec.metric.evaluator) and main.killed_for is None and main.returncode == 0:
+        if spec.evaluation is not None:
+            cwd, box = spec.evaluation()
+            spec = dataclasses.replace(spec, cwd=cwd, sandbox=box)
+            before = None  # the metric file is the evaluator's, in a place the command never saw
+        evaluator = _execute(command, spec, deadline, on_start)
         stdout += EVALUATOR_MARKER + evaluator.stdout
         stderr += EVALUATOR_MARKER + evaluator.stderr
     duration = time.monotonic() - started
@@ -412,9 +422,11 @@ def _metric_from_file(path: Path, name: str, key: str, before: tuple[int, int, i
     if after == before:
         return "no_metric", None, f"{name} was not rewritten by this run"
     try:
-        node = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+        node = json.loads(_read_regular(path, METRIC_FILE_MAX).decode("utf-8", errors="replace"))
     except ValueError as exc:
         return "invalid_metric", None, f"{name} is not valid JSON: {exc}"
+    except OSError as exc:
+        return "invalid_metric", None, f"{name}: {exc.strerror or exc}"
     if isinstance(node, dict) and key in node:  # a flat key that holds dots itself
         return _judge_value(node[key])
     for part in key.split("."):
@@ -422,6 +434,21 @@ def _metric_from_file(path: Path, name: str, key: str, before: tuple[int, int, i
             return "no_metric", None, f"key {key!r} not in {name}"
         node = node[part]
     return _judge_value(node)
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """Reads a file the run wrote, refusing what could hang or flood the orchestrator: a symlink (to
+    /dev/zero, say), a FIFO, a device, or anything over `limit` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file")
+        if st.st_size > limit:
+            raise OSError(0, f"larger than {limit} bytes")
+        return os.read(fd, limit + 1)[:limit]
+    finally:
+        os.close(fd)
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:

@@ -85,55 +85,80 @@ class Bubblewrap:
 
     def argv(self, command: str, cwd: Path) -> list[str]:
         v = self.view
-        args = [self.bwrap, "--unshare-all", "--die-with-parent", "--uid", str(NOBODY), "--gid", str(NOBODY)]
-        args += ["--cap-drop", "ALL", "--hostname", "sandbox"]
+        repo, worktree = v.repo.resolve(), v.worktree.resolve()
+        args = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]
+        args += ["--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL", "--hostname", "sandbox"]
         if v.network:
             args.append("--share-net")
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-        home = Path.home()
+        home = Path.home().resolve()
         if home != Path("/"):
             args += ["--tmpfs", str(home)]
-        args += ["--tmpfs", str(v.repo)]
-        for path in _interpreter_paths():  # a venv in the home or in the repository must still run
-            args += ["--ro-bind-try", str(path), str(path)]
-        args += ["--ro-bind", str(v.repo / ".git"), str(v.repo / ".git")]
+        for system in HIDDEN_SYSTEM_PATHS:  # sockets of local services; files only root should read
+            args += _hide(Path(system))
+        inside, outside = _interpreter_paths(repo)
+        for path in outside:  # a venv in the home or under /tmp must still run
+            args += ["--ro-bind", str(path), str(path)]
+        args += ["--tmpfs", str(repo)]  # the main checkout, its .git (held-out data, credentials) and .rsi/
+        for path in inside:  # ... but for a venv inside the repository
+            args += ["--ro-bind", str(path), str(path)]
         for path in v.read_only:
-            args += [_bind_kind(path, "--ro-bind-try"), str(path), str(path)]
-        args += ["--bind", str(v.worktree), str(v.worktree)]
+            args += [_bind_kind(path, "--ro-bind-try"), str(path.resolve()), str(path.resolve())]
+        args += ["--bind", str(worktree), str(worktree)]
         for path in v.writable:
-            args += [_bind_kind(path, "--bind-try"), str(path), str(path)]
+            args += [_bind_kind(path, "--bind-try"), str(path.resolve()), str(path.resolve())]
         for rel in (".git", *v.read_only_inside):
-            target = v.worktree / rel
-            if target.exists() or target.is_symlink():
+            target = worktree / rel
+            if target.exists() and not target.is_symlink():
                 args += ["--ro-bind", str(target), str(target)]
-        for path in [*(v.worktree / rel for rel in v.hidden_inside), *v.hidden]:
+        for path in [*(worktree / rel for rel in v.hidden_inside), *v.hidden]:
             args += _hide(path)
-        args += ["--chdir", str(cwd), "--", "/bin/sh", "-c", command]
+        args += ["--chdir", str(cwd.resolve()), "--", "/bin/sh", "-c", command]
         return args
 
 
+# Unix sockets ignore network namespaces: hide where services keep theirs (/tmp is private already), and the
+# files that only root may read (the candidate is root to the kernel when rsi runs as root).
+HIDDEN_SYSTEM_PATHS = (
+    "/run",
+    "/var/run",
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/ssh",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/root",
+    "/var/lib/docker",
+)
+
+
 def _bind_kind(path: Path, default: str) -> str:
-    """Device files (a GPU's /dev/nvidia*) need a device bind; everything else a plain one."""
+    """Device files (a GPU's /dev/nvidia*) need a device bind, which is writable; everything else a plain one."""
     return "--dev-bind-try" if str(path).startswith("/dev/") else default
 
 
 def _hide(path: Path) -> list[str]:
-    """An empty directory over a directory, an empty file over a file; nothing if the path is absent."""
-    if path.is_dir():
-        return ["--tmpfs", str(path)]
-    if path.exists():
-        return ["--ro-bind", "/dev/null", str(path)]
-    return []
+    """An empty directory over a directory, /dev/null over a file; nothing for a symlink (its target is what
+    needs hiding, and bwrap cannot mount over a link) or an absent path."""
+    if path.is_symlink() or not path.exists():
+        return []
+    path = path.resolve()
+    return ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
 
 
-def _interpreter_paths() -> list[Path]:
-    """The Python that runs rsi (and so, usually, the task): its prefixes and installed packages."""
-    found: set[Path] = set()
+def _interpreter_paths(repo: Path) -> tuple[list[Path], list[Path]]:
+    """The Python that runs rsi (and so, usually, the task): its prefixes and installed packages, split into
+    those inside the repository (bound after it is hidden) and the rest. A path that is the repository or lies
+    in its `.rsi/` is left out: binding it would show what the sandbox hides."""
+    state = repo / ".rsi"
+    inside: set[Path] = set()
+    outside: set[Path] = set()
     for raw in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()):
-        for path in (Path(raw), Path(raw).resolve()):
-            if path.exists() and path != Path("/"):
-                found.add(path)
-    return sorted(found)
+        path = Path(raw).resolve()
+        if not path.exists() or path == Path("/") or path == repo or path.is_relative_to(state):
+            continue
+        (inside if path.is_relative_to(repo) else outside).add(path)
+    return sorted(inside), sorted(outside)
 
 
 def bubblewrap_path() -> str | None:
@@ -189,6 +214,7 @@ class PidsCgroup:
     @classmethod
     def make(cls, limit: int) -> PidsCgroup | None:
         for parent in _pids_parents():
+            _remove_stale(parent)
             path = parent / f"rsi-{os.getpid()}-{next(_counter)}"
             try:
                 path.mkdir()
@@ -219,6 +245,30 @@ class PidsCgroup:
             self.path.rmdir()
 
 
+_SWEPT: set[Path] = set()
+
+
+def _remove_stale(parent: Path) -> None:
+    """Once per process: cgroups left by an orchestrator that was killed (its pid is in their name)."""
+    if parent in _SWEPT:
+        return
+    _SWEPT.add(parent)
+    for path in parent.glob("rsi-*-*"):
+        owner = path.name.split("-")[1]
+        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
+            PidsCgroup(path).remove()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _pids_parents() -> list[Path]:
     """Where this process may make a pids cgroup: below its own cgroup in a v1 pids hierarchy, or in v2
     where its cgroup delegates the pids controller."""
@@ -246,9 +296,10 @@ def preexec(limits: Limits, cgroup: PidsCgroup | None) -> Callable[[], None]:
 
     def apply() -> None:
         if procs is not None:
-            fd = os.open(procs, os.O_WRONLY)
-            os.write(fd, b"0")  # "0" is the writing process itself
-            os.close(fd)
+            with contextlib.suppress(OSError):  # the cgroup went away: run uncapped rather than not at all
+                fd = os.open(procs, os.O_WRONLY)
+                os.write(fd, b"0")  # "0" is the writing process itself
+                os.close(fd)
         for which, soft, hard in rlimits:
             resource.setrlimit(which, (soft, hard))
         with contextlib.suppress(OSError):

@@ -6,6 +6,7 @@ Kept candidates become commits on `rsi/<tag>`; every candidate, kept or not, sta
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import fnmatch
 import hashlib
@@ -18,6 +19,8 @@ from pathlib import Path
 from rsi.errors import UserError
 
 STATE_DIR = ".rsi"
+EVAL_SUFFIX = ".eval"  # the evaluation checkout of worktree N is N.eval
+CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".pyx", ".sh"})
 # rsi's own commits have a fixed identity, so they work on machines with no git user configured,
 # and never run the user's hooks or signing (a commit is harness bookkeeping, not the user's act).
 _GIT_ENV = {
@@ -26,6 +29,14 @@ _GIT_ENV = {
     "GIT_COMMITTER_NAME": "rsi",
     "GIT_COMMITTER_EMAIL": "rsi@localhost",
     "GIT_TERMINAL_PROMPT": "0",
+    # worktrees hold untrusted files: no fsmonitor hook, no hooks, no submodule recursion, whatever a config says
+    "GIT_CONFIG_COUNT": "3",
+    "GIT_CONFIG_KEY_0": "core.fsmonitor",
+    "GIT_CONFIG_VALUE_0": "false",
+    "GIT_CONFIG_KEY_1": "core.hooksPath",
+    "GIT_CONFIG_VALUE_1": "/dev/null",
+    "GIT_CONFIG_KEY_2": "submodule.recurse",
+    "GIT_CONFIG_VALUE_2": "false",
 }
 
 
@@ -156,8 +167,18 @@ class Workspace:
         return {entry.split("\t", 1)[1] for entry in out.split("\0") if entry.startswith("120000 ")}
 
     def clean(self, worktree: Path) -> None:
-        """Back to the commit exactly: what an earlier run left (checkpoints, caches) must not help the next."""
-        self.git("clean", "-ffdxq", cwd=worktree)
+        """Back to the commit exactly: what an earlier run left (checkpoints, caches, a changed file) must not
+        help or spoil the next. A run that made its files unremovable (chmod 000) gets its modes fixed first."""
+        try:
+            self.git("reset", "--hard", "-q", cwd=worktree)
+            self.git("clean", "-ffdxq", cwd=worktree)
+        except RuntimeError:
+            for folder, dirs, files in os.walk(worktree):
+                for name in [*dirs, *files]:
+                    with contextlib.suppress(OSError):
+                        os.chmod(os.path.join(folder, name), 0o700, follow_symlinks=False)
+            self.git("reset", "--hard", "-q", cwd=worktree)
+            self.git("clean", "-ffdxq", cwd=worktree)
 
     def read_bytes(self, commit: str, path: str) -> bytes:
         proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.root, capture_output=True)
@@ -216,15 +237,44 @@ class Workspace:
         """Tracked files a run modified or deleted in its worktree (a type change to a symlink included):
         evidence of tampering. A worktree whose git link the run broke is all changed."""
         try:
-            out = self.git("status", "--porcelain", "-z", "--untracked-files=no", cwd=worktree)
+            out = self.git(
+                "status", "--porcelain", "-z", "--untracked-files=no", "--ignore-submodules=all", cwd=worktree
+            )
         except RuntimeError:
             return [".git (the worktree's link to the repository)"]
         return [entry[3:] for entry in out.split("\0") if len(entry) > 3]
+
+    def evaluation_copy(self, worktree: Path, commit: str, skip: Sequence[str] = ()) -> Path:
+        """A fresh checkout of `commit` beside `worktree`, holding the files the last run there produced,
+        for the evaluator and the holdout command: their code comes from git, not from what the run left.
+        Code the run wrote (modules, bytecode, extensions, .pth files), links, and the paths in `skip` (the
+        metric file) are not carried over."""
+        target = self.add_worktree(f"{worktree.name}{EVAL_SUFFIX}", commit)
+        self.clean(target)
+        tracked = set(self.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0"))
+        for folder, dirs, files in os.walk(worktree):
+            dirs[:] = [d for d in dirs if d != "__pycache__" and not os.path.islink(os.path.join(folder, d))]
+            for name in files:
+                src = Path(folder) / name
+                rel = src.relative_to(worktree).as_posix()
+                if rel in tracked or rel in skip or rel == ".git" or src.suffix in CODE_SUFFIXES:
+                    continue
+                if src.is_symlink() or not src.is_file():
+                    continue
+                dst = target / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dst)  # cheap for a large checkpoint; the next run starts from a clean tree
+                except OSError:
+                    shutil.copy2(src, dst)
+        return target
 
     def remove_worktree(self, name: str) -> None:
         """Delete the checkout; git's bookkeeping of it is pruned in batches (one process less per run)."""
         self._checked_out.pop(name, None)
         shutil.rmtree(self.worktree_dir(name), ignore_errors=True)
+        if not name.endswith(EVAL_SUFFIX) and self.worktree_dir(name + EVAL_SUFFIX).exists():
+            self.remove_worktree(name + EVAL_SUFFIX)
         self._removed += 1
         if self._removed % 50 == 0:
             self.git("worktree", "prune")
@@ -264,5 +314,8 @@ def hash_files(root: Path, paths: Iterable[str]) -> dict[str, str]:
     out = {}
     for rel in paths:
         p = root / rel
-        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else "missing"
+        if p.is_symlink():  # git stores a link as its target's path: hash that, as begin() does
+            out[rel] = hashlib.sha256(os.readlink(p).encode()).hexdigest()
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
     return out

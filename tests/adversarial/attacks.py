@@ -44,6 +44,7 @@ class Attack:
     needs_sandbox: bool = False  # contained only inside bubblewrap (the filesystem view, the namespaces)
     toml: str = ""
     evaluator: bool = False
+    metric: float | None = None  # the metric every attacking run must record, when the attack fakes one
 
 
 ATTACKS = [
@@ -101,9 +102,40 @@ ATTACKS = [
         "prints a fake metric line when an evaluator is configured",
         """
         print("loss: -100.0")
+        sys.stdout.flush()
+        os._exit(0)
         """,
         ("ok",),
         evaluator=True,
+        metric=1.5,
+    ),
+    Attack(
+        "plants modules and bytecode that the evaluator would import",
+        """
+        import pathlib
+        pathlib.Path("json.py").write_text("def dumps(x):\\n    return '-100.0'\\n")
+        pathlib.Path("__pycache__").mkdir(exist_ok=True)
+        pathlib.Path("sitecustomize.py").write_text("print('loss: -100.0')\\n")
+        pathlib.Path("evil.pth").write_text("import os\\n")
+        """,
+        ("ok",),
+        evaluator=True,
+        metric=1.5,
+    ),
+    Attack(
+        "reads the ledger, the main .git, other worktrees and the user's files",
+        """
+        import glob
+        for pattern in ["{repo}/.rsi/ledger.sqlite*", "{repo}/.git/config", "{repo}/private-notes.txt",
+                        "{repo}/.rsi/worktrees/*/train.py", "{repo}/.rsi/logs/*/*/*.log", "/etc/shadow"]:
+            for path in glob.glob(pattern):
+                try:
+                    print(path, open(path, "rb").read()[:100000])
+                except OSError as e:
+                    print("refused:", path, e)
+        """,
+        ("ok",),
+        needs_sandbox=True,
     ),
     Attack(
         "fork bomb",
@@ -141,13 +173,14 @@ ATTACKS = [
     Attack(
         "deletes or corrupts its worktree's .git",
         """
-        try:
-            os.remove(".git")
-        finally:
-            open(".git", "w").write("gitdir: /nowhere\\n")
-            open("{repo}/.git/HEAD", "w").write("garbage\\n")
+        for attempt in (lambda: os.remove(".git"), lambda: open(".git", "w").write("gitdir: /nowhere\\n"),
+                        lambda: open("{repo}/.git/HEAD", "w").write("garbage\\n")):
+            try:
+                attempt()
+            except OSError as e:
+                print("refused:", e)
         """,
-        ("crash", "tampered"),
+        ("ok", "tampered"),
         needs_sandbox=True,
     ),
     Attack(
@@ -224,7 +257,7 @@ def make_repo(root: Path, attack: Attack, sandbox: bool, port: int, marker: str)
     metric = "pattern = '^loss:\\s*(\\S+)'"
     frozen = '["frozen.py", "evaluate.py"]' if attack.evaluator else '["frozen.py"]'
     if attack.evaluator:
-        (root / "evaluate.py").write_text('print("loss: 1.5")\n')
+        (root / "evaluate.py").write_text('import json\nprint("loss:", json.dumps(1.5))\n')
         metric += f'\nevaluator = "{sys.executable} evaluate.py"'
     toml = f"""\
         [task]
@@ -278,6 +311,8 @@ def run_attack(
     server.setblocking(False)
     port = server.getsockname()[1]
     make_repo(root, attack, sandbox, port, marker)
+    _git(root, "config", "rsi-test.token", CANARY)  # a credential in .git/config, as CI checkouts leave them
+    (root / "private-notes.txt").write_text(f"not for candidates: {CANARY}\n")
     before = _tracked(root)
     git_head = (root / ".git" / "HEAD").read_bytes()
     result = rsi("run", str(root), "--max-experiments", "3", env={"OPENAI_API_KEY": CANARY, "RSI_TEST_TOKEN": CANARY})
@@ -313,6 +348,8 @@ def run_attack(
     for p in left:
         p.kill()
     leaked = CANARY.encode() in _recorded_text(root)
+    metrics = [m for (m,) in db_rows(ledger, "SELECT metric FROM runs WHERE experiment > 0 AND kind = 'screen'")]
+    faked = attack.metric is not None and any(m != attack.metric for m in metrics)
     status = json.loads(rsi("status", str(root), "--json").stdout or "{}")
     alive = result.returncode == 0 and len(status.get("experiments", [])) == 3
     outcome = Outcome(attack.name, statuses, leaked, outside, alive, len(left), detail=result.stderr[-300:])
@@ -323,8 +360,17 @@ def run_attack(
         and not left
         and len(statuses) == 2
         and all(s in attack.statuses for s in statuses)
+        and not faked
     )
     return outcome
+
+
+def db_rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -7,9 +7,11 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,9 @@ try:
     print("cache write: yes")
 except OSError:
     print("cache write: no")
+import subprocess
+shown = subprocess.run(["git", "show", "HEAD:secret.txt"], capture_output=True, text=True).stdout
+print("git show:", shown.strip() or "nothing")
 print("loss: 1.0")
 """
 
@@ -92,8 +97,7 @@ def test_network_and_extra_writable_paths_are_opt_in(tmp_path: Path) -> None:
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
-    shared = tmp_path / "shared"
-    shared.mkdir()
+    shared = Path(tempfile.mkdtemp(dir="/var/tmp"))  # not under /tmp, which the sandbox replaces anyway
     script = (
         f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('net: yes')\n"
         f"except OSError:\n    print('net: no')\n"
@@ -123,6 +127,7 @@ def test_network_and_extra_writable_paths_are_opt_in(tmp_path: Path) -> None:
         )
         outputs[name] = run(spec).stdout_tail
     server.close()
+    shutil.rmtree(shared, ignore_errors=True)
     assert "net: no" in outputs["closed"] and "write: no" in outputs["closed"], outputs
     assert "net: yes" in outputs["opened"] and "write: yes" in outputs["opened"], outputs
 
