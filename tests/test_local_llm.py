@@ -43,6 +43,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.timeout(1200)
 def test_a_real_small_model_drives_the_research(make_task: MakeTask, tmp_path: Path) -> None:
     gguf = smollm2_gguf()
     if gguf is None or importlib.util.find_spec("llama_cpp") is None:
