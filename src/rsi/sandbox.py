@@ -138,9 +138,9 @@ def _bind_kind(path: Path, default: str) -> str:
 
 
 def _hide(path: Path) -> list[str]:
-    """An empty directory over a directory, /dev/null over a file; nothing for a symlink (its target is what
-    needs hiding, and bwrap cannot mount over a link) or an absent path."""
-    if path.is_symlink() or not path.exists():
+    """An empty directory over a directory, /dev/null over a file, nothing for an absent path. A symlink's
+    target is what gets hidden (bwrap cannot mount over a link, and the target is where the data is)."""
+    if not path.exists():
         return []
     path = path.resolve()
     return ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
