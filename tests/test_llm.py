@@ -212,3 +212,50 @@ def test_backoff_doubles_and_the_breaker_opens_after_failed_calls() -> None:
         attempt = dead.call("s", "u")
         assert attempt.completion is None and attempt.retries == RETRIES
     assert not dead.available() and "breaker open" in attempt.error
+
+
+# the swarm
+
+
+def test_a_swarm_of_knobs_and_a_model_shares_the_research(make_task: MakeTask) -> None:
+    steps = [reply(edit("train.py", "DEPTH = 3", f"DEPTH = {d}", f"depth {d}")) for d in (7, 6, 8, 5, 4)]
+    with serve(steps) as (url, _):
+        root = make_task(extra_toml=toml(url).replace('kind = "llm"', 'kind = "swarm"'))
+        proc = rsi("run", str(root), "--max-experiments", "10", env={"FAKE_LLM_KEY": KEY})
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(rsi("status", str(root), "--json").stdout)
+    members = status["proposers"]
+    assert set(members) == {"knobs", "llm:fake-model"}
+    assert all(m["proposals"] >= 1 for m in members.values())
+    assert sum(m["share"] for m in members.values()) == pytest.approx(1.0)
+    assert members["llm:fake-model"]["cost_usd"] > 0 and members["knobs"]["cost_usd"] == 0
+    assert "proposer llm:fake-model:" in rsi("status", str(root)).stdout
+
+
+def test_the_bandit_favours_keeps_per_dollar(tmp_path: Path) -> None:
+    from rsi.ledger import Ledger
+    from rsi.swarm import bandit_table
+
+    ledger = Ledger(tmp_path / "l.sqlite")
+    rows = [("a", "keep"), ("a", "keep"), ("a", "discard"), ("b", "discard"), ("b", "discard"), ("b", "discard")]
+    rows += [("c", "keep"), ("c", "keep"), ("c", "discard")]
+    for i, (who, verdict) in enumerate(rows, start=1):
+        ledger.add_experiment(
+            exp_id=i,
+            parent=0,
+            parent_commit="x",
+            commit_sha=None,
+            proposer=who,
+            hypothesis="h",
+            params={},
+            diff="",
+            state="done",
+            status="ok",
+            verdict=verdict,
+            reason="",
+        )
+    ledger.add_call(7, "c", "m", (1000, 100), 1.0, 1.0, 0, "")  # c keeps as often as a, at a dollar a try
+    table = bandit_table(ledger, ["a", "b", "c", "d"])
+    assert table["d"]["index"] == float("inf")  # never tried: goes first
+    assert table["a"]["index"] > table["c"]["index"] > 0
+    assert table["a"]["index"] > table["b"]["index"]

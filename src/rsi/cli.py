@@ -30,6 +30,7 @@ from rsi.report import write_report
 from rsi.researcher import LLMProposer
 from rsi.status import status_json
 from rsi.store import Store
+from rsi.swarm import SwarmProposer
 from rsi.view import LiveView
 from rsi.workspace import Workspace
 
@@ -56,13 +57,26 @@ def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
                     f"in {', '.join(files) or 'the editable files'}"
                 )
             return proposer
-        if name == "llm":
+        if name in ("llm", "swarm"):
             program = ws.read(start_commit, "program.md") if ws.files(start_commit, ["program.md"]) else ""
             frozen = ws.files(start_commit, cfg.task.frozen)
-            return LLMProposer(
-                cfg.proposer, program=program, frozen=frozen, metric=cfg.metric.name, goal=cfg.metric.goal
-            )
-        raise UserError(f"proposer {name!r} is not available yet (available: knobs, llm)")
+            metric, goal = cfg.metric.name, cfg.metric.goal
+            if name == "llm":
+                return LLMProposer(cfg.proposer, program=program, frozen=frozen, metric=metric, goal=goal)
+            members: list[Proposer] = []
+            files = {p: ws.read(start_commit, p) for p in ws.files(start_commit, cfg.task.editable)}
+            knobs = KnobsProposer(files, cfg.knobs, cfg.metric.goal)
+            if knobs.knobs:
+                members.append(knobs)
+            for m in cfg.proposer.models:
+                one = cfg.proposer.model_copy(update={"models": [m]})
+                members.append(
+                    LLMProposer(one, program=program, frozen=frozen, metric=metric, goal=goal, name=f"llm:{m.model}")
+                )
+            if len(members) < 2:
+                raise UserError("proposer.kind = 'swarm' needs at least two members: knobs and [[proposer.models]]")
+            return SwarmProposer(members)
+        raise UserError(f"proposer {name!r} is not available (available: knobs, llm, swarm)")
 
     return factory
 
@@ -89,7 +103,7 @@ def init(
 @app.command()
 def run(
     directory: DirArg = Path("."),
-    proposer: Annotated[str | None, typer.Option(help="knobs (offline) or llm ([[proposer.models]])")] = None,
+    proposer: Annotated[str | None, typer.Option(help="knobs (offline), llm or swarm ([[proposer.models]])")] = None,
     max_experiments: Annotated[
         int | None, typer.Option(min=1, help="total experiments in the ledger, baseline included")
     ] = None,
@@ -205,6 +219,12 @@ def status(
         f"(experiment {data['best']['id']})  noise sd {noise if noise is None else f'{noise:.3g}'}",
         highlight=False,
     )
+    for who, b in data["proposers"].items():
+        out.print(
+            f"proposer {who}: {int(b['proposals'] or 0)} proposals, {int(b['keeps'] or 0)} kept, "
+            f"share {b['share'] or 0:.0%}, ${b['cost_usd'] or 0:.4f}",
+            highlight=False,
+        )
     for model, m in data["models"].items():
         tokens = int(m["tokens_in"] + m["tokens_out"])
         out.print(f"model {model}: {int(m['calls'])} calls, {tokens} tokens, ${m['cost_usd']:.4f}", highlight=False)

@@ -264,7 +264,7 @@ class Research:
                 parent=champion.id if proposal.parent is None else proposal.parent,
                 parent_commit=parent_commit,
                 commit_sha=sha,
-                proposer=self.proposer.name,
+                proposer=proposal.by or self.proposer.name,
                 hypothesis=proposal.hypothesis,
                 params=proposal.params,
                 diff=diff,

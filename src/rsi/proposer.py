@@ -30,6 +30,7 @@ class Proposal:
     params: dict[str, Any] = field(default_factory=dict)
     rejected: str = ""  # why the proposer itself could not make a candidate of it (a malformed edit)
     parent: int | None = None  # the experiment it builds on, when not the champion (a fix of a crash)
+    by: str = ""  # the proposer that made it, when a swarm's member did (recorded as the experiment's proposer)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,6 @@ MAX_WAIT_S = 300.0  # longest wait for an open circuit breaker before giving up 
 
 
 class LLMProposer:
-    name = "llm"
-
     def __init__(
         self,
         cfg: ProposerConfig,
@@ -42,7 +40,9 @@ class LLMProposer:
         make: Callable[[ModelConfig], Model] = make_model,
         sleep: Callable[[float], None] = time.sleep,
         seed: int = 0,
+        name: str = "llm",
     ) -> None:
+        self.name = name
         if not cfg.models:
             raise UserError("proposer.models: the llm proposer needs at least one [[proposer.models]] table")
         self.cfg, self.program, self.frozen, self.metric, self.goal = cfg, program, list(frozen), metric, goal

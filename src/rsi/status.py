@@ -6,6 +6,7 @@ from typing import Any
 
 from rsi.judge import Goal, improvement, pooled_noise
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
+from rsi.swarm import bandit_table
 
 
 def experiment_status(e: Experiment) -> str:
@@ -89,5 +90,12 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,
         "holdout_flags": sum(1 for r in rows if r["holdout_flag"]),
         "models": ledger.calls_by_model(),  # per model: calls, tokens_in, tokens_out, cost_usd, failed
+        "proposers": _proposers(ledger),  # per proposer: proposals, keeps, cost, bandit index and share
         "experiments": rows,
     }
+
+
+def _proposers(ledger: Ledger) -> dict[str, dict[str, float | None]]:
+    """The bandit's view of each proposer; an untried member's infinite index is shown as null (JSON)."""
+    table = bandit_table(ledger)
+    return {n: {k: (None if v == float("inf") else v) for k, v in row.items()} for n, row in table.items()}
