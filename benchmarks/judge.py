@@ -54,6 +54,7 @@ class MixProposer:
 
     name = "mix"
     done_reason = ""
+    overlap = False
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)

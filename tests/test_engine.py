@@ -39,6 +39,7 @@ class Scripted:
 
     name = "scripted"
     done_reason = "its script is done"
+    overlap = False
 
     def __init__(self, proposals: list[Proposal]) -> None:
         self.proposals = list(proposals)

@@ -25,6 +25,7 @@ def config(goal: str = "minimize") -> Config:
 class Scripted:
     name = "scripted"
     done_reason = "its script is done"
+    overlap = False
 
     def __init__(self, texts: list[str]) -> None:
         self.texts = list(texts)

@@ -77,29 +77,25 @@ def test_openai_compatible_server_every_kind_of_reply(make_task: MakeTask) -> No
         root = make_task(extra_toml=toml(url))
         proc = rsi("run", str(root), "--max-experiments", "8", env={"FAKE_LLM_KEY": KEY})
     assert proc.returncode == 0, proc.stderr
-    rows = ledger_rows(root, "SELECT id, status, verdict, reason FROM experiments ORDER BY id")
-    by_id = {r[0]: r for r in rows}
-    assert by_id[1][2] == "keep", by_id[1]
-    assert by_id[2][1] == "rejected" and "no edit" in str(by_id[2][3])
-    assert by_id[3][1] == "rejected" and "frozen" in str(by_id[3][3])
-    assert by_id[4][1] == "rejected" and "outside the repository" in str(by_id[4][3])
-    assert by_id[5][1] == "ok" and by_id[5][2] is not None
-    assert by_id[6][1] == "rejected" and "no edit" in str(by_id[6][3])  # 500, then a timeout, then empty
-    assert by_id[7][1] == "rejected"  # 3 MB of nothing
+    # Proposals are made while experiments run, and one made for a champion that a keep replaced is dropped,
+    # so which reply became which experiment depends on timing: the checks are on what was recorded at all.
+    rows = ledger_rows(root, "SELECT id, status, verdict, reason FROM experiments WHERE id > 0 ORDER BY id")
+    assert len(rows) == 7
+    assert any(r[2] == "keep" for r in rows), rows
+    reasons = " | ".join(str(r[3]) for r in rows if r[1] == "rejected")
+    for why in ("frozen", "outside the repository", "no edit"):
+        assert why in reasons, (why, reasons)
     calls = ledger_rows(root, "SELECT experiment, tokens_in, tokens_out, cost_usd, retries, error FROM calls")
-    assert len(calls) == 7
-    retries = {int(str(c[0])): c[4] for c in calls}
-    assert retries[5] == 1 and retries[6] == 2  # 429 then a reply; 500, timeout, then a reply
+    assert sum(1 + int(str(c[4])) for c in calls) == len(script.requests)  # every request accounted for
+    assert {int(str(c[4])) for c in calls if c[5] == ""} >= {1, 2}  # 429 then a reply; 500, timeout, reply
     assert all(c[3] == pytest.approx((1000 * 2.0 + 200 * 10.0) / 1e6) for c in calls)
-    assert len(script.requests) == 10
     prompts = script.prompts()
     assert all(KEY not in p and HOLDOUT_MARK not in p for p in prompts)
     assert "lower the learning rate" in prompts[-1]  # the ledger is the model's memory
     assert all(h.get("authorization") == f"Bearer {KEY}" for h in script.headers)
     assert KEY.encode() not in recorded_bytes(root)
     status = json.loads(rsi("status", str(root), "--json").stdout)
-    assert [e["status"] for e in status["experiments"]][2:5] == ["rejected"] * 3
-    assert status["models"]["fake-model"]["calls"] == 7
+    assert status["models"]["fake-model"]["calls"] == len(calls)
 
 
 def test_anthropic_messages_server(make_task: MakeTask) -> None:
@@ -137,15 +133,16 @@ def test_the_cost_cap_stops_proposing(make_task: MakeTask) -> None:
 def test_a_crash_goes_back_to_the_model_and_the_fix_is_its_child(make_task: MakeTask) -> None:
     steps = [
         reply(edit("train.py", "DEPTH = 3", "DEPTH = 3\nraise RuntimeError('boom-17')", "deeper")),
+        reply(edit("train.py", "lr = 0.5", "lr = 0.9", "a higher rate")),  # made while #1 ran; not kept
         reply(edit("train.py", "raise RuntimeError('boom-17')", "DEPTH = 7", "fix: deeper")),
     ]
     with serve(steps) as (url, script):
         root = make_task(extra_toml=toml(url))
-        proc = rsi("run", str(root), "--max-experiments", "3", env={"FAKE_LLM_KEY": KEY})
+        proc = rsi("run", str(root), "--max-experiments", "4", env={"FAKE_LLM_KEY": KEY})
     assert proc.returncode == 0, proc.stderr
     rows = ledger_rows(root, "SELECT id, parent, status FROM experiments ORDER BY id")
-    assert rows[1][2] == "crash" and rows[2][1] == 1 and rows[2][2] == "ok", rows
-    assert "boom-17" in script.prompts()[1] and "crashed" in script.prompts()[1]
+    assert rows[1][2] == "crash" and rows[3][1] == 1 and rows[3][2] == "ok", rows
+    assert "boom-17" in script.prompts()[2] and "crashed" in script.prompts()[2]
 
 
 def test_a_missing_key_is_one_line_and_exit_2(make_task: MakeTask) -> None:

@@ -15,6 +15,7 @@ import ast
 import difflib
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,35 @@ from rsi.workspace import Workspace, matches
 
 SETUP_TIMEOUT = 3600.0
 MAX_INTERRUPTS = 5  # runs of one experiment cut short in a row before it counts as a crash, not a kill
+
+
+class Ahead:
+    """One proposal made in a thread of its own, on its own connection to the ledger."""
+
+    def __init__(self, proposer: Proposer, champion: Experiment, files: dict[str, str], ledger: Path) -> None:
+        self.proposal: Proposal | None = None
+        self.error: BaseException | None = None
+
+        def work() -> None:
+            side = Ledger(ledger)
+            try:
+                self.proposal = proposer.propose(Context(champion, files, side))
+            except BaseException as e:  # handed to the main thread, which raises it
+                self.error = e
+            finally:
+                side.close()
+
+        self.thread = threading.Thread(target=work, name="rsi-propose-ahead", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        self.thread.join()
+
+    def result(self) -> Proposal | None:
+        self.wait()
+        if self.error is not None:
+            raise self.error
+        return self.proposal
 
 
 @dataclass(frozen=True)
@@ -183,19 +213,45 @@ class Research:
             self._baseline()
         for e in self.ledger.experiments("state != 'done'"):
             self._experiment(e)
+            self._observe(e.id)
+        ahead: tuple[int, str, Ahead] | None = None  # a proposal made while the last experiment ran
         while budget_left():
             champion = self.experimenter.champion()
-            files = self.champion_files(self.experimenter.branch_head())
-            proposal = self.proposer.propose(Context(champion, files, self.ledger))
+            head = self.experimenter.branch_head()
+            files = self.champion_files(head)
+            if ahead is not None and ahead[:2] == (champion.id, head):
+                proposal = ahead[2].result()
+            else:  # none, or made for a champion that has since been replaced: its edits would undo the keep
+                if ahead is not None:
+                    ahead[2].result()
+                proposal = self.proposer.propose(Context(champion, files, self.ledger))
+            ahead = None
             if proposal is None:
                 why = self.proposer.done_reason or "it has nothing more to propose"
                 return self.listener("stop", None, f"proposer {self.proposer.name} stops: {why}")
             exp = self._record_proposal(proposal, champion, files)
             if exp.state != "done":
+                if self._may_overlap(limits):
+                    ahead = (champion.id, head, Ahead(self.proposer, champion, files, self.ledger.path))
                 self._experiment(exp)
-            else:
-                self.proposer.observe(exp)
+                if ahead is not None:
+                    ahead[2].wait()  # the proposer learns of this experiment only once it is not proposing
+            self._observe(exp.id)
+        if ahead is not None:
+            ahead[2].wait()
         self.listener("stop", None, "budget reached")
+
+    def _observe(self, exp_id: int) -> None:
+        done = self.ledger.experiment(exp_id)
+        if done is not None and done.state == "done":
+            self.proposer.observe(done)
+
+    def _may_overlap(self, limits: Limits) -> bool:
+        """Propose the next candidate while this one runs: for proposers that wait on a model, with a ledger
+        on disk (a second connection reads it), and when the budget leaves room for another experiment."""
+        if not self.proposer.overlap or str(self.ledger.path) == ":memory:":
+            return False
+        return limits.max_experiments is None or self.ledger.count() < limits.max_experiments
 
     def _setup(self) -> None:
         if not self.cfg.task.setup or self.ledger.get("setup_done") == "1":
@@ -227,6 +283,7 @@ class Research:
         exp = self.ledger.experiment(0)
         assert exp is not None
         self._experiment(exp)
+        self._observe(0)
         exp = self.ledger.experiment(0)
         assert exp is not None
         if not exp.valid():
@@ -328,7 +385,6 @@ class Research:
         done = self.ledger.experiment(exp.id)
         assert done is not None
         self.listener("done", done, done.reason)
-        self.proposer.observe(done)
 
     def verify(self, commit: str | None, runs: int) -> tuple[Experiment, list[float | None], str, bool]:
         try:

@@ -50,6 +50,7 @@ class Context:
 class Proposer(Protocol):
     name: str
     done_reason: str  # why propose() returned None, for the user ("" while it has more to propose)
+    overlap: bool  # propose() may run in a thread while an experiment runs (it waits on a model, not the CPU)
 
     def propose(self, ctx: Context) -> Proposal | None:
         """A new candidate, or None when this proposer has nothing left to try."""
@@ -73,6 +74,7 @@ def _distribution(k: Knob) -> optuna.distributions.BaseDistribution:
 class KnobsProposer:
     name = "knobs"
     done_reason = "every combination of the knobs was tried"
+    overlap = False
 
     def __init__(self, start_files: Mapping[str, str], cfg: KnobsConfig, goal: Goal, seed: int = 0) -> None:
         self.knobs: dict[str, Knob] = {}

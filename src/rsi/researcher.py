@@ -29,6 +29,7 @@ MAX_WAIT_S = 300.0  # longest wait for an open circuit breaker before giving up 
 
 
 class LLMProposer:
+    overlap = True
     def __init__(
         self,
         cfg: ProposerConfig,
@@ -83,6 +84,9 @@ class LLMProposer:
             return Proposal({}, f"no reply from {name}", params, rejected=f"the model call failed: {attempt.error}")
         try:
             reply = parse(attempt.completion.text)
+            touched = [e.path for e in reply.edits if e.path in self.frozen]
+            if touched:  # said before a SEARCH block fails on a file the model was never shown
+                raise EditError(f"{touched[0]} is frozen")
             edited = apply(files, reply.edits)
         except EditError as e:
             return Proposal({}, _first_line(attempt.completion.text), params, rejected=str(e))

@@ -55,6 +55,7 @@ def bandit_table(ledger: Ledger, members: Sequence[str] | None = None) -> dict[s
 
 class SwarmProposer:
     name = "swarm"
+    overlap = True  # members are asked in the engine's look-ahead thread too, one call at a time
 
     def __init__(self, members: Sequence[Proposer]) -> None:
         self.members = {m.name: m for m in members}
