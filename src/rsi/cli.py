@@ -68,11 +68,11 @@ def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
             knobs = KnobsProposer(files, cfg.knobs, cfg.metric.goal)
             if knobs.knobs:
                 members.append(knobs)
-            for m in cfg.proposer.models:
+            for i, m in enumerate(cfg.proposer.models):
                 one = cfg.proposer.model_copy(update={"models": [m]})
-                members.append(
-                    LLMProposer(one, program=program, frozen=frozen, metric=metric, goal=goal, name=f"llm:{m.model}")
-                )
+                twice = sum(x.model == m.model for x in cfg.proposer.models) > 1  # one model at two temperatures
+                who = f"llm:{m.model}" + (f"#{i + 1}" if twice else "")
+                members.append(LLMProposer(one, program=program, frozen=frozen, metric=metric, goal=goal, name=who))
             if len(members) < 2:
                 raise UserError("proposer.kind = 'swarm' needs at least two members: knobs and [[proposer.models]]")
             return SwarmProposer(members)

@@ -30,6 +30,7 @@ MAX_WAIT_S = 300.0  # longest wait for an open circuit breaker before giving up 
 
 class LLMProposer:
     overlap = True
+
     def __init__(
         self,
         cfg: ProposerConfig,
