@@ -132,15 +132,8 @@ def test_network_and_extra_writable_paths_are_opt_in(tmp_path: Path) -> None:
     assert "net: yes" in outputs["opened"] and "write: yes" in outputs["opened"], outputs
 
 
-@pytest.mark.parametrize(
-    ("limits", "script", "signal_name"),
-    [
-        (Limits(file_size=1_000_000), "open('big', 'wb').write(b'x' * 5_000_000)", "File too large"),
-        (Limits(cpu_seconds=1), "while True: pass", "CPU time limit exceeded"),
-    ],
-)
-def test_file_size_and_cpu_time_limits(tmp_path: Path, limits: Limits, script: str, signal_name: str) -> None:
-    spec = RunSpec(
+def _spec(tmp_path: Path, script: str, limits: Limits) -> RunSpec:
+    return RunSpec(
         command=f"{PY} -c {shlex.quote(script)}",
         cwd=tmp_path,
         env=dict(os.environ),
@@ -151,7 +144,17 @@ def test_file_size_and_cpu_time_limits(tmp_path: Path, limits: Limits, script: s
         metric=MetricSpec(),
         limits=limits,
     )
-    result = run(spec)
+
+
+@pytest.mark.parametrize(
+    ("limits", "script", "signal_name"),
+    [
+        (Limits(file_size=1_000_000), "open('big', 'wb').write(b'x' * 5_000_000)", "File too large"),
+        (Limits(cpu_seconds=1), "while True: pass", "CPU time limit exceeded"),
+    ],
+)
+def test_file_size_and_cpu_time_limits(tmp_path: Path, limits: Limits, script: str, signal_name: str) -> None:
+    result = run(_spec(tmp_path, script, limits))
     assert result.status == "crash" and signal_name in result.reason, result
 
 
@@ -173,20 +176,6 @@ def test_a_lock_left_by_a_dead_orchestrator_is_released(make_task: MakeTask) -> 
     assert f"the lock of rsi pid {dead.pid}, which is no longer running, was released" in proc.stdout
     again = rsi("run", str(root), "--max-experiments", "3")
     assert again.returncode == 0 and "was released" not in again.stdout, again.stdout
-
-
-def _spec(tmp_path: Path, script: str, limits: Limits) -> RunSpec:
-    return RunSpec(
-        command=f"{PY} -c {shlex.quote(script)}",
-        cwd=tmp_path,
-        env=dict(os.environ),
-        timeout_s=60,
-        memory_bytes=None,
-        output_cap=100_000,
-        log_dir=tmp_path / "logs",
-        metric=MetricSpec(),
-        limits=limits,
-    )
 
 
 @pytest.mark.skipif(not cgroup_available() and os.geteuid() == 0, reason="root without a pids cgroup: no cap")
