@@ -28,11 +28,14 @@ TOTAL = 24
 KILLS = 20
 
 
-def start(root: Path) -> subprocess.Popen[bytes]:
+def start(root: Path, ignore_sigint: bool = False) -> subprocess.Popen[bytes]:
+    """`rsi run` as a user starts it; with `ignore_sigint`, as a background job of a script starts it (SIGINT
+    inherited ignored), which must not stop Ctrl-C or `kill -INT` from working."""
     return subprocess.Popen(
         [sys.executable, "-m", "rsi", "run", str(root), "--max-experiments", str(TOTAL), "--tag", "k"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
     )
 
 
@@ -127,7 +130,7 @@ def test_doctor_repairs_what_a_kill_left_and_reports_damage(make_task: MakeTask)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_stops_cleanly_and_resumes(make_task: MakeTask, sig: signal.Signals) -> None:
     root = make_task(train=SLOW)
-    proc = start(root)
+    proc = start(root, ignore_sigint=sig == signal.SIGINT)
     ledger = root / ".rsi" / "ledger.sqlite"
     for _ in range(300):  # interrupt mid-research, not during start-up (a loaded machine starts slowly)
         if ledger.exists() and Ledger(ledger, readonly=True).select_metrics():

@@ -128,6 +128,9 @@ def run(
 def _research(directory: Path, cfg: Config, proposer: str, limits: Limits, tag: str | None) -> Research:
     """Runs the loop with the live view; a UserError or an interrupt ends the command cleanly."""
     signal.signal(signal.SIGTERM, _interrupt_on_term)
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    # keeps it so: `kill -INT` would then be lost. Ctrl-C and SIGINT always stop rsi cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         view = LiveView(out, cfg.metric.goal, limits.max_experiments, limits.time_budget_s)
         research = Research(directory, cfg, make_proposer(cfg, proposer), tag=tag, listener=view)
