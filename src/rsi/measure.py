@@ -200,20 +200,18 @@ class SubprocessMeasurer:
 
     def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
         """One recorded run of the task's command (or of the holdout command, for kind HOLDOUT)."""
-        if kind == HOLDOUT:
-            metric, command = self.holdout_spec(), self.cfg.holdout.command if self.cfg.holdout else ""
-            assert metric is not None
-        else:
-            metric, command = self.metric_spec(), self.cfg.task.command
-        if kind != HOLDOUT:  # the holdout reads what the run before it wrote; every other run starts clean
-            self.ws.clean(wt)
         logs = self.ws.state / "logs" / str(exp_id) / f"{kind}-{seed}"
         skip = [self.cfg.metric.file] if self.cfg.metric.file else []
         if kind == HOLDOUT:  # frozen code from git, reading what the run before it produced
+            metric, command = self.holdout_spec(), self.cfg.holdout.command if self.cfg.holdout else ""
+            assert metric is not None
             wt = self.ws.evaluation_copy(wt, commit, skip)
-        spec = self.spec(wt, kind, command, metric, seed, self.cfg.task.timeout, logs)
-        if kind != HOLDOUT and self.cfg.metric.evaluator:
-            spec = dataclasses.replace(spec, evaluation=lambda: self._evaluation(wt, commit, kind, skip))
+            spec = self.spec(wt, kind, command, metric, seed, self.cfg.task.timeout, logs)
+        else:  # every other run starts from a clean checkout; its evaluator gets a fresh one
+            self.ws.clean(wt)
+            spec = self.spec(wt, kind, self.cfg.task.command, self.metric_spec(), seed, self.cfg.task.timeout, logs)
+            if self.cfg.metric.evaluator:
+                spec = dataclasses.replace(spec, evaluation=lambda: self._evaluation(wt, commit, kind, skip))
         run_id = self.ledger.start_run(exp_id, kind, seed, {**self.environment, "commit": commit})
 
         def started(pid: int) -> None:

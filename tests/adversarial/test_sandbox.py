@@ -91,6 +91,20 @@ baseline_repeats = 2
     assert not (root / ".rsi" / "cache" / "poison.txt").exists()
 
 
+def _spec(tmp_path: Path, script: str, limits: Limits) -> RunSpec:
+    return RunSpec(
+        command=f"{PY} -c {shlex.quote(script)}",
+        cwd=tmp_path,
+        env=dict(os.environ),
+        timeout_s=60,
+        memory_bytes=None,
+        output_cap=100_000,
+        log_dir=tmp_path / "logs",
+        metric=MetricSpec(),
+        limits=limits,
+    )
+
+
 @needs_bwrap
 def test_network_and_extra_writable_paths_are_opt_in(tmp_path: Path) -> None:
     server = socket.socket()
@@ -114,36 +128,12 @@ def test_network_and_extra_writable_paths_are_opt_in(tmp_path: Path) -> None:
     opened = dataclasses.replace(closed, network=True, writable=[shared])
     outputs = {}
     for name, view in (("closed", closed), ("opened", opened)):
-        spec = RunSpec(
-            command=f"{PY} probe.py",
-            cwd=wt,
-            env=dict(os.environ),
-            timeout_s=30,
-            memory_bytes=None,
-            output_cap=100_000,
-            log_dir=tmp_path / f"logs-{name}",
-            metric=MetricSpec(),
-            sandbox=Bubblewrap(view, bwrap),
-        )
+        spec = dataclasses.replace(_spec(wt, "", Limits()), command=f"{PY} probe.py", sandbox=Bubblewrap(view, bwrap))
         outputs[name] = run(spec).stdout_tail
     server.close()
     shutil.rmtree(shared, ignore_errors=True)
     assert "net: no" in outputs["closed"] and "write: no" in outputs["closed"], outputs
     assert "net: yes" in outputs["opened"] and "write: yes" in outputs["opened"], outputs
-
-
-def _spec(tmp_path: Path, script: str, limits: Limits) -> RunSpec:
-    return RunSpec(
-        command=f"{PY} -c {shlex.quote(script)}",
-        cwd=tmp_path,
-        env=dict(os.environ),
-        timeout_s=60,
-        memory_bytes=None,
-        output_cap=100_000,
-        log_dir=tmp_path / "logs",
-        metric=MetricSpec(),
-        limits=limits,
-    )
 
 
 @pytest.mark.parametrize(
