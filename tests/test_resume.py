@@ -39,6 +39,13 @@ def start(root: Path, ignore_sigint: bool = False) -> subprocess.Popen[bytes]:
     )
 
 
+def wait_for_ledger(root: Path) -> None:
+    for _ in range(300):
+        if (root / ".rsi" / "ledger.sqlite").exists():
+            return
+        time.sleep(0.05)
+
+
 def check_consistent(root: Path) -> None:
     ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
     exps = ledger.experiments()
@@ -80,7 +87,11 @@ def test_sigkill_at_random_moments_then_resume(make_task: MakeTask) -> None:
     kills = 0
     while kills < KILLS:
         proc = start(root)
-        time.sleep(rng.uniform(0.3, 1.8))
+        if kills == 0:  # once during start-up; the other kills count from the moment the research runs
+            time.sleep(0.3)
+        else:  # a loaded machine can take seconds to start Python: kills then would never reach the research
+            wait_for_ledger(root)
+            time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is not None:
             break
         proc.kill()
@@ -139,7 +150,7 @@ def test_interrupt_stops_cleanly_and_resumes(make_task: MakeTask, sig: signal.Si
     time.sleep(0.3)
     os.kill(proc.pid, sig)
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr.decode()[-2000:]
     assert b"resume" in stderr and b"Traceback" not in stderr
     final = rsi("run", str(root), "--max-experiments", str(TOTAL))
     assert final.returncode == 0, final.stderr

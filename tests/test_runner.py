@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import os
 import shlex
+import subprocess
 import sys
 import textwrap
 import threading
@@ -541,3 +542,42 @@ def test_no_metric_wanted_is_ok_on_exit_0(tmp_path: Path) -> None:
     assert ok.status == "ok" and ok.metric is None
     failed = run(spec_for(tmp_path, "exit 3", metric=MetricSpec()))
     assert failed.status == "crash"
+
+
+def test_a_stop_swallowed_by_python_still_stops_the_run(tmp_path: Path) -> None:
+    """Python ignores an exception raised in a finalizer or an at-fork hook (where `logging` makes Ctrl-C land
+    about once in four interrupted researches); the recorded request stops the next run all the same."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, sys, time
+            from pathlib import Path
+            from rsi import interrupt
+            from rsi.runner import MetricSpec, RunSpec, run
+            interrupt.install()
+
+            class Finalized:
+                def __del__(self):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.01)  # the handler runs here, and Python swallows its KeyboardInterrupt
+
+            Finalized()
+            print("swallowed", flush=True)
+            spec = RunSpec(command="sleep 30", cwd=Path({str(tmp_path)!r}), env=dict(os.environ), timeout_s=60,
+                           memory_bytes=None, output_cap=1000, log_dir=Path({str(tmp_path / "logs")!r}),
+                           metric=MetricSpec(pattern="x"))
+            start = time.monotonic()
+            try:
+                run(spec)
+            except KeyboardInterrupt:
+                print(f"stopped after {{time.monotonic() - start:.1f}} s")
+                sys.exit(0)
+            sys.exit("the run went on")
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "swallowed" in done.stdout and "stopped after" in done.stdout
+    assert "Exception ignored" not in done.stderr  # recorded, so not reported as lost

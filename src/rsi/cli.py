@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import errno
 import json
-import signal
 import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from rsi import interrupt
 from rsi.config import Config, load_config, parse_duration
 from rsi.demo import check_requirements as check_demo
 from rsi.demo import create as create_demo
@@ -81,10 +80,6 @@ def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
     return factory
 
 
-def _interrupt_on_term(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 @app.command()
 def init(
     directory: DirArg = Path("."),
@@ -127,10 +122,7 @@ def run(
 
 def _research(directory: Path, cfg: Config, proposer: str, limits: Limits, tag: str | None) -> Research:
     """Runs the loop with the live view; a UserError or an interrupt ends the command cleanly."""
-    signal.signal(signal.SIGTERM, _interrupt_on_term)
-    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python
-    # keeps it so: `kill -INT` would then be lost. Ctrl-C and SIGINT always stop rsi cleanly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt.install()
     try:
         view = LiveView(out, cfg.metric.goal, limits.max_experiments, limits.time_budget_s)
         research = Research(directory, cfg, make_proposer(cfg, proposer), tag=tag, listener=view)
@@ -138,6 +130,7 @@ def _research(directory: Path, cfg: Config, proposer: str, limits: Limits, tag: 
             view.rows[exp.id] = (exp, "done" if exp.state == "done" else "pending")
         with view:
             research.run(limits)
+        interrupt.check()  # a stop asked for in the last instants, or whose first raise Python swallowed
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rsi import interrupt
 from rsi.config import Config
 from rsi.errors import UserError
 from rsi.experiment import Experimenter
@@ -194,6 +195,7 @@ class Research:
         deadline = _deadline(limits.time_budget_s)
 
         def budget_left() -> bool:
+            interrupt.check()
             if limits.max_experiments is not None and self.ledger.count() >= limits.max_experiments:
                 return False
             return deadline is None or _now() < deadline

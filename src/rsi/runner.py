@@ -28,6 +28,7 @@ from typing import IO
 
 import psutil
 
+from rsi import interrupt
 from rsi.errors import UserError
 from rsi.sandbox import Bare, Limits, Sandbox, confined
 
@@ -253,6 +254,7 @@ def _supervised(
     try:  # from here on no failure may leave the child running: Ctrl-C, no threads left, a bad on_start
         for reader in readers:
             reader.start()
+        interrupt.check()  # a stop whose KeyboardInterrupt Python swallowed in its at-fork hooks
         if on_start is not None:
             on_start(proc.pid)
         killed_for = _supervise(proc, tree, deadline, spec.memory_bytes)
@@ -284,6 +286,7 @@ def _supervise(proc: subprocess.Popen[bytes], tree: _Tree, deadline: float, limi
     interval = FIRST_SAMPLE_S
     try:
         while True:
+            interrupt.check()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 _stop(proc, tree, TERM_GRACE_S)
