@@ -104,11 +104,14 @@ def run(
     ] = None,
     time_budget: Annotated[str | None, typer.Option(help="stop starting experiments after this long (10m, 2h)")] = None,
     tag: Annotated[str | None, typer.Option(help="research branch rsi/<tag> (default: today's date)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="experiments at once, each in its own CPU slot")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs to use, e.g. 0,1,2,3: one experiment per GPU")] = None,
 ) -> None:
     """Run or resume the research in DIRECTORY."""
     try:
         cfg = load_config(directory)
         budget = parse_duration(time_budget) if time_budget is not None else None
+        cfg = _with_executor(cfg, workers, gpus)
     except (UserError, ValueError) as e:
         fail(str(e) if isinstance(e, UserError) else f"--time-budget: {e}")
     research = _research(directory, cfg, proposer or cfg.proposer.kind, Limits(max_experiments, budget), tag)
@@ -118,6 +121,22 @@ def run(
         f"{s['experiments']} experiments; kept changes are on branch {s['branch']}",
         highlight=False,
     )
+
+
+def _with_executor(cfg: Config, workers: int | None, gpus: str | None) -> Config:
+    """Command-line flags over rsi.toml's [executor]."""
+    update: dict[str, object] = {}
+    if workers is not None:
+        update["workers"] = workers
+    if gpus is not None:
+        try:
+            update["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise UserError(f"--gpus {gpus!r}: give GPU indices separated by commas, e.g. 0,1,2,3") from None
+    executor = cfg.executor.model_copy(update=update)
+    if executor.kind == "ray":
+        raise UserError("executor.kind = 'ray' is not available in this version of rsi; use 'local' (--workers N)")
+    return cfg.model_copy(update={"executor": executor})
 
 
 def _research(directory: Path, cfg: Config, proposer: str, limits: Limits, tag: str | None) -> Research:

@@ -190,9 +190,10 @@ class ProposerConfig(_Section):
 
 class ExecutorConfig(_Section):
     kind: Literal["local", "ray"] = "local"
-    workers: int = Field(default=1, ge=1)
+    workers: int | None = Field(default=None, ge=1)  # None: one per GPU group with `gpus`, else 1
     gpus: list[int] = []
-    cpus_per_experiment: int | None = None
+    gpus_per_experiment: int = Field(default=1, ge=1)
+    cpus_per_experiment: int | None = Field(default=None, ge=1)
     address: str | None = None
 
 

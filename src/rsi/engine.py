@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rsi import interrupt
+from rsi import interrupt, slots
 from rsi.config import Config
 from rsi.errors import UserError
-from rsi.experiment import Experimenter
+from rsi.executor import Workers
+from rsi.experiment import SUPERSEDED, Experimenter
 from rsi.judge import Judge, SequentialJudge
 from rsi.ledger import Experiment, Ledger
 from rsi.measure import (
@@ -36,6 +39,7 @@ from rsi.measure import (
 )
 from rsi.proposer import Context, Proposal, Proposer
 from rsi.runner import kill_orphan
+from rsi.slots import plan
 from rsi.store import MemoryStore, Store
 from rsi.workspace import Workspace, matches
 
@@ -126,9 +130,14 @@ class Research:
             cfg, self.store, self.ledger, self.measurer, self.judge, self.tag, self.start_commit
         )
         self._recover()
+        ex = cfg.executor
+        self.slots, self.slots_note = plan(ex.workers, ex.gpus, ex.gpus_per_experiment, ex.cpus_per_experiment)
+        if len(self.slots) > 1 and state is None:
+            raise UserError("several workers need a research on disk (a git repository), not in memory")
         self.proposer = proposer_factory(self.store, self.start_commit)
         self._files: dict[str, str] = {}
         self._files_of = ""
+        self.limits = Limits()
 
     # start and resume
     def _start(self, tag: str | None) -> None:
@@ -187,11 +196,13 @@ class Research:
     # the loop
     def run(self, limits: Limits) -> None:
         try:
-            self._loop(limits)
+            with slots.using(self.slots[0]):  # the baseline's noise floor is measured in what candidates get
+                self._loop(limits)
         finally:
             self.store.close()
 
     def _loop(self, limits: Limits) -> None:
+        self.limits = limits
         deadline = _deadline(limits.time_budget_s)
 
         def budget_left() -> bool:
@@ -200,8 +211,9 @@ class Research:
                 return False
             return deadline is None or _now() < deadline
 
-        if self.measurer.note:
-            self.listener("message", None, self.measurer.note)
+        for note in (self.measurer.note, self.slots_note):
+            if note:
+                self.listener("message", None, note)
         if isinstance(self.store, Workspace) and self.store.stale_lock:
             pid = self.store.stale_lock
             self.listener("message", None, f"the lock of rsi pid {pid}, which is no longer running, was released")
@@ -213,6 +225,11 @@ class Research:
                 return self.listener("stop", None, "the experiment budget is already spent")
             self._setup()
             self._baseline()
+        for e in self.ledger.experiments("state = 'done' AND reason LIKE ?", (f"{SUPERSEDED}%",)):
+            if not self.ledger.experiments("parent = ? AND id > ?", (e.id, e.id)):  # killed before its rebase
+                self._rebase(e, limits)
+        if len(self.slots) > 1:
+            return self._parallel(limits, budget_left)
         for e in self.ledger.experiments("state != 'done'"):
             self._experiment(e)
             self._observe(e.id)
@@ -232,6 +249,8 @@ class Research:
                 why = self.proposer.done_reason or "it has nothing more to propose"
                 return self.listener("stop", None, f"proposer {self.proposer.name} stops: {why}")
             exp = self._record_proposal(proposal, champion, files)
+            if exp is None:
+                break
             if exp.state != "done":
                 if self._may_overlap(limits):
                     ahead = (champion.id, head, Ahead(self.proposer, champion, files, self.ledger.path))
@@ -242,6 +261,103 @@ class Research:
         if ahead is not None:
             ahead[2].wait()
         self.listener("stop", None, "budget reached")
+
+    def _parallel(self, limits: Limits, budget_left: Callable[[], bool]) -> None:
+        """Several experiments at once, one per slot. The loop proposes whenever a slot is idle, so workers
+        never wait for a proposer that is faster than a run; each candidate starts from the best known when it
+        is proposed, and a winner whose champion was replaced meanwhile is measured again on the new best."""
+        workers = Workers(self.slots)
+        backlog = self.ledger.experiments("state != 'done'")  # interrupted, or rebased before a kill
+        why = "budget reached"
+        proposing = True
+        try:
+            while True:
+                for exp_id in workers.collect(timeout=0.0 if workers.idle() else 0.5):
+                    self._observe(exp_id)
+                if workers.idle() and (backlog or (proposing and budget_left())):
+                    if backlog:
+                        exp = backlog.pop(0)
+                    else:
+                        champion = self.experimenter.champion()
+                        files = self.champion_files(self.experimenter.branch_head())
+                        proposal = self.proposer.propose(Context(champion, files, self.ledger))
+                        if proposal is None:
+                            proposing = False
+                            why = f"proposer {self.proposer.name} stops: " + (
+                                self.proposer.done_reason or "it has nothing more to propose"
+                            )
+                            continue
+                        recorded = self._record_proposal(proposal, champion, files)
+                        if recorded is None or recorded.state == "done":
+                            if recorded is not None:
+                                self._observe(recorded.id)
+                            continue
+                        exp = recorded
+                    workers.start(functools.partial(self._work, exp, limits))
+                elif not workers.running():
+                    break
+                interrupt.check()
+        except BaseException:
+            workers.stop()
+            raise
+        workers.close()
+        self.listener("stop", None, why)
+
+    def _work(self, exp: Experiment, limits: Limits) -> list[int]:
+        """One worker's job: the experiment, then, if it won against a champion replaced meanwhile, its change
+        rebased onto the new best and measured again, in the same slot."""
+        finished = []
+        try:
+            next_exp: Experiment | None = exp
+            while next_exp is not None:
+                self._experiment(next_exp)
+                finished.append(next_exp.id)
+                done = self.ledger.experiment(next_exp.id)
+                superseded = done is not None and done.reason.startswith(SUPERSEDED)
+                next_exp = self._rebase(done, limits) if done is not None and superseded else None
+        finally:
+            self.ledger.close()  # this thread's connection
+        return finished
+
+    def _rebase(self, exp: Experiment, limits: Limits) -> Experiment | None:
+        """A new experiment holding `exp`'s change on the current best, child of `exp` (rejected when the change
+        cannot be replayed). None when the experiment budget is spent."""
+        assert exp.commit_sha is not None
+        with self.experimenter.lock:
+            if self._spent():
+                return None
+            head, champion = self.experimenter.branch_head(), self.experimenter.champion()
+            exp_id = self.ledger.next_id()
+            original = re.sub(r" \(rebased from #\d+ onto #\d+\)$", "", exp.hypothesis)
+            hypothesis = f"{original} (rebased from #{exp.id} onto #{champion.id})"
+            sha = self.store.rebase(exp_id, exp.commit_sha, head, f"rsi candidate {exp_id}: {hypothesis}")
+            files = self.champion_files(head)
+            after = {p: self.store.read(sha, p) for p in self.store.files(sha, self.cfg.task.editable)} if sha else {}
+            diff = unified_diff(files, {p: t for p, t in after.items() if files.get(p) != t})
+            reason = "" if sha else "its change cannot be replayed as text on the new best (a deleted or binary file)"
+            with self.ledger.transaction():
+                self.ledger.add_experiment(
+                    exp_id=exp_id,
+                    parent=exp.id,
+                    parent_commit=head,
+                    commit_sha=sha,
+                    proposer=exp.proposer,
+                    hypothesis=hypothesis,
+                    params=exp.params,
+                    diff=diff,
+                    state="done" if reason else "proposed",
+                    status="rejected" if reason else None,
+                    verdict="discard" if reason else None,
+                    reason=reason,
+                )
+        rebased = self.ledger.experiment(exp_id)
+        assert rebased is not None
+        self.listener("done" if reason else "proposed", rebased, reason)
+        return None if reason else rebased
+
+    def _spent(self) -> bool:
+        most = self.limits.max_experiments
+        return most is not None and self.ledger.count() >= most
 
     def _observe(self, exp_id: int) -> None:
         done = self.ledger.experiment(exp_id)
@@ -304,7 +420,15 @@ class Research:
             smallest = f"; smallest improvement it keeps 80% of the time: {detectable:.4g}" if detectable else ""
             self.listener("message", None, f"noise sd {noise.sd:.4g} ({noise.dof} dof){smallest}")
 
-    def _record_proposal(self, proposal: Proposal, champion: Experiment, files: dict[str, str]) -> Experiment:
+    def _record_proposal(self, proposal: Proposal, champion: Experiment, files: dict[str, str]) -> Experiment | None:
+        """The proposal as an experiment (rejected, or to measure); None if a worker's rebase took the last
+        place in the experiment budget meanwhile."""
+        with self.experimenter.lock:  # a worker may be recording a rebase: one id each, within the budget
+            if self._spent():
+                return None
+            return self._record(proposal, champion, files)
+
+    def _record(self, proposal: Proposal, champion: Experiment, files: dict[str, str]) -> Experiment:
         exp_id = self.ledger.next_id()
         parent_commit = self.experimenter.branch_head()
         reason = proposal.rejected or self._reject_reason(proposal, parent_commit)
@@ -383,7 +507,7 @@ class Research:
                 self.experimenter.candidate(exp, wt)
         finally:
             self.store.release(str(exp.id))
-            self.store.release("champion")
+            self.store.release(self.experimenter.champion_worktree())
         done = self.ledger.experiment(exp.id)
         assert done is not None
         self.listener("done", done, done.reason)

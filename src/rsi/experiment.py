@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 from pathlib import Path
 
 from scipy import stats
 
+from rsi import slots
 from rsi.config import Config
 from rsi.errors import UserError
 from rsi.judge import Decision, Judge, Noise, pooled_noise
@@ -18,6 +20,7 @@ from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.store import Store
 
+SUPERSEDED = "superseded:"  # the reason of a winner whose champion was replaced while it ran
 CHAMPION_RUNS = 8  # fresh runs the champion is brought up to, one per candidate (see _remeasure)
 NOISE_DOF = 30  # ... and for as long as the noise estimate has fewer degrees of freedom
 EARLY_DOF = 12  # below this, the champion is re-measured for every candidate, decided at once or not
@@ -29,6 +32,15 @@ class Experimenter:
     ) -> None:
         self.cfg, self.store, self.ledger, self.measurer, self.judge = cfg, store, ledger, measurer, judge
         self.tag, self.start_commit = tag, start
+        # workers decide one at a time: a keep checks that the branch has not moved since its candidate was
+        # made, and the champion's re-measurements pick their seeds one at a time
+        self.lock = threading.RLock()
+        self._remeasuring: dict[int, int] = {}  # champion id -> its re-measurements in flight
+
+    def champion_worktree(self) -> str:
+        """Where this thread measures the champion: one checkout per slot, so workers never share one."""
+        slot = slots.current()
+        return "champion" if slot is None else f"champion-{slot.name}"
 
     def branch_head(self) -> str:
         """The last kept commit: what the research branch must point at (the ledger decides)."""
@@ -100,19 +112,28 @@ class Experimenter:
         NOISE_DOF degrees of freedom. Precision is bought where a decision needs it: a few runs per keep."""
         if not self.judge.replicate or champion.commit_sha is None:
             return champion
-        fresh = sum(1 for r in champion.runs if r.kind == FRESH)
-        noise = self.noise()
-        if fresh >= CHAMPION_RUNS and noise is not None and noise.dof >= NOISE_DOF:
-            return champion
-        wt = self.store.checkout("champion", champion.commit_sha)
-        self.measurer.measure(wt, champion.id, champion.commit_sha, FRESH, fresh_seed(champion.id, 5000 + fresh))
+        with self.lock:  # other workers may be re-measuring it right now: each takes a seed of its own
+            champion = self._reload(champion)
+            fresh = sum(1 for r in champion.runs if r.kind == FRESH) + self._remeasuring.get(champion.id, 0)
+            noise = self.noise()
+            if fresh >= CHAMPION_RUNS and noise is not None and noise.dof >= NOISE_DOF:
+                return champion
+            self._remeasuring[champion.id] = self._remeasuring.get(champion.id, 0) + 1
+        commit = champion.commit_sha
+        assert commit is not None
+        try:
+            wt = self.store.checkout(self.champion_worktree(), commit)
+            self.measurer.measure(wt, champion.id, commit, FRESH, fresh_seed(champion.id, 5000 + fresh))
+        finally:
+            with self.lock:
+                self._remeasuring[champion.id] -= 1
         return self._reload(champion)
 
     def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
         """Candidate and champion on the same fresh seeds, new to both; the champion runs first so that the
         candidate's own run is the last one in its worktree (the holdout reads what it produced)."""
         assert champion.commit_sha is not None and exp.commit_sha is not None
-        champ_wt = self.store.checkout("champion", champion.commit_sha)
+        champ_wt = self.store.checkout(self.champion_worktree(), champion.commit_sha)
         seeds = [fresh_seed(exp.id, j) for j in range(1, self.judge.replicate + 1)]
         for seed in seeds:
             if not _has_run(champion, FRESH, seed):
@@ -146,31 +167,43 @@ class Experimenter:
 
     def _finish(self, exp: Experiment, verdict: str, decision: Decision, champion: Experiment | None = None) -> None:
         status = next((r.status for r in exp.runs if r.kind in SELECT_KINDS and r.status != "ok"), "ok") or "ok"
-        kept_commit = None
-        if verdict == "keep" and status == "ok" and champion is not None:
-            assert exp.commit_sha is not None
-            before, after = champion.mean(), exp.mean()
-            message = (
-                f"{exp.hypothesis}\n\n{self.cfg.metric.name}: {before:.6g} -> {after:.6g} "
-                f"(experiment {exp.id}, {len(exp.valid())} runs; {decision.reason})"
-            )
-            kept_commit = self.store.keep(exp.commit_sha, self.branch_head(), message)
-        elif verdict == "keep" and champion is not None:
-            verdict = "discard"
-        ci = decision.ci or (None, None)
-        with self.ledger.transaction():
-            self.ledger.update_experiment(
-                exp.id,
-                state="done",
-                status=status,
-                verdict=verdict,
-                reason=decision.reason,
-                kept_commit=kept_commit,
-                ci_low=ci[0],
-                ci_high=ci[1],
-            )
-        if kept_commit:
-            self.store.set_branch(self.tag, kept_commit)
+        reason = decision.reason
+        with self.lock:
+            kept_commit = None
+            if verdict == "keep" and status == "ok" and champion is not None:
+                assert exp.commit_sha is not None
+                head = self.branch_head()
+                if exp.parent_commit is not None and exp.parent_commit != head:
+                    # it beat a champion that another worker's keep has since replaced: what it was measured
+                    # against is not what the branch holds, so it is not kept on these figures
+                    verdict = "discard"
+                    reason = (
+                        f"{SUPERSEDED} it beat #{champion.id} ({decision.reason}), but #{self.champion().id} was "
+                        "kept meanwhile; its change is measured again on top of that"
+                    )
+                else:
+                    before, after = champion.mean(), exp.mean()
+                    message = (
+                        f"{exp.hypothesis}\n\n{self.cfg.metric.name}: {before:.6g} -> {after:.6g} "
+                        f"(experiment {exp.id}, {len(exp.valid())} runs; {decision.reason})"
+                    )
+                    kept_commit = self.store.keep(exp.commit_sha, head, message)
+            elif verdict == "keep" and champion is not None:
+                verdict = "discard"
+            ci = decision.ci or (None, None)
+            with self.ledger.transaction():
+                self.ledger.update_experiment(
+                    exp.id,
+                    state="done",
+                    status=status,
+                    verdict=verdict,
+                    reason=reason,
+                    kept_commit=kept_commit,
+                    ci_low=ci[0],
+                    ci_high=ci[1],
+                )
+            if kept_commit:
+                self.store.set_branch(self.tag, kept_commit)
 
     def _holdout(self, wt: Path, exp: Experiment, seed: int) -> None:
         if self.measurer.has_holdout and exp.commit_sha:

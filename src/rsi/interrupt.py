@@ -37,6 +37,18 @@ def install() -> None:
     sys.unraisablehook = _unraisable
 
 
+def request() -> None:
+    """Asks every loop that checks to stop (the workers, when the research loop itself fails)."""
+    global _requested
+    if _requested is None:
+        _requested = signal.SIGINT
+
+
+def clear() -> None:
+    global _requested
+    _requested = None
+
+
 def requested() -> bool:
     return _requested is not None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -149,30 +150,56 @@ def _create(path: Path) -> None:
 
 
 class Ledger:
-    """One research's record; opened by the orchestrator read-write and by `status` read-only."""
+    """One research's record; opened by the orchestrator read-write and by `status` read-only.
+
+    Each thread that uses a ledger gets its own connection to the file (WAL lets readers and one writer work
+    side by side): the workers of a parallel research record their runs as they happen. An in-memory ledger
+    has a single connection and serves one thread at a time."""
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
+        self._local = threading.local()
+        self._memory = str(path) == ":memory:"
         if readonly:
             if not path.exists():
                 raise UserError(f"no research here yet: {path} does not exist (start one with `rsi run`)")
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
             if self._version() < SCHEMA_VERSION:  # an older rsi wrote it: upgrade it once, then read
-                self.db.close()
+                self.close()
                 Ledger(path).close()
-                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         else:
-            if not path.exists():
+            if not self._memory and not path.exists():
                 _create(path)
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             try:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(_SCHEMA)
             except sqlite3.DatabaseError:
                 raise UserError(f"{path} is not an rsi ledger (or is damaged)") from None
             self._migrate()
-        self.db.row_factory = sqlite3.Row
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if conn is None:
+            conn = self._shared if self._memory and hasattr(self, "_shared") else self._connect()
+            self._local.db = conn
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        else:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=not self._memory)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.DatabaseError:
+                conn.close()
+                raise UserError(f"{self.path} is not an rsi ledger (or is damaged)") from None
+        conn.row_factory = sqlite3.Row
+        if self._memory:
+            self._shared = conn
+        return conn
 
     def _version(self) -> int:
         try:
@@ -199,7 +226,11 @@ class Ledger:
             self.set("schema_version", str(SCHEMA_VERSION))
 
     def close(self) -> None:
-        self.db.close()
+        """Closes this thread's connection (a worker's closes when its thread ends)."""
+        conn = getattr(self._local, "db", None)
+        if conn is not None:
+            conn.close()
+            self._local.db = None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import psutil
 
+from rsi import slots
 from rsi.config import Config
 from rsi.environment import describe_environment
 from rsi.ledger import Ledger
@@ -169,6 +170,9 @@ class SubprocessMeasurer:
 
     def environ(self, seed: int) -> dict[str, str]:
         env = scrub_env(os.environ, deny=self.cfg.task.secret_patterns, allow=self.cfg.task.env_pass)
+        slot = slots.current()
+        if slot is not None:
+            env.update(slot.env())
         env.update(self.cfg.task.env)
         env["RSI_SEED"] = str(seed)
         env["RSI_CACHE_DIR"] = str(self.cache_dir)
@@ -189,8 +193,12 @@ class SubprocessMeasurer:
             log_dir=logs,
             metric=metric,
             sandbox=self.sandbox(wt, kind),
-            limits=self.limits,
+            limits=self.slot_limits(),
         )
+
+    def slot_limits(self) -> Limits:
+        slot = slots.current()
+        return self.limits if slot is None else dataclasses.replace(self.limits, cpus=slot.cpus)
 
     def setup(self, wt: Path, command: str, timeout: float) -> str:
         """The setup command is not an experiment: logged, not in the ledger."""
@@ -212,7 +220,8 @@ class SubprocessMeasurer:
             spec = self.spec(wt, kind, self.cfg.task.command, self.metric_spec(), seed, self.cfg.task.timeout, logs)
             if self.cfg.metric.evaluator:
                 spec = dataclasses.replace(spec, evaluation=lambda: self._evaluation(wt, commit, kind, skip))
-        run_id = self.ledger.start_run(exp_id, kind, seed, {**self.environment, "commit": commit})
+        where = slot.describe() if (slot := slots.current()) is not None else {}
+        run_id = self.ledger.start_run(exp_id, kind, seed, {**self.environment, **where, "commit": commit})
 
         def started(pid: int) -> None:
             self.ledger.set_run_pid(run_id, pid, start_time(pid))

@@ -190,6 +190,7 @@ class Limits:
     file_size: int | None = None  # bytes, per file written
     cpu_seconds: int | None = None  # CPU time of each process
     open_files: int = 4096
+    cpus: tuple[int, ...] = ()  # the cores of the run's slot (affinity); () leaves it as rsi's own
 
     def rlimits(self) -> list[tuple[int, int, int]]:
         """(resource, soft, hard); CPU time's soft limit sends SIGXCPU, which names itself, before SIGKILL."""
@@ -292,6 +293,7 @@ def _pids_parents() -> list[Path]:
 def preexec(limits: Limits, cgroup: PidsCgroup | None) -> Callable[[], None]:
     """Runs in the child between fork and exec: only async-signal-safe-ish calls, no Python-level locks."""
     rlimits = limits.rlimits()
+    cpus = limits.cpus
     procs = None if cgroup is None else str(cgroup.path / "cgroup.procs")
 
     def apply() -> None:
@@ -302,6 +304,8 @@ def preexec(limits: Limits, cgroup: PidsCgroup | None) -> Callable[[], None]:
                 os.close(fd)
         for which, soft, hard in rlimits:
             resource.setrlimit(which, (soft, hard))
+        if cpus:
+            os.sched_setaffinity(0, cpus)
         with contextlib.suppress(OSError):
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             os.write(fd, b"1000")

@@ -40,6 +40,10 @@ class Store(Protocol):
         """Commit the edits on top of parent; the candidate stays reachable forever."""
         ...
 
+    def rebase(self, exp_id: int, candidate: str, onto: str, message: str) -> str | None:
+        """The candidate's change replayed on `onto`, which descends from its parent (None: it cannot be)."""
+        ...
+
     def ensure_candidate(self, exp_id: int, sha: str) -> None: ...
 
     def keep(self, candidate: str, parent: str, message: str) -> str:
@@ -66,11 +70,13 @@ class MemoryStore:
         self.state: Path | None = None
         self.snapshots: dict[str, dict[str, str]] = {}
         self.branches: dict[str, str] = {}
+        self.parents: dict[str, str] = {}
         self.root = self._put(dict(files), "", "start")
 
     def _put(self, files: dict[str, str], parent: str, message: str) -> str:
         key = hashlib.sha256(json.dumps([files, parent, message], sort_keys=True).encode()).hexdigest()
         self.snapshots[key] = files
+        self.parents[key] = parent
         return key
 
     def snapshot(self, commit: str) -> dict[str, str]:
@@ -95,6 +101,14 @@ class MemoryStore:
 
     def candidate(self, exp_id: int, parent: str, edits: Mapping[str, str], message: str) -> str:
         return self._put({**self.snapshots[parent], **edits}, parent, message)
+
+    def rebase(self, exp_id: int, candidate: str, onto: str, message: str) -> str | None:
+        """File by file: each file the candidate changed is taken as the candidate has it."""
+        base, mine = self.snapshots[self.parents[candidate]], self.snapshots[candidate]
+        changed = {p: t for p, t in mine.items() if base.get(p) != t}
+        if not changed or set(base) - set(mine):
+            return None
+        return self._put({**self.snapshots[onto], **changed}, onto, message)
 
     def ensure_candidate(self, exp_id: int, sha: str) -> None:
         return None

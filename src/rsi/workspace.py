@@ -9,15 +9,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import fnmatch
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from rsi.errors import UserError
 
+P = ParamSpec("P")
+T = TypeVar("T")
 STATE_DIR = ".rsi"
 EVAL_SUFFIX = ".eval"  # the evaluation checkout of worktree N is N.eval
 CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".pyx", ".sh"})
@@ -47,6 +53,17 @@ def matches(path: str, globs: Iterable[str]) -> bool:
     )
 
 
+def _serialized(method: Callable[P, T]) -> Callable[P, T]:
+    """Runs a Workspace method under its lock: git's worktree list and refs are shared by all workers."""
+
+    @functools.wraps(method)
+    def locked(*args: P.args, **kwargs: P.kwargs) -> T:
+        with args[0]._lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return locked
+
+
 class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -55,6 +72,8 @@ class Workspace:
         self._checked_out: dict[str, str] = {}  # worktree name -> the commit it holds
         self._removed = 0
         self.stale_lock: int | None = None  # pid of a dead orchestrator whose lock open() took over
+        # workers share the repository: what changes its worktree list or its refs happens one at a time
+        self._lock = threading.RLock()
 
     def git(self, *args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
         proc = subprocess.run(
@@ -112,6 +131,7 @@ class Workspace:
         self.hide_state_dir()
         self.stale_lock = lock(self.state / "lock")
 
+    @_serialized
     def candidate(self, exp_id: int, parent: str, edits: Mapping[str, str], message: str) -> str:
         """Commit a candidate in its own worktree (left checked out for its runs) and keep it reachable."""
         wt = self.add_worktree(str(exp_id), parent)
@@ -119,13 +139,45 @@ class Workspace:
         self.set_ref(f"refs/rsi/candidates/{exp_id}", sha)
         return sha
 
+    @_serialized
+    def rebase(self, exp_id: int, candidate: str, onto: str, message: str) -> str | None:
+        """The candidate's change replayed on `onto` (which descends from the candidate's parent) as candidate
+        `exp_id`: each file it changed is merged three ways; where both changed the same lines, the candidate's
+        lines win (for a knob change, that is the candidate's point measured on the new best). None when a
+        change cannot be replayed as text (a deleted or binary file)."""
+        parent = self.git("rev-parse", f"{candidate}^").strip()
+        edits: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="rsi-rebase-") as tmp:
+            for path in self.git("diff", "--name-only", "-z", "--no-renames", parent, candidate).split("\0"):
+                if not path:
+                    continue
+                try:
+                    base, ours, theirs = (self.read_bytes(c, path) for c in (parent, onto, candidate))
+                except RuntimeError:  # added on one side, or deleted: not a text merge
+                    return None
+                if b"\0" in base + ours + theirs:
+                    return None
+                files = [Path(tmp) / name for name in ("ours", "base", "theirs")]
+                for file, data in zip(files, (ours, base, theirs), strict=True):
+                    file.write_bytes(data)
+                merged = subprocess.run(
+                    ["git", "merge-file", "-p", "--theirs", *map(str, files)], env=self._env, capture_output=True
+                )
+                if merged.returncode < 0 or merged.returncode > 127:
+                    raise RuntimeError(f"git merge-file failed: {merged.stderr.decode(errors='replace').strip()}")
+                edits[path] = merged.stdout.decode("utf-8", errors="replace")
+        return self.candidate(exp_id, onto, edits, message) if edits else None
+
+    @_serialized
     def ensure_candidate(self, exp_id: int, sha: str) -> None:
         if self.ref(f"refs/rsi/candidates/{exp_id}") != sha:
             self.set_ref(f"refs/rsi/candidates/{exp_id}", sha)
 
+    @_serialized
     def keep(self, candidate: str, parent: str, message: str) -> str:
         return self.commit_tree(candidate, parent, message)
 
+    @_serialized
     def set_branch(self, tag: str, sha: str) -> None:
         self.set_ref(f"refs/heads/rsi/{tag}", sha)
 
@@ -138,6 +190,7 @@ class Workspace:
     def recover(self) -> None:
         self.remove_all_worktrees()
 
+    @_serialized
     def close(self) -> None:
         self.git("worktree", "prune")  # removed worktrees leave bookkeeping behind; clear it
         fd = _HELD.get(self.state / "lock")
@@ -186,6 +239,7 @@ class Workspace:
             raise RuntimeError(f"cannot read {path} at {commit[:10]}")
         return proc.stdout
 
+    @_serialized
     def set_ref(self, ref: str, sha: str) -> None:
         self.git("update-ref", ref, sha)
 
@@ -195,6 +249,7 @@ class Workspace:
         except RuntimeError:
             return None
 
+    @_serialized
     def commit_tree(self, tree_of: str, parent: str, message: str) -> str:
         """A new commit with the tree of `tree_of` on `parent` (a kept candidate's commit on the branch)."""
         return self.git("commit-tree", f"{tree_of}^{{tree}}", "-p", parent, "-m", message).strip()
@@ -203,6 +258,7 @@ class Workspace:
     def worktree_dir(self, name: str) -> Path:
         return self.state / "worktrees" / name
 
+    @_serialized
     def add_worktree(self, name: str, commit: str) -> Path:
         path = self.worktree_dir(name)
         if self._checked_out.get(name) == commit and path.exists():
@@ -269,6 +325,7 @@ class Workspace:
                     shutil.copy2(src, dst)
         return target
 
+    @_serialized
     def remove_worktree(self, name: str) -> None:
         """Delete the checkout; git's bookkeeping of it is pruned in batches (one process less per run)."""
         self._checked_out.pop(name, None)
@@ -279,6 +336,7 @@ class Workspace:
         if self._removed % 50 == 0:
             self.git("worktree", "prune")
 
+    @_serialized
     def remove_all_worktrees(self) -> None:
         """After a crash: worktrees of experiments that no longer run."""
         shutil.rmtree(self.state / "worktrees", ignore_errors=True)
