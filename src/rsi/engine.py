@@ -138,6 +138,7 @@ class Research:
         self._files: dict[str, str] = {}
         self._files_of = ""
         self.limits = Limits()
+        self._links: tuple[str, set[str]] = ("", set())
 
     # start and resume
     def _start(self, tag: str | None) -> None:
@@ -272,7 +273,8 @@ class Research:
         proposing = True
         try:
             while True:
-                for exp_id in workers.collect(timeout=0.0 if workers.idle() else 0.5):
+                startable = workers.idle() and bool(backlog or (proposing and budget_left()))
+                for exp_id in workers.collect(timeout=0.0 if startable else 0.5):
                     self._observe(exp_id)
                 if workers.idle() and (backlog or (proposing and budget_left())):
                     if backlog:
@@ -470,7 +472,9 @@ class Research:
     def _reject_reason(self, proposal: Proposal, parent: str) -> str:
         if not proposal.edits:
             return "the proposal has no edits"
-        links = self.store.links(parent)
+        if self._links[0] != parent:  # they change only with a keep
+            self._links = (parent, self.store.links(parent))
+        links = self._links[1]
         for path, text in proposal.edits.items():
             if path.endswith(".py"):
                 try:
