@@ -106,12 +106,14 @@ def run(
     tag: Annotated[str | None, typer.Option(help="research branch rsi/<tag> (default: today's date)")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="experiments at once, each in its own CPU slot")] = None,
     gpus: Annotated[str | None, typer.Option(help="GPUs to use, e.g. 0,1,2,3: one experiment per GPU")] = None,
+    executor: Annotated[str | None, typer.Option(help="local (default) or ray")] = None,
+    address: Annotated[str | None, typer.Option(help="the Ray cluster to join (default: a new local one)")] = None,
 ) -> None:
     """Run or resume the research in DIRECTORY."""
     try:
         cfg = load_config(directory)
         budget = parse_duration(time_budget) if time_budget is not None else None
-        cfg = _with_executor(cfg, workers, gpus)
+        cfg = _with_executor(cfg, workers, gpus, executor, address)
     except (UserError, ValueError) as e:
         fail(str(e) if isinstance(e, UserError) else f"--time-budget: {e}")
     research = _research(directory, cfg, proposer or cfg.proposer.kind, Limits(max_experiments, budget), tag)
@@ -123,7 +125,7 @@ def run(
     )
 
 
-def _with_executor(cfg: Config, workers: int | None, gpus: str | None) -> Config:
+def _with_executor(cfg: Config, workers: int | None, gpus: str | None, kind: str | None, address: str | None) -> Config:
     """Command-line flags over rsi.toml's [executor]."""
     update: dict[str, object] = {}
     if workers is not None:
@@ -133,10 +135,13 @@ def _with_executor(cfg: Config, workers: int | None, gpus: str | None) -> Config
             update["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
         except ValueError:
             raise UserError(f"--gpus {gpus!r}: give GPU indices separated by commas, e.g. 0,1,2,3") from None
-    executor = cfg.executor.model_copy(update=update)
-    if executor.kind == "ray":
-        raise UserError("executor.kind = 'ray' is not available in this version of rsi; use 'local' (--workers N)")
-    return cfg.model_copy(update={"executor": executor})
+    if kind is not None:
+        if kind not in ("local", "ray"):
+            raise UserError(f"--executor {kind!r}: local or ray")
+        update["kind"] = kind
+    if address is not None:
+        update["address"] = address
+    return cfg.model_copy(update={"executor": cfg.executor.model_copy(update=update)})
 
 
 def _research(directory: Path, cfg: Config, proposer: str, limits: Limits, tag: str | None) -> Research:

@@ -39,7 +39,7 @@ from rsi.measure import (
 )
 from rsi.proposer import Context, Proposal, Proposer
 from rsi.runner import kill_orphan
-from rsi.slots import plan
+from rsi.slots import Slot, plan
 from rsi.store import MemoryStore, Store
 from rsi.workspace import Workspace, matches
 
@@ -91,6 +91,13 @@ def _subprocess_measurer(store: Store, cfg: Config, ledger: Ledger, frozen: dict
     return SubprocessMeasurer(store, cfg, ledger, frozen)
 
 
+def _ray_measurer(store: Store, cfg: Config, ledger: Ledger, frozen: dict[str, str]) -> Measurer:
+    from rsi.cluster import RayMeasurer  # Ray is an optional extra
+
+    assert isinstance(store, Workspace), "runs on Ray need a git workspace"
+    return RayMeasurer(store, cfg, ledger, frozen)
+
+
 def _quiet(event: str, exp: Experiment | None, message: str) -> None:
     return None
 
@@ -125,13 +132,20 @@ class Research:
         self.ledger = Ledger(state / "ledger.sqlite" if state else Path(":memory:"))
         self._start(tag)
         frozen = self.ledger.get_json("frozen") or {}
-        self.measurer = (measurer or _subprocess_measurer)(self.store, cfg, self.ledger, frozen)
+        if measurer is None:
+            measurer = _ray_measurer if cfg.executor.kind == "ray" else _subprocess_measurer
+        self.measurer = measurer(self.store, cfg, self.ledger, frozen)
         self.experimenter = Experimenter(
             cfg, self.store, self.ledger, self.measurer, self.judge, self.tag, self.start_commit
         )
         self._recover()
         ex = cfg.executor
-        self.slots, self.slots_note = plan(ex.workers, ex.gpus, ex.gpus_per_experiment, ex.cpus_per_experiment)
+        if ex.kind == "ray":  # the cluster places each run: the driver's threads only wait for them
+            capacity: int = getattr(self.measurer, "capacity", 1)
+            count = ex.workers or capacity
+            self.slots, self.slots_note = [Slot(i, ()) for i in range(count)], ""
+        else:
+            self.slots, self.slots_note = plan(ex.workers, ex.gpus, ex.gpus_per_experiment, ex.cpus_per_experiment)
         if len(self.slots) > 1 and state is None:
             raise UserError("several workers need a research on disk (a git repository), not in memory")
         self.proposer = proposer_factory(self.store, self.start_commit)

@@ -75,18 +75,24 @@ class Workspace:
         # workers share the repository: what changes its worktree list or its refs happens one at a time
         self._lock = threading.RLock()
 
-    def git(self, *args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
+    def git(self, *args: str, cwd: Path | None = None, input: bytes | None = None, index: Path | None = None) -> str:
+        return self.git_bytes(*args, cwd=cwd, input=input, index=index).decode(errors="replace")
+
+    def git_bytes(
+        self, *args: str, cwd: Path | None = None, input: bytes | None = None, index: Path | None = None
+    ) -> bytes:
+        """git's output; with `index`, git works on that index file instead of the repository's own."""
         proc = subprocess.run(
             ["git", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null", *args],
             cwd=cwd or self.root,
-            env=self._env,
+            env=self._env if index is None else {**self._env, "GIT_INDEX_FILE": str(index)},
             input=input,
             capture_output=True,
         )
         if proc.returncode != 0:
             msg = proc.stderr.decode(errors="replace").strip().splitlines()
             raise RuntimeError(f"git {' '.join(args)} failed: {msg[-1] if msg else proc.returncode}")
-        return proc.stdout.decode(errors="replace")
+        return proc.stdout
 
     # the user's repository
     def check_repository(self) -> None:

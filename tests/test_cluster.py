@@ -1,0 +1,133 @@
+"""Research on a real local Ray cluster: runs as Ray tasks on a node with its own copy of the repository, and a
+Ray worker killed in the middle of a run, after which the run is queued again, recorded, and nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import MakeTask, git
+from test_workers import kept_chain_is_measured
+
+from rsi.config import load_config
+from rsi.engine import Limits, Research
+from rsi.ledger import Ledger
+from rsi.proposer import KnobsProposer, Proposer
+from rsi.workspace import Workspace
+
+ray = pytest.importorskip("ray")
+
+PAUSED = """\
+import os, random, time
+lr = 0.5
+DEPTH = 3
+time.sleep(0.2 if (lr, DEPTH) == (0.5, 3) else 1.5)
+random.seed(int(os.environ["RSI_SEED"]))
+print(f"loss: {(lr - 0.12) ** 2 * 10 + 0.1 * (DEPTH - 7) ** 2 + random.gauss(0, 0.01):.6f}")
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A local Ray cluster of 2 CPUs; its nodes keep their copies of the repository under their own folder."""
+    nodes = tmp_path / "nodes"
+    monkeypatch.setenv("RSI_RAY_DIR", str(nodes))  # before ray.init: the workers inherit it
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield nodes
+    finally:
+        ray.shutdown()
+
+
+def research(root: Path, limits: Limits) -> Research:
+    cfg = load_config(root)
+
+    def knobs(ws: Workspace, start: str) -> Proposer:
+        files = {p: ws.read(start, p) for p in ws.files(start, cfg.task.editable)}
+        return KnobsProposer(files, cfg.knobs, cfg.metric.goal)
+
+    found = Research(root, cfg, knobs, tag="ray")  # type: ignore[arg-type]
+    found.run(limits)
+    return found
+
+
+@pytest.mark.slow
+def test_a_task_researched_through_ray(make_task: MakeTask, cluster: Path) -> None:
+    root = make_task(train=PAUSED, extra_toml='[executor]\nkind = "ray"\n')
+    research(root, Limits(max_experiments=6))
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    exps = ledger.experiments()
+    assert len(exps) == 6 and all(e.state == "done" for e in exps)
+    assert exps[0].valid() and any(e.verdict == "keep" for e in exps)
+    envs = [json.loads(r[0]) for r in ledger.db.execute("SELECT env FROM runs")]
+    assert all(env["executor"] == "ray" and env["node"] for env in envs)
+    assert all(env["sandbox"] for env in envs)  # measured on the node with the local runs' code
+    kept_chain_is_measured(root, "ray")
+    # the node built its own repository from the bundle and the patches: the driver's commits, rebuilt
+    (node_repo,) = cluster.glob("*/repo")
+    rebuilt = git(node_repo, "for-each-ref", "--format=%(refname)", "refs/rsi/driver/").split()
+    measured = {e.commit_sha for e in exps if e.commit_sha}
+    assert {ref.rsplit("/", 1)[1] for ref in rebuilt} == measured
+    for e in exps:
+        if e.commit_sha:
+            ref = f"refs/rsi/driver/{e.commit_sha}"
+            assert git(node_repo, "rev-parse", f"{ref}^{{tree}}") == git(root, "rev-parse", f"{e.commit_sha}^{{tree}}")
+
+
+def _ray_worker_of(proc: psutil.Process) -> psutil.Process | None:
+    for parent in proc.parents():
+        if "ray::" in " ".join(parent.cmdline()) or "default_worker" in " ".join(parent.cmdline()):
+            return parent
+    return None
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_mid_run_is_queued_again_and_nothing_is_lost(make_task: MakeTask, cluster: Path) -> None:
+    root = make_task(train=PAUSED, extra_toml='[executor]\nkind = "ray"\nworkers = 1\n')
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        """Waits for a candidate's run to be under way, then SIGKILLs the Ray worker process running it."""
+        ledger = root / ".rsi" / "ledger.sqlite"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if ledger.exists() and Ledger(ledger, readonly=True).count() > 1:  # past the baseline
+                for proc in psutil.process_iter(["cmdline"]):
+                    try:
+                        if "train.py" not in " ".join(proc.info.get("cmdline") or []):
+                            continue
+                        worker = _ray_worker_of(proc)
+                        if worker is None:
+                            continue
+                        time.sleep(0.5)
+                        worker.send_signal(signal.SIGKILL)
+                        killed.append(worker.pid)
+                        return
+                    except psutil.Error:  # it ended while looked at
+                        continue
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    research(root, Limits(max_experiments=5))
+    killer.join(timeout=5)
+    assert killed, "no Ray worker was seen running a candidate"
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    exps = ledger.experiments()
+    assert len(exps) == 5 and all(e.state == "done" for e in exps)
+    requeued = [r for e in exps for r in e.runs if r.reason.startswith("re-queued once")]
+    assert len(requeued) == 1, [(r.experiment, r.status, r.reason) for e in exps for r in e.runs]
+    assert requeued[0].status == "ok" and requeued[0].metric is not None
+    for e in exps:
+        pairs = [(r.kind, r.seed) for r in e.runs]
+        assert len(pairs) == len(set(pairs)), (e.id, pairs)
+    # the run the dead worker left behind was killed when its worktree ran again
+    time.sleep(0.5)
+    left = [p for p in psutil.process_iter(["cmdline"]) if "train.py" in " ".join(p.info.get("cmdline") or [])]
+    assert left == []
