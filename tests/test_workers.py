@@ -75,9 +75,11 @@ def test_bad_worker_flags_are_one_line_and_exit_2(make_task: MakeTask) -> None:
         done = rsi("run", str(root), "--max-experiments", "2", *args)
         assert done.returncode == 2 and words in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
-    (root / "rsi.toml").write_text((root / "rsi.toml").read_text() + '\n[executor]\nkind = "ray"\n')
+    done = rsi("run", str(root), "--max-experiments", "2", "--executor", "mars")
+    assert done.returncode == 2 and "local or ray" in done.stderr and "Traceback" not in done.stderr
+    (root / "rsi.toml").write_text((root / "rsi.toml").read_text() + '\n[executor]\nkind = "slurm"\n')
     done = rsi("run", str(root), "--max-experiments", "2")
-    assert done.returncode == 2 and "ray" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "executor.kind" in done.stderr and "Traceback" not in done.stderr
 
 
 def kept_chain_is_measured(root: Path, tag: str) -> list[int]:
