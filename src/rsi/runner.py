@@ -230,16 +230,15 @@ def _check_metric_spec(metric: MetricSpec) -> None:
 
 def _execute(command: str, spec: RunSpec, deadline: float, on_start: Callable[[int], None] | None) -> _Execution:
     """Launches one shell command in its own session and supervises it until it ends or is killed."""
-    with confined(spec.limits) as apply_limits:
+    with confined(spec.limits) as launcher:
         proc = subprocess.Popen(
-            spec.sandbox.argv(command, spec.cwd),
+            [*launcher, *spec.sandbox.argv(command, spec.cwd)],
             cwd=spec.cwd,
             env=dict(spec.env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=apply_limits,
         )
         return _supervised(proc, spec, deadline, on_start)
 

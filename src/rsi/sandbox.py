@@ -31,10 +31,12 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from rsi.errors import UserError
 
 NOBODY = 65534
 CPU_GRACE_S = 5  # CPU seconds between SIGXCPU and SIGKILL
@@ -290,37 +292,42 @@ def _pids_parents() -> list[Path]:
     return found
 
 
-def preexec(limits: Limits, cgroup: PidsCgroup | None) -> Callable[[], None]:
-    """Runs in the child between fork and exec: only async-signal-safe-ish calls, no Python-level locks."""
-    rlimits = limits.rlimits()
-    cpus = limits.cpus
-    procs = None if cgroup is None else str(cgroup.path / "cgroup.procs")
+_PRLIMIT_NAMES = {
+    resource.RLIMIT_NOFILE: "nofile",
+    resource.RLIMIT_CORE: "core",
+    resource.RLIMIT_FSIZE: "fsize",
+    resource.RLIMIT_CPU: "cpu",
+    resource.RLIMIT_NPROC: "nproc",
+}
+# joins the run's cgroup (`echo 0`: the writing shell itself) and volunteers for the OOM killer, then becomes the
+# next program; a cgroup that went away is not fatal: the run goes on uncapped rather than not at all
+_ENTER = '{ echo 0 > "$1"; } 2>/dev/null; { echo 1000 > /proc/self/oom_score_adj; } 2>/dev/null; shift; exec "$@"'
 
-    def apply() -> None:
-        if procs is not None:
-            with contextlib.suppress(OSError):  # the cgroup went away: run uncapped rather than not at all
-                fd = os.open(procs, os.O_WRONLY)
-                os.write(fd, b"0")  # "0" is the writing process itself
-                os.close(fd)
-        for which, soft, hard in rlimits:
-            resource.setrlimit(which, (soft, hard))
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-        with contextlib.suppress(OSError):
-            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-            os.write(fd, b"1000")
-            os.close(fd)
 
-    return apply
+def launcher(limits: Limits, cgroup: PidsCgroup | None) -> list[str]:
+    """The programs a run's command is started through, each applying part of its confinement before it execs
+    the next: /bin/sh (cgroup, oom_score_adj), prlimit (rlimits), taskset (the slot's cores). No Python runs
+    between fork and exec: with worker threads in rsi that would be unsafe, and it would need a full fork of
+    rsi's memory where a vfork is enough."""
+    prlimit, taskset = shutil.which("prlimit"), shutil.which("taskset")
+    if prlimit is None or (limits.cpus and taskset is None):
+        raise UserError("prlimit and taskset (util-linux) are needed to apply a run's limits: apt install util-linux")
+    procs = str(cgroup.path / "cgroup.procs") if cgroup is not None else "/dev/null"
+    argv = ["/bin/sh", "-c", _ENTER, "rsi-enter", procs, prlimit]
+    argv += [f"--{_PRLIMIT_NAMES[which]}={soft}:{hard}" for which, soft, hard in limits.rlimits()]
+    argv.append("--")
+    if limits.cpus:
+        argv += [str(taskset), "-c", ",".join(map(str, limits.cpus))]
+    return argv
 
 
 @contextlib.contextmanager
-def confined(limits: Limits) -> Iterator[Callable[[], None]]:
-    """A cgroup for one run's process tree, and the function the child applies before exec; afterwards,
-    everything left in the cgroup is killed and the cgroup removed."""
+def confined(limits: Limits) -> Iterator[list[str]]:
+    """A cgroup for one run's process tree, and the launcher to put in front of its argv; afterwards, everything
+    left in the cgroup is killed and the cgroup removed."""
     cgroup = PidsCgroup.make(limits.processes)
     try:
-        yield preexec(limits, cgroup)
+        yield launcher(limits, cgroup)
     finally:
         if cgroup is not None:
             cgroup.remove()

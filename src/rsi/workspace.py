@@ -74,6 +74,7 @@ class Workspace:
         self.stale_lock: int | None = None  # pid of a dead orchestrator whose lock open() took over
         # workers share the repository: what changes its worktree list or its refs happens one at a time
         self._lock = threading.RLock()
+        self._untouched: set[Path] = set()  # worktrees git just made, which no run has used yet
 
     def git(self, *args: str, cwd: Path | None = None, input: bytes | None = None, index: Path | None = None) -> str:
         return self.git_bytes(*args, cwd=cwd, input=input, index=index).decode(errors="replace")
@@ -227,7 +228,11 @@ class Workspace:
 
     def clean(self, worktree: Path) -> None:
         """Back to the commit exactly: what an earlier run left (checkpoints, caches, a changed file) must not
-        help or spoil the next. A run that made its files unremovable (chmod 000) gets its modes fixed first."""
+        help or spoil the next. A run that made its files unremovable (chmod 000) gets its modes fixed first.
+        A worktree git has just made and no run has used is clean already: two git processes fewer per run."""
+        if worktree in self._untouched:
+            self._untouched.discard(worktree)
+            return
         try:
             self.git("reset", "--hard", "-q", cwd=worktree)
             self.git("clean", "-ffdxq", cwd=worktree)
@@ -275,6 +280,7 @@ class Workspace:
         # --force: the name may still be registered by a worktree removed without a prune
         self.git("worktree", "add", "--quiet", "--force", "--detach", str(path), commit)
         self._checked_out[name] = commit
+        self._untouched.add(path)
         return path
 
     def commit_in(self, worktree: Path, edits: Mapping[str, str], message: str) -> str:
@@ -335,6 +341,7 @@ class Workspace:
     def remove_worktree(self, name: str) -> None:
         """Delete the checkout; git's bookkeeping of it is pruned in batches (one process less per run)."""
         self._checked_out.pop(name, None)
+        self._untouched.discard(self.worktree_dir(name))
         shutil.rmtree(self.worktree_dir(name), ignore_errors=True)
         if not name.endswith(EVAL_SUFFIX) and self.worktree_dir(name + EVAL_SUFFIX).exists():
             self.remove_worktree(name + EVAL_SUFFIX)
