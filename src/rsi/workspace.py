@@ -284,13 +284,19 @@ class Workspace:
         return path
 
     def commit_in(self, worktree: Path, edits: Mapping[str, str], message: str) -> str:
-        """Write the edits into a worktree and commit them; returns the new commit."""
+        """Write the edits into a worktree and commit them; returns the new commit. When every edited file is
+        already tracked (they exist in the fresh checkout), `git commit -- paths` commits them without an add."""
+        tracked = bool(edits) and worktree in self._untouched and all((worktree / rel).is_file() for rel in edits)
         for rel, text in edits.items():
             target = worktree / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
-        self.git("add", "--", *edits, cwd=worktree)
-        self.git("commit", "--quiet", "--no-verify", "--allow-empty", "-m", message, cwd=worktree)
+        commit = ["commit", "--quiet", "--no-verify", "--allow-empty", "-m", message]
+        if tracked:
+            self.git(*commit, "--", *edits, cwd=worktree)
+        else:
+            self.git("add", "--", *edits, cwd=worktree)
+            self.git(*commit, cwd=worktree)
         sha = self._worktree_head(worktree)
         self._checked_out[worktree.name] = sha
         return sha
