@@ -21,7 +21,7 @@ from rsi.config import load_config
 from rsi.engine import Limits, Research
 from rsi.errors import UserError
 from rsi.ledger import Ledger
-from rsi.proposer import Proposal
+from rsi.proposer import Context, Proposal
 from rsi.slots import plan
 
 SLEEPY = """\
@@ -210,3 +210,44 @@ def test_workers_survive_interrupts_and_kills_then_resume_consistent(make_task: 
         assert len(pairs) == len(set(pairs)), (e.id, pairs)
     kept_chain_is_measured(root, "p")
     assert overlapped(root)
+
+
+class WaitsForAKeep(Scripted):
+    """Its second proposal is made from the files it was given, but only once a worker has kept the first: a
+    slow model answering after the branch moved."""
+
+    def __init__(self, root: Path, proposals: list[Proposal]) -> None:
+        super().__init__(proposals)
+        self.root = root
+
+    def propose(self, ctx: Context) -> Proposal | None:
+        if len(self.proposals) == 1:
+            ledger = Ledger(self.root / ".rsi" / "ledger.sqlite", readonly=True)
+            for _ in range(600):
+                if ledger.db.execute("SELECT 1 FROM experiments WHERE verdict = 'keep' AND id > 0").fetchone():
+                    break
+                time.sleep(0.1)
+            ledger.close()
+            text = ctx.files["train.py"]
+            self.proposals = [Proposal({"train.py": text.replace("b = 0", "b = 2")}, "b = 2")]
+        return super().propose(ctx)
+
+
+def test_a_proposal_overtaken_by_a_keep_never_undoes_it(make_task: MakeTask) -> None:
+    """A proposal is whole files from the head it was made on. If a worker keeps something meanwhile, the
+    proposal is committed on its own head, not laid over the keep; winning, it is rebased like any other."""
+    train = """\
+        import os, random
+        a = 0
+        SCALE = 1.0
+        b = 0
+        random.seed(int(os.environ["RSI_SEED"]))
+        print(f"loss: {(5 - a - b) * SCALE + random.gauss(0, 0.01):.6f}")
+        """
+    root = make_task(train=train, extra_toml="[executor]\nworkers = 2\n")
+    text = (root / "train.py").read_text()
+    proposer = WaitsForAKeep(root, [Proposal({"train.py": text.replace("a = 0", "a = 1")}, "a = 1"), Proposal({}, "")])
+    Research(root, load_config(root), lambda ws, start: proposer, tag="w").run(Limits(max_experiments=10))
+    final = git(root, "show", "rsi/w:train.py")
+    assert "a = 1" in final and "b = 2" in final, final
+    kept_chain_is_measured(root, "w")

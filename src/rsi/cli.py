@@ -160,6 +160,13 @@ def _research(directory: Path, cfg: Config, proposer: str, limits: Limits, tag: 
     except KeyboardInterrupt:
         err.print("rsi: stopped; nothing recorded is lost. Run `rsi run` again to resume.")
         raise typer.Exit(130) from None
+    except RuntimeError as e:  # git failed under rsi: say so in one line; `rsi doctor` checks the rest
+        err.print(
+            f"rsi: {e}. Nothing recorded is lost; `rsi doctor` checks the research, `rsi run` resumes it.",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
     except (OSError, sqlite3.OperationalError) as e:
         if not _disk_full(e):
             raise

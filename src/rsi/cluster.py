@@ -221,14 +221,16 @@ def run_on_node(job: Job) -> dict[str, Any]:
             if failure:
                 raise RuntimeError(f"the setup command failed on this node: {failure}")
             (here / "setup-done").touch()
-    commit = _node_commit(ws, job)
-    wt = ws.worktree_dir(job.name)
-    if job.kind != HOLDOUT or not wt.exists():
-        with _locked(here / "lock"):  # git's list of worktrees is one file tree for all of them
-            wt = ws.add_worktree(job.name, commit)
-    measurer.measure(wt, job.exp_id, commit, job.kind, job.seed)
-    row = ledger.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-    ledger.close()
+    try:
+        with _locked(here / "lock"):  # two tasks may build the same commit; worktrees share git's list of them
+            commit = _node_commit(ws, job)
+            wt = ws.worktree_dir(job.name)
+            if job.kind != HOLDOUT or not wt.exists():
+                wt = ws.add_worktree(job.name, commit)
+        measurer.measure(wt, job.exp_id, commit, job.kind, job.seed)
+        row = ledger.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        ledger.close()  # Ray reuses its worker processes
     ray = _ray()
     return {"node": ray.get_runtime_context().get_node_id(), "run": dict(row), "env": json.loads(row["env"])}
 

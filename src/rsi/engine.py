@@ -149,9 +149,9 @@ class Research:
         if len(self.slots) > 1 and state is None:
             raise UserError("several workers need a research on disk (a git repository), not in memory")
         self.proposer = proposer_factory(self.store, self.start_commit)
-        self._files: dict[str, str] = {}
-        self._files_of = ""
+        self._files: tuple[str, dict[str, str]] = ("", {})
         self.limits = Limits()
+        self._deadline: float | None = None
         self._links: tuple[str, set[str]] = ("", set())
 
     # start and resume
@@ -202,11 +202,12 @@ class Research:
 
     def champion_files(self, commit: str) -> dict[str, str]:
         """The editable files at the champion's commit (cached: they change only on a keep)."""
-        if self._files_of != commit:
+        cached = self._files  # one tuple, replaced whole: workers read it too
+        if cached[0] != commit:
             paths = self.store.files(commit, self.cfg.task.editable)
-            self._files = {p: self.store.read(commit, p) for p in paths if not matches(p, self.cfg.task.frozen)}
-            self._files_of = commit
-        return self._files
+            cached = (commit, {p: self.store.read(commit, p) for p in paths if not matches(p, self.cfg.task.frozen)})
+            self._files = cached
+        return cached[1]
 
     # the loop
     def run(self, limits: Limits) -> None:
@@ -218,7 +219,7 @@ class Research:
 
     def _loop(self, limits: Limits) -> None:
         self.limits = limits
-        deadline = _deadline(limits.time_budget_s)
+        deadline = self._deadline = _deadline(limits.time_budget_s)
 
         def budget_left() -> bool:
             interrupt.check()
@@ -241,7 +242,7 @@ class Research:
             self._setup()
             self._baseline()
         for e in self.ledger.experiments("state = 'done' AND reason LIKE ?", (f"{SUPERSEDED}%",)):
-            if not self.ledger.experiments("parent = ? AND id > ?", (e.id, e.id)):  # killed before its rebase
+            if not self.ledger.experiments("parent = ? AND hypothesis LIKE ?", (e.id, f"% (rebased from #{e.id} %")):
                 self._rebase(e, limits)
         if len(self.slots) > 1:
             return self._parallel(limits, budget_left)
@@ -250,8 +251,7 @@ class Research:
             self._observe(e.id)
         ahead: tuple[int, str, Ahead] | None = None  # a proposal made while the last experiment ran
         while budget_left():
-            champion = self.experimenter.champion()
-            head = self.experimenter.branch_head()
+            champion, head = self._best()
             files = self.champion_files(head)
             if ahead is not None and ahead[:2] == (champion.id, head):
                 proposal = ahead[2].result()
@@ -263,7 +263,7 @@ class Research:
             if proposal is None:
                 why = self.proposer.done_reason or "it has nothing more to propose"
                 return self.listener("stop", None, f"proposer {self.proposer.name} stops: {why}")
-            exp = self._record_proposal(proposal, champion, files)
+            exp = self._record_proposal(proposal, champion, files, head)
             if exp is None:
                 break
             if exp.state != "done":
@@ -294,8 +294,8 @@ class Research:
                     if backlog:
                         exp = backlog.pop(0)
                     else:
-                        champion = self.experimenter.champion()
-                        files = self.champion_files(self.experimenter.branch_head())
+                        champion, head = self._best()
+                        files = self.champion_files(head)
                         proposal = self.proposer.propose(Context(champion, files, self.ledger))
                         if proposal is None:
                             proposing = False
@@ -303,7 +303,7 @@ class Research:
                                 self.proposer.done_reason or "it has nothing more to propose"
                             )
                             continue
-                        recorded = self._record_proposal(proposal, champion, files)
+                        recorded = self._record_proposal(proposal, champion, files, head)
                         if recorded is None or recorded.state == "done":
                             if recorded is not None:
                                 self._observe(recorded.id)
@@ -372,8 +372,10 @@ class Research:
         return None if reason else rebased
 
     def _spent(self) -> bool:
+        """The budget allows no new experiment: the count, or the time (a rebase is a new experiment)."""
         most = self.limits.max_experiments
-        return most is not None and self.ledger.count() >= most
+        late = self._deadline is not None and _now() >= self._deadline
+        return late or (most is not None and self.ledger.count() >= most)
 
     def _observe(self, exp_id: int) -> None:
         done = self.ledger.experiment(exp_id)
@@ -436,17 +438,26 @@ class Research:
             smallest = f"; smallest improvement it keeps 80% of the time: {detectable:.4g}" if detectable else ""
             self.listener("message", None, f"noise sd {noise.sd:.4g} ({noise.dof} dof){smallest}")
 
-    def _record_proposal(self, proposal: Proposal, champion: Experiment, files: dict[str, str]) -> Experiment | None:
-        """The proposal as an experiment (rejected, or to measure); None if a worker's rebase took the last
-        place in the experiment budget meanwhile."""
+    def _best(self) -> tuple[Experiment, str]:
+        """The champion and the branch head, read together: a worker's keep may land at any moment."""
+        with self.experimenter.lock:
+            return self.experimenter.champion(), self.experimenter.branch_head()
+
+    def _record_proposal(
+        self, proposal: Proposal, champion: Experiment, files: dict[str, str], head: str
+    ) -> Experiment | None:
+        """The proposal as an experiment (rejected, or to measure), committed on `head`, the commit whose files
+        it was made from, even if a worker has kept something since: its edits are whole files, and on the new
+        head they would undo that keep. If it wins, it is superseded and rebased like any other. None if a
+        worker's rebase took the last place in the budget meanwhile."""
         with self.experimenter.lock:  # a worker may be recording a rebase: one id each, within the budget
             if self._spent():
                 return None
-            return self._record(proposal, champion, files)
+            return self._record(proposal, champion, files, head)
 
-    def _record(self, proposal: Proposal, champion: Experiment, files: dict[str, str]) -> Experiment:
+    def _record(self, proposal: Proposal, champion: Experiment, files: dict[str, str], head: str) -> Experiment:
         exp_id = self.ledger.next_id()
-        parent_commit = self.experimenter.branch_head()
+        parent_commit = head
         reason = proposal.rejected or self._reject_reason(proposal, parent_commit)
         diff = "" if reason else unified_diff(files, proposal.edits)
         if not reason and not diff:

@@ -35,7 +35,7 @@ class Experimenter:
         # workers decide one at a time: a keep checks that the branch has not moved since its candidate was
         # made, and the champion's re-measurements pick their seeds one at a time
         self.lock = threading.RLock()
-        self._remeasuring: dict[int, int] = {}  # champion id -> its re-measurements in flight
+        self._remeasuring: dict[int, set[int]] = {}  # champion id -> seeds of its re-measurements in flight
 
     def champion_worktree(self) -> str:
         """Where this thread measures the champion: one checkout per slot, so workers never share one."""
@@ -114,19 +114,25 @@ class Experimenter:
             return champion
         with self.lock:  # other workers may be re-measuring it right now: each takes a seed of its own
             champion = self._reload(champion)
-            fresh = sum(1 for r in champion.runs if r.kind == FRESH) + self._remeasuring.get(champion.id, 0)
+            running = self._remeasuring.setdefault(champion.id, set())
+            recorded = {r.seed for r in champion.runs if r.kind == FRESH}
+            fresh = len(recorded) + len(running)
             noise = self.noise()
             if fresh >= CHAMPION_RUNS and noise is not None and noise.dof >= NOISE_DOF:
                 return champion
-            self._remeasuring[champion.id] = self._remeasuring.get(champion.id, 0) + 1
+            k = 5000
+            while fresh_seed(champion.id, k) in recorded | running:  # a seed no run of it has, nor is taking
+                k += 1
+            seed = fresh_seed(champion.id, k)
+            running.add(seed)
         commit = champion.commit_sha
         assert commit is not None
         try:
             wt = self.store.checkout(self.champion_worktree(), commit)
-            self.measurer.measure(wt, champion.id, commit, FRESH, fresh_seed(champion.id, 5000 + fresh))
+            self.measurer.measure(wt, champion.id, commit, FRESH, seed)
         finally:
             with self.lock:
-                self._remeasuring[champion.id] -= 1
+                running.discard(seed)
         return self._reload(champion)
 
     def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
@@ -159,6 +165,8 @@ class Experimenter:
         k = self.judge.replicate
         while sum(1 for r in exp.runs if r.kind == FRESH) < runs:
             k += 1
+            if _has_run(exp, FRESH, fresh_seed(exp.id, k)):  # done before an interruption: resumed, not repeated
+                continue
             self.measurer.measure(wt, exp.id, commit, FRESH, fresh_seed(exp.id, k))
             exp = self._reload(exp)
         last = max((r for r in exp.runs if r.kind in SELECT_KINDS), key=lambda r: r.id)

@@ -314,7 +314,12 @@ def launcher(limits: Limits, cgroup: PidsCgroup | None) -> list[str]:
         raise UserError("prlimit and taskset (util-linux) are needed to apply a run's limits: apt install util-linux")
     procs = str(cgroup.path / "cgroup.procs") if cgroup is not None else "/dev/null"
     argv = ["/bin/sh", "-c", _ENTER, "rsi-enter", procs, prlimit]
-    argv += [f"--{_PRLIMIT_NAMES[which]}={soft}:{hard}" for which, soft, hard in limits.rlimits()]
+    for which, soft, hard in limits.rlimits():
+        ceiling = resource.getrlimit(which)[1]  # without CAP_SYS_RESOURCE no limit can be raised past rsi's own
+        if ceiling != resource.RLIM_INFINITY:
+            hard = min(hard, ceiling)
+            soft = min(soft, hard)
+        argv.append(f"--{_PRLIMIT_NAMES[which]}={soft}:{hard}")
     argv.append("--")
     if limits.cpus:
         argv += [str(taskset), "-c", ",".join(map(str, limits.cpus))]

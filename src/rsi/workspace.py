@@ -158,21 +158,28 @@ class Workspace:
             for path in self.git("diff", "--name-only", "-z", "--no-renames", parent, candidate).split("\0"):
                 if not path:
                     continue
+                theirs = self._blob(candidate, path)
+                if theirs is None:  # the candidate deleted it: not replayed as text
+                    return None
+                base, ours = self._blob(parent, path), self._blob(onto, path)
+                if base is None or ours is None or ours == base:  # new, or the new best left it alone
+                    merged = theirs
+                else:
+                    if b"\0" in base + ours + theirs:
+                        return None
+                    files = [Path(tmp) / name for name in ("ours", "base", "theirs")]
+                    for file, data in zip(files, (ours, base, theirs), strict=True):
+                        file.write_bytes(data)
+                    proc = subprocess.run(
+                        ["git", "merge-file", "-p", "--theirs", *map(str, files)], env=self._env, capture_output=True
+                    )
+                    if proc.returncode < 0 or proc.returncode > 127:
+                        return None
+                    merged = proc.stdout
                 try:
-                    base, ours, theirs = (self.read_bytes(c, path) for c in (parent, onto, candidate))
-                except RuntimeError:  # added on one side, or deleted: not a text merge
+                    edits[path] = merged.decode("utf-8")
+                except UnicodeDecodeError:  # edits are text: a file in another encoding is not replayed
                     return None
-                if b"\0" in base + ours + theirs:
-                    return None
-                files = [Path(tmp) / name for name in ("ours", "base", "theirs")]
-                for file, data in zip(files, (ours, base, theirs), strict=True):
-                    file.write_bytes(data)
-                merged = subprocess.run(
-                    ["git", "merge-file", "-p", "--theirs", *map(str, files)], env=self._env, capture_output=True
-                )
-                if merged.returncode < 0 or merged.returncode > 127:
-                    raise RuntimeError(f"git merge-file failed: {merged.stderr.decode(errors='replace').strip()}")
-                edits[path] = merged.stdout.decode("utf-8", errors="replace")
         return self.candidate(exp_id, onto, edits, message) if edits else None
 
     @_serialized
@@ -243,6 +250,12 @@ class Workspace:
                         os.chmod(os.path.join(folder, name), 0o700, follow_symlinks=False)
             self.git("reset", "--hard", "-q", cwd=worktree)
             self.git("clean", "-ffdxq", cwd=worktree)
+
+    def _blob(self, commit: str, path: str) -> bytes | None:
+        try:
+            return self.read_bytes(commit, path)
+        except RuntimeError:
+            return None
 
     def read_bytes(self, commit: str, path: str) -> bytes:
         proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.root, capture_output=True)
