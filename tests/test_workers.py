@@ -16,6 +16,7 @@ import psutil
 import pytest
 from conftest import MakeTask, git, rsi
 from test_engine import Scripted
+from test_resume import SLOW
 
 from rsi.config import load_config
 from rsi.engine import Limits, Research
@@ -23,15 +24,6 @@ from rsi.errors import UserError
 from rsi.ledger import Ledger
 from rsi.proposer import Context, Proposal
 from rsi.slots import plan
-
-SLEEPY = """\
-import os, random, time
-lr = 0.5
-DEPTH = 3
-time.sleep(0.3)
-random.seed(int(os.environ["RSI_SEED"]))
-print(f"loss: {(lr - 0.12) ** 2 * 10 + 0.1 * (DEPTH - 7) ** 2 + random.gauss(0, 0.01):.6f}")
-"""
 
 
 def test_plan_deals_cores_in_blocks_and_one_experiment_per_gpu() -> None:
@@ -180,7 +172,7 @@ def overlapped(root: Path) -> bool:
 def test_workers_survive_interrupts_and_kills_then_resume_consistent(make_task: MakeTask) -> None:
     """`rsi run --workers 3`: Ctrl-C stops every worker's run at once (exit 130, no process left), a SIGKILL
     leaves what doctor repairs, and the resumed research ends consistent, with runs really in parallel."""
-    root = make_task(train=SLEEPY)
+    root = make_task(train=SLOW)
     argv = [sys.executable, "-m", "rsi", "run", str(root), "--max-experiments", "20", "--tag", "p", "--workers", "3"]
     ledger = root / ".rsi" / "ledger.sqlite"
     for sig in (signal.SIGINT, signal.SIGKILL):

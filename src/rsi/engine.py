@@ -351,24 +351,7 @@ class Research:
             after = {p: self.store.read(sha, p) for p in self.store.files(sha, self.cfg.task.editable)} if sha else {}
             diff = unified_diff(files, {p: t for p, t in after.items() if files.get(p) != t})
             reason = "" if sha else "its change cannot be replayed as text on the new best (a deleted or binary file)"
-            with self.ledger.transaction():
-                self.ledger.add_experiment(
-                    exp_id=exp_id,
-                    parent=exp.id,
-                    parent_commit=head,
-                    commit_sha=sha,
-                    proposer=exp.proposer,
-                    hypothesis=hypothesis,
-                    params=exp.params,
-                    diff=diff,
-                    state="done" if reason else "proposed",
-                    status="rejected" if reason else None,
-                    verdict="discard" if reason else None,
-                    reason=reason,
-                )
-        rebased = self.ledger.experiment(exp_id)
-        assert rebased is not None
-        self.listener("done" if reason else "proposed", rebased, reason)
+            rebased = self._add(exp_id, exp.id, head, sha, exp.proposer, hypothesis, exp.params, diff, reason)
         return None if reason else rebased
 
     def _spent(self) -> bool:
@@ -468,15 +451,32 @@ class Research:
         if not reason:
             message = f"rsi candidate {exp_id}: {proposal.hypothesis}"
             sha = self.store.candidate(exp_id, parent_commit, proposal.edits, message)
+        parent = champion.id if proposal.parent is None else proposal.parent
+        by = proposal.by or self.proposer.name
+        return self._add(exp_id, parent, parent_commit, sha, by, proposal.hypothesis, proposal.params, diff, reason)
+
+    def _add(
+        self,
+        exp_id: int,
+        parent: int,
+        parent_commit: str,
+        sha: str | None,
+        proposer: str,
+        hypothesis: str,
+        params: dict[str, Any],
+        diff: str,
+        reason: str,
+    ) -> Experiment:
+        """Records a new experiment: to measure, or done already when `reason` says why it was rejected."""
         with self.ledger.transaction():
             self.ledger.add_experiment(
                 exp_id=exp_id,
-                parent=champion.id if proposal.parent is None else proposal.parent,
+                parent=parent,
                 parent_commit=parent_commit,
                 commit_sha=sha,
-                proposer=proposal.by or self.proposer.name,
-                hypothesis=proposal.hypothesis,
-                params=proposal.params,
+                proposer=proposer,
+                hypothesis=hypothesis,
+                params=params,
                 diff=diff,
                 state="done" if reason else "proposed",
                 status="rejected" if reason else None,
