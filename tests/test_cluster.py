@@ -17,6 +17,7 @@ from test_workers import kept_chain_is_measured
 
 from rsi.config import load_config
 from rsi.engine import Limits, Research
+from rsi.errors import UserError
 from rsi.ledger import Ledger
 from rsi.proposer import KnobsProposer, Proposer
 from rsi.workspace import Workspace
@@ -131,3 +132,48 @@ def test_a_ray_worker_killed_mid_run_is_queued_again_and_nothing_is_lost(make_ta
     time.sleep(0.5)
     left = [p for p in psutil.process_iter(["cwd"]) if (p.info.get("cwd") or "").startswith(str(cluster))]
     assert left == []
+
+
+@pytest.fixture
+def mixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A local Ray cluster of two kinds of node: a head of kind 'small' (1 CPU), a node of kind 'big' (2 CPUs)."""
+    from ray.cluster_utils import Cluster
+
+    nodes = tmp_path / "nodes"
+    monkeypatch.setenv("RSI_RAY_DIR", str(nodes))
+    kinds = {"small": {"num_cpus": 1}, "big": {"num_cpus": 2}}
+    made = Cluster(initialize_head=True, head_node_args={**kinds["small"], "env_vars": {"RSI_NODE_KIND": "small"}})
+    made.add_node(**kinds["big"], env_vars={"RSI_NODE_KIND": "big"})
+    try:
+        ray.init(address=made.address, include_dashboard=False, log_to_driver=False)
+        ids = {n["Resources"]["CPU"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        yield nodes, {"small": ids[1.0], "big": ids[2.0]}
+    finally:
+        ray.shutdown()
+        made.shutdown()
+
+
+@pytest.mark.slow
+def test_runs_stay_on_one_kind_of_node_and_their_logs_come_back(
+    make_task: MakeTask, mixed: tuple[Path, dict[str, str]]
+) -> None:
+    """Comparisons stay within one kind of node: the kind with the most CPUs by default, or the configured one;
+    every run goes to a node of that kind, records it, and sends its log files back to the driver."""
+    _, ids = mixed
+    for chosen, toml in (("big", ""), ("small", 'node_kind = "small"\n')):
+        root = make_task(name=chosen, train=PAUSED, extra_toml=f'[executor]\nkind = "ray"\n{toml}')
+        found = research(root, Limits(max_experiments=3))
+        assert f"of kind '{chosen}'" in found.measurer.note  # type: ignore[attr-defined]
+        ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+        assert ledger.get("node_kind") == chosen
+        envs = [json.loads(r[0]) for r in ledger.db.execute("SELECT env FROM runs")]
+        assert len(envs) >= 3 and {(e["node_kind"], e["node"]) for e in envs} == {(chosen, ids[chosen])}
+        for e in ledger.experiments():
+            for r in e.runs:
+                logs = root / ".rsi" / "logs" / str(e.id) / f"{r.kind}-{r.seed}"
+                assert "loss:" in (logs / "stdout.log").read_text(), logs
+    # a configured kind that is not the one the research was measured on: one clear error, nothing run
+    cfg = load_config(root)
+    cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"node_kind": "big"})})
+    with pytest.raises(UserError, match="measured on 'small'"):
+        Research(root, cfg, lambda ws, start: KnobsProposer({}, cfg.knobs, cfg.metric.goal), tag="ray")

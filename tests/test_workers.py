@@ -243,3 +243,20 @@ def test_a_proposal_overtaken_by_a_keep_never_undoes_it(make_task: MakeTask) -> 
     final = git(root, "show", "rsi/w:train.py")
     assert "a = 1" in final and "b = 2" in final, final
     kept_chain_is_measured(root, "w")
+
+
+def test_a_research_resumed_on_another_kind_of_machine_stops_with_one_line(make_task: MakeTask) -> None:
+    """Noise estimates stay on one kind of machine: the first run records it, a resume elsewhere refuses."""
+    root = make_task()
+    first = rsi("run", "--max-experiments", "2", cwd=root, env={"RSI_NODE_KIND": "laptop"})
+    assert first.returncode == 0, first.stderr
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    assert ledger.get("node_kind") == "laptop"
+    assert {json.loads(r[0])["node_kind"] for r in ledger.db.execute("SELECT env FROM runs")} == {"laptop"}
+    count = ledger.count()
+    moved = rsi("run", "--max-experiments", "4", cwd=root, env={"RSI_NODE_KIND": "server"})
+    assert moved.returncode == 2 and "Traceback" not in moved.stderr, moved.stderr
+    assert "'laptop'" in moved.stderr and "'server'" in moved.stderr and len(moved.stderr.strip().splitlines()) == 1
+    assert Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).count() == count  # nothing lost, nothing run
+    back = rsi("run", "--max-experiments", "4", cwd=root, env={"RSI_NODE_KIND": "laptop"})
+    assert back.returncode == 0, back.stderr

@@ -4,9 +4,10 @@ The ledger, the judge and the proposers stay on the driver; each run of the task
 `num_cpus` / `num_gpus`. The task gets the research's start commit once per node, as a git bundle in Ray's
 object store, and the run's commit as a patch against it; on the node it builds the worktree and measures
 it with the same code as a local run (sandbox, limits, evaluator, tamper checks), into a small ledger of the
-node's own, and sends the run's record back. A holdout run is scheduled on the node that holds the outputs of
-the run before it. A run whose Ray worker or node dies is queued once more and the loss is written in its
-reason; a second loss makes it a crash.
+node's own, and sends the run's record and logs back. Runs go only to nodes of the research's kind
+(environment.node_kind): a time budget buys the same work only there. A holdout run is scheduled on the
+node that holds the outputs of the run before it. A run whose Ray worker or node dies is queued once more
+and the loss is written in its reason; a second loss makes it a crash.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rsi import interrupt
 from rsi.config import Config
+from rsi.environment import hold_kind, node_kind
 from rsi.errors import UserError
 from rsi.ledger import Ledger
 from rsi.measure import HOLDOUT, SubprocessMeasurer
@@ -34,6 +37,8 @@ from rsi.slots import THREAD_VARIABLES
 from rsi.workspace import Workspace
 
 ATTEMPTS = 2  # a run lost with its worker or node is queued once more
+LOG_BYTES = 4 << 20  # of each log file a node sends back: its end
+REFRESH_S = 10.0  # how old the driver's list of nodes may be before a run is placed
 RUN_FIELDS = ("status", "metric", "reason", "returncode", "duration_s", "peak_memory_mb", "stdout_tail", "stderr_tail")
 
 
@@ -86,6 +91,49 @@ class RayMeasurer:
         self.nodes: dict[str, str] = {}  # worktree name -> the node that ran its last run
         ex = cfg.executor
         self.resources = {"num_cpus": ex.cpus_per_experiment or 1, "num_gpus": ex.gpus_per_experiment if ex.gpus else 0}
+        self.kinds: dict[str, str] = {}  # node id -> its kind, asked once per node
+        self.alive: dict[str, dict[str, float]] = {}  # node id -> its resources
+        self.seen = 0.0
+        self.kind = ledger.get("node_kind") or ex.node_kind or self._largest_kind()
+        hold_kind(ledger, ex.node_kind or self.kind, "executor.node_kind")
+        self.eligible()
+
+    def _refresh(self) -> None:
+        """The alive nodes, and the kind of each new one (a probe task pinned to it)."""
+        ray = _ray()
+        self.alive = {n["NodeID"]: n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
+        new = [node for node in self.alive if node not in self.kinds]
+        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
+        probes = {
+            node: _kind_task().options(num_cpus=0, scheduling_strategy=strategy(node_id=node, soft=False)).remote()
+            for node in new
+        }
+        for node, ref in probes.items():
+            try:
+                self.kinds[node] = ray.get(ref, timeout=120)
+            except ray.exceptions.RayError:  # died meanwhile, or too busy to answer: asked again next time
+                continue
+        self.seen = time.monotonic()
+
+    def _largest_kind(self) -> str:
+        self._refresh()
+        cpus: dict[str, float] = {}
+        for node, kind in self.kinds.items():
+            cpus[kind] = cpus.get(kind, 0) + self.alive.get(node, {}).get("CPU", 0)
+        return max(sorted(cpus), key=cpus.__getitem__, default=node_kind())
+
+    def eligible(self, refresh: bool = False) -> list[str]:
+        """The alive nodes of the research's kind."""
+        if refresh or time.monotonic() - self.seen > REFRESH_S:
+            self._refresh()
+        nodes = sorted(node for node in self.alive if self.kinds.get(node) == self.kind)
+        if not nodes:
+            others = sorted(set(self.kinds[n] for n in self.alive if n in self.kinds))
+            raise UserError(
+                f"no node of this research's kind ({self.kind!r}) is in the Ray cluster (it has {others}); "
+                "add one, or start a new research (--tag) with executor.node_kind set"
+            )
+        return nodes
 
     @property
     def has_holdout(self) -> bool:
@@ -94,19 +142,25 @@ class RayMeasurer:
     @property
     def capacity(self) -> int:
         """Runs the cluster can hold at once: the default number of workers."""
-        total = _ray().cluster_resources()
-        fits = total.get("CPU", 1) // self.resources["num_cpus"]
-        if self.resources["num_gpus"]:
-            fits = min(fits, total.get("GPU", 0) // self.resources["num_gpus"])
-        return max(1, int(fits))
+        fits = 0
+        for node in self.eligible():
+            have = self.alive[node]
+            n = have.get("CPU", 0) // self.resources["num_cpus"]
+            if self.resources["num_gpus"]:
+                n = min(n, have.get("GPU", 0) // self.resources["num_gpus"])
+            fits += int(n)
+        return max(1, fits)
 
     @property
     def note(self) -> str:
-        ray = _ray()
-        total = ray.cluster_resources()
+        nodes = self.eligible()
+        cpus = sum(self.alive[n].get("CPU", 0) for n in nodes)
+        gpus = sum(self.alive[n].get("GPU", 0) for n in nodes)
+        others = len(self.alive) - len(nodes)
         return (
-            f"Ray cluster: {len(ray.nodes())} node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs; "
-            f"each run takes {self.resources['num_cpus']} CPU(s), {self.resources['num_gpus']} GPU(s)"
+            f"Ray cluster: {len(nodes)} node(s) of kind {self.kind!r} with {cpus:g} CPUs, {gpus:g} GPUs"
+            + (f" ({others} node(s) of other kinds not used)" if others else "")
+            + f"; each run takes {self.resources['num_cpus']} CPU(s), {self.resources['num_gpus']} GPU(s)"
         )
 
     def setup(self, wt: Path, command: str, timeout: float) -> str:
@@ -127,6 +181,8 @@ class RayMeasurer:
             if kind == HOLDOUT and wt.name in self.nodes:  # its inputs are the outputs left on that node
                 strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
                 options["scheduling_strategy"] = strategy(node_id=self.nodes[wt.name], soft=False)
+            else:
+                options["label_selector"] = {"ray.io/node-id": f"in({','.join(self.eligible(refresh=bool(lost)))})"}
             ref = _remote().options(**options).remote(job)
             try:
                 record = _wait(ray, ref)
@@ -138,6 +194,10 @@ class RayMeasurer:
                 lost.append(f"{type(e).__name__}")
                 if kind == HOLDOUT:
                     break
+            if record is not None and record.get("kind", self.kind) != self.kind:  # a node's kind changed
+                self.kinds.pop(record["node"], None)
+                lost.append(f"ran on a node of kind {record['kind']!r}")
+                record = None
         if record is None:
             why = f"lost {len(lost)} time(s) with its Ray worker or node ({', '.join(lost)})"
             fields: dict[str, Any] = {"status": "crash", "reason": why}
@@ -145,13 +205,23 @@ class RayMeasurer:
             self.nodes[wt.name] = record["node"]
             fields = {k: record["run"][k] for k in RUN_FIELDS}
             if lost:
-                fields["reason"] = f"re-queued once: the first attempt was lost with its Ray worker ({lost[0]}). " + (
+                fields["reason"] = f"re-queued once: the first attempt was lost ({lost[0]}). " + (
                     fields["reason"] or ""
                 )
+            self._keep_logs(exp_id, kind, seed, record.get("logs", {}))
             node = record["env"]  # the node's machine and sandbox; the commit stays the driver's
             fields["env"] = json.dumps({**node, **env, "node": record["node"], "node_commit": node.get("commit")})
         with self.ledger.transaction():
             self.ledger.finish_run(run_id, **fields)
+
+    def _keep_logs(self, exp_id: int, kind: str, seed: int, logs: dict[str, bytes]) -> None:
+        """The node's log files of the run, where a local run's would be."""
+        where = self.ws.state / "logs" / str(exp_id) / f"{kind}-{seed}"
+        for name, data in logs.items():
+            target = where / name
+            if target.resolve().is_relative_to(where.resolve()):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
 
 
 def _wait(ray: Any, ref: Any) -> dict[str, Any]:
@@ -168,14 +238,19 @@ def _wait(ray: Any, ref: Any) -> dict[str, Any]:
             raise
 
 
-_REMOTE: Any = None
+_REMOTE: dict[str, Any] = {}
 
 
 def _remote() -> Any:
-    global _REMOTE
-    if _REMOTE is None:
-        _REMOTE = _ray().remote(run_on_node)
-    return _REMOTE
+    if "run" not in _REMOTE:
+        _REMOTE["run"] = _ray().remote(run_on_node)
+    return _REMOTE["run"]
+
+
+def _kind_task() -> Any:
+    if "kind" not in _REMOTE:
+        _REMOTE["kind"] = _ray().remote(node_kind)
+    return _REMOTE["kind"]
 
 
 def node_dir(research: str) -> Path:
@@ -232,7 +307,20 @@ def run_on_node(job: Job) -> dict[str, Any]:
     finally:
         ledger.close()  # Ray reuses its worker processes
     ray = _ray()
-    return {"node": ray.get_runtime_context().get_node_id(), "run": dict(row), "env": json.loads(row["env"])}
+    logs = ws.state / "logs" / str(job.exp_id) / f"{job.kind}-{job.seed}"
+    return {
+        "node": ray.get_runtime_context().get_node_id(),
+        "kind": node_kind(),
+        "run": dict(row),
+        "env": json.loads(row["env"]),
+        "logs": {str(f.relative_to(logs)): _tail(f) for f in sorted(logs.rglob("*")) if f.is_file()},
+    }
+
+
+def _tail(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - LOG_BYTES))
+        return f.read()
 
 
 def _clone(root: Path, job: Job) -> None:

@@ -195,6 +195,7 @@ class ExecutorConfig(_Section):
     gpus_per_experiment: int = Field(default=1, ge=1)
     cpus_per_experiment: int | None = Field(default=None, ge=1)
     address: str | None = None
+    node_kind: str | None = None  # Ray: the kind of node to run on (default: the kind with the most CPUs)
 
 
 class SandboxConfig(_Section):

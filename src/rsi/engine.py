@@ -26,6 +26,7 @@ from typing import Any
 
 from rsi import interrupt, slots
 from rsi.config import Config
+from rsi.environment import hold_kind, node_kind
 from rsi.errors import UserError
 from rsi.executor import Workers
 from rsi.experiment import SUPERSEDED, Experimenter
@@ -88,6 +89,7 @@ MeasurerFactory = Callable[[Store, Config, Ledger, dict[str, str]], Measurer]
 
 def _subprocess_measurer(store: Store, cfg: Config, ledger: Ledger, frozen: dict[str, str]) -> Measurer:
     assert isinstance(store, Workspace), "subprocess runs need a git workspace"
+    hold_kind(ledger, node_kind(), "this machine")
     return SubprocessMeasurer(store, cfg, ledger, frozen)
 
 

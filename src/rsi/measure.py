@@ -19,7 +19,7 @@ import psutil
 
 from rsi import slots
 from rsi.config import Config
-from rsi.environment import describe_environment
+from rsi.environment import describe_environment, node_kind
 from rsi.ledger import Ledger
 from rsi.runner import MetricSpec, RunSpec, run, scrub_env
 from rsi.sandbox import Bare, Bubblewrap, Limits, Sandbox, View, bubblewrap_path, cgroup_available
@@ -113,7 +113,8 @@ class SubprocessMeasurer:
         self.cache_dir = ws.state / "cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.bwrap = bubblewrap_path() if cfg.sandbox.enabled else None
-        self.environment = {**describe_environment(), "sandbox": "bubblewrap" if self.bwrap else "none"}
+        sandbox = "bubblewrap" if self.bwrap else "none"
+        self.environment = {**describe_environment(), "node_kind": node_kind(), "sandbox": sandbox}
         self.limits = limits(cfg)
 
     @property
