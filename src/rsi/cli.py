@@ -305,6 +305,59 @@ def doctor(directory: DirArg = Path(".")) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    directory: DirArg = Path("."),
+    port: Annotated[int, typer.Option(help="the port", min=0, max=65535)] = 8765,
+    host: Annotated[str, typer.Option(help="the address to bind; anything but loopback needs a token")] = "127.0.0.1",
+    token: Annotated[
+        str | None, typer.Option(help="required of every request; made up and printed when off loopback")
+    ] = None,
+) -> None:
+    """A live dashboard of the research in a browser (pip install 'rsi[serve]'). Reads the ledger only."""
+    from rsi.dashboard import serve as run_server
+
+    try:
+        run_server(directory, host, port, token)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+def export(
+    directory: DirArg = Path("."),
+    fmt: Annotated[str, typer.Option("--format", help="tsv (autoresearch's results.tsv), csv or json")] = "tsv",
+    out_file: Annotated[Path | None, typer.Option("--out", help="the file (default: standard output)")] = None,
+    mlflow: Annotated[
+        str | None, typer.Option("--mlflow", help="log every experiment to this MLflow tracking URI instead")
+    ] = None,
+) -> None:
+    """Write the experiments as a table, or log them to MLflow (pip install 'rsi[mlflow]')."""
+    from rsi.export import FORMATS, export_mlflow, export_text
+
+    try:
+        if mlflow is not None:
+            name, added, skipped = export_mlflow(directory, mlflow)
+            already = f" ({skipped} were there already)" if skipped else ""
+            out.print(f"logged {added} experiment(s) to MLflow experiment {name!r} at {mlflow}{already}")
+            return
+        if fmt not in FORMATS:
+            raise UserError(f"--format {fmt!r}: choose tsv, csv or json")
+        text = export_text(directory, fmt)
+        if out_file is None:
+            sys.stdout.write(text)
+            return
+        try:
+            out_file.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write {out_file}: {e.strerror}") from None
+        out.print(f"wrote {out_file}", highlight=False)
+    except UserError as e:
+        fail(str(e))
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,320 @@
+"""`rsi serve` in a real headless Chromium (Debian's chromium and chromium-driver, driven by selenium), over a
+ledger made by a real short research; and `rsi export` to TSV, CSV, JSON and a local MLflow store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import commit_all, rsi
+
+from rsi.ledger import Ledger
+from rsi.status import experiment_status
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+TRAIN = """\
+import os, random
+lr = 0.5
+DEPTH = 3
+if DEPTH > 8:
+    raise SystemExit("too deep: out of memory")
+random.seed(int(os.environ["RSI_SEED"]))
+loss = (lr - 0.12) ** 2 * 10 + 0.1 * (DEPTH - 7) ** 2
+print(f"loss: {loss + random.gauss(0, 0.01):.6f}")
+open("out.txt", "w").write(str(loss))
+"""
+HOLDOUT = """\
+import os, random
+random.seed(int(os.environ["RSI_SEED"]) + 1)
+print(f"test_loss: {float(open('out.txt').read()) * 1.05 + random.gauss(0, 0.01):.6f}")
+"""
+TOML = f"""\
+[task]
+name = "quad"
+editable = ["train.py"]
+frozen = ["holdout.py"]
+command = "{sys.executable} train.py"
+timeout = "20s"
+
+[metric]
+name = "loss"
+goal = "minimize"
+pattern = '^loss:\\s*(\\S+)'
+
+[holdout]
+command = "{sys.executable} holdout.py"
+pattern = '^test_loss:\\s*(\\S+)'
+"""
+FIRST = 10  # experiments of the research the pages are tested on
+
+
+@pytest.fixture(scope="module")
+def researched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A task with a held-out check and candidates that crash, researched for real."""
+    root = tmp_path_factory.mktemp("dash") / "task"
+    root.mkdir()
+    for name, text in (("train.py", TRAIN), ("holdout.py", HOLDOUT), ("rsi.toml", TOML)):
+        (root / name).write_text(textwrap.dedent(text))
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    commit_all(root)
+    done = rsi("run", str(root), "--max-experiments", str(FIRST))
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served(root: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsi", "serve", str(root), "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "favicon.ico", timeout=2)
+                break
+            except urllib.error.HTTPError:  # answered (a token is asked): it is up
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "rsi serve did not come up"
+                time.sleep(0.2)
+        yield base, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def chrome() -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+@pytest.fixture
+def browser(chrome: Any) -> Iterator[Any]:
+    """The browser on a blank page, with the console of the tests before forgotten; blank again afterwards,
+    so a page of this test does not poll a server that is gone when the next one starts."""
+    chrome.get("about:blank")
+    chrome.get_log("browser")
+    yield chrome
+    chrome.get("about:blank")
+
+
+def wait_for(browser: Any, script: str, timeout: float = 30) -> Any:
+    """Polls a JavaScript expression until it is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = browser.execute_script(f"return ({script});")
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for: {script}"
+        time.sleep(0.2)
+
+
+def errors(browser: Any) -> list[dict[str, Any]]:
+    return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+PAGES = ("#/", "#/experiments", "#/experiment/0", "#/experiment/1", "#/lineage", "#/proposers", "#/noise")
+
+
+@pytest.mark.slow
+def test_every_page_loads_without_console_errors_and_shows_the_research(researched: Path, browser: Any) -> None:
+    ledger = Ledger(researched / ".rsi" / "ledger.sqlite", readonly=True)
+    exps = ledger.experiments()
+    measured = [e for e in exps if e.mean() is not None and e.status in (None, "ok")]
+    failed = [e for e in exps if e.state == "done" and e.mean() is None]
+    assert failed, "the task was meant to have crashing candidates"
+    with served(researched) as (base, _):
+        browser.get(base)
+        wait_for(browser, "document.querySelectorAll('#chart circle.point').length > 0")
+        for page in PAGES:
+            browser.execute_script(f"location.hash = '{page}';")
+            wait_for(
+                browser,
+                "document.querySelector('#main').children.length > 0 && !document.body.innerText.includes('loading…')",
+            )
+            time.sleep(0.3)
+            assert errors(browser) == [], page
+            assert "rsi · quad · loss" in browser.find_element("id", "title").text
+        browser.execute_script("location.hash = '#/';")
+        points = wait_for(browser, "document.querySelectorAll('#chart circle.point').length")
+        assert points == len(measured)
+        assert browser.execute_script("return document.querySelectorAll('#chart .crash').length") == len(failed)
+        assert browser.execute_script("return document.querySelectorAll('#chart .line-metric').length") == 1
+        assert browser.execute_script("return document.querySelectorAll('#chart .line-holdout').length") == 1
+        browser.execute_script("location.hash = '#/experiments';")
+        ids = wait_for(browser, "[...document.querySelectorAll('#experiments tbody tr')].map(r => +r.dataset.id)")
+        assert sorted(ids) == [e.id for e in exps]
+        # the filters narrow the table to what the ledger says
+        browser.find_element("id", "f-status").send_keys("crash")
+        shown = wait_for(browser, "[...document.querySelectorAll('#experiments tbody tr')].map(r => +r.dataset.id)")
+        assert sorted(shown) == [e.id for e in exps if experiment_status(e) == "crash"]
+        browser.execute_script("location.hash = '#/lineage';")
+        lineage_ids = wait_for(browser, "[...document.querySelectorAll('#tree li')].map(li => +li.dataset.id)")
+        assert sorted(lineage_ids) == [e.id for e in exps]
+        assert errors(browser) == []
+
+
+@pytest.mark.slow
+def test_a_diff_renders_with_its_runs_and_reasoning(researched: Path, browser: Any) -> None:
+    ledger = Ledger(researched / ".rsi" / "ledger.sqlite", readonly=True)
+    kept = next(e for e in ledger.experiments() if e.verdict == "keep")
+    with served(researched) as (base, _):
+        browser.get(f"{base}#/experiment/{kept.id}")
+        added = wait_for(browser, "[...document.querySelectorAll('.diff .add')].map(s => s.textContent)")
+        removed = browser.execute_script("return [...document.querySelectorAll('.diff .del')].map(s => s.textContent)")
+        want = [line for line in kept.diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+        assert added == want and removed
+        seeds = browser.execute_script(
+            "return [...document.querySelectorAll('#runs tbody tr')].map(r => +r.cells[2].textContent)"
+        )
+        assert sorted(seeds) == sorted(r.seed for r in kept.runs)
+        assert browser.find_element("id", "reason").text == kept.reason
+        assert errors(browser) == []
+
+
+def test_held_out_figures_only_where_the_report_shows_them(researched: Path) -> None:
+    with served(researched) as (base, _):
+        _, state = get(base + "api/state")
+        for row in state["experiments"]:
+            if row["group"] != "champion":
+                assert row["holdout"] is None, row
+                _, one = get(base + f"api/experiments/{row['id']}")
+                assert all(r["kind"] != "holdout" for r in one["runs"]), row
+        assert any(r["holdout"] is not None for r in state["experiments"])
+        assert get(base + "api/experiments/999")[0] == 404
+        assert "env" not in json.dumps(state)
+
+
+@pytest.mark.slow
+def test_an_experiment_added_while_the_page_is_open_appears_without_a_reload(researched: Path, browser: Any) -> None:
+    with served(researched) as (base, _):
+        browser.get(base + "#/experiments")
+        before = wait_for(browser, "document.querySelectorAll('#experiments tbody tr').length")
+        browser.execute_script("window.stillTheSamePage = 42;")
+        more = rsi("run", str(researched), "--max-experiments", str(before + 3))
+        assert more.returncode == 0, more.stderr
+        wait_for(browser, f"document.querySelectorAll('#experiments tbody tr').length === {before + 3}")
+        assert browser.execute_script("return window.stillTheSamePage") == 42  # no reload happened
+        assert errors(browser) == []
+
+
+def test_off_loopback_every_request_needs_the_token(researched: Path) -> None:
+    with served(researched, "--host", "0.0.0.0", "--token", "s3cret") as (base, _):
+        assert get(base + "api/state")[0] == 401
+        assert get(base + "api/state?token=wrong")[0] == 401
+        assert get(base + "api/state?token=s3cret")[0] == 200
+        assert get(base + "api/state", {"Authorization": "Bearer s3cret"})[0] == 200
+        with urllib.request.urlopen(base + "?token=s3cret", timeout=10) as page:
+            assert "rsi_token=s3cret" in page.headers["set-cookie"]
+    with served(researched, "--host", "0.0.0.0") as (base, proc):
+        assert get(base + "api/state")[0] == 401
+        proc.terminate()
+        printed, _ = proc.communicate(timeout=20)
+        token = printed.split("?token=", 1)[1].split()[0]
+        assert len(token) >= 20
+    with served(researched) as (base, _):  # loopback: none needed
+        assert get(base + "api/state")[0] == 200
+
+
+def test_serve_without_a_task_is_one_line(tmp_path: Path) -> None:
+    done = rsi("serve", str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "no rsi task" in done.stderr
+
+
+def test_exports_in_autoresearch_shape_and_as_tables(researched: Path, tmp_path: Path) -> None:
+    exps = Ledger(researched / ".rsi" / "ledger.sqlite", readonly=True).experiments()
+    tsv = rsi("export", str(researched), "--format", "tsv")
+    assert tsv.returncode == 0, tsv.stderr
+    lines = tsv.stdout.splitlines()
+    assert lines[0] == "commit\tloss\tmemory_gb\tstatus\tdescription"
+    rows = [line.split("\t") for line in lines[1:]]
+    ran = [e for e in exps if e.commit_sha or e.kept_commit]
+    assert len(rows) == len(ran) and all(len(r) == 5 for r in rows)
+    assert rows[0][3] == "keep" and rows[0][4] == "baseline"
+    by_status = {s: sum(1 for r in rows if r[3] == s) for s in ("keep", "discard", "crash")}
+    assert by_status["keep"] == 1 + sum(1 for e in exps if e.verdict == "keep")
+    assert by_status["crash"] >= 1 and all(r[1] == "0.000000" for r in rows if r[3] == "crash")
+    out = tmp_path / "all.csv"
+    assert rsi("export", str(researched), "--format", "csv", "--out", str(out)).returncode == 0
+    assert len(out.read_text().splitlines()) == len(exps) + 1
+    as_json = json.loads(rsi("export", str(researched), "--format", "json").stdout)
+    assert [r["id"] for r in as_json] == [e.id for e in exps]
+    bad = rsi("export", str(researched), "--format", "xlsx")
+    assert bad.returncode == 2 and "tsv, csv or json" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_export_to_a_local_mlflow_store_reads_back(researched: Path, tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    exps = Ledger(researched / ".rsi" / "ledger.sqlite", readonly=True).experiments()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = rsi("export", str(researched), "--mlflow", uri)
+    assert done.returncode == 0, done.stderr
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(
+        "rsi/quad/" + Ledger(researched / ".rsi" / "ledger.sqlite", readonly=True).get("tag")
+    )
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert len(runs) == len([e for e in exps if e.state == "done"])
+    kept = next(e for e in exps if e.verdict == "keep")
+    mine = next(r for r in runs if r.data.tags["rsi.experiment"] == str(kept.id))
+    assert mine.data.tags["rsi.verdict"] == "keep" and mine.data.metrics["loss"] == pytest.approx(kept.mean())
+    assert set(mine.data.params) >= {"proposer", *kept.params}
+    diff = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=mine.info.run_id, artifact_path="diff.patch", tracking_uri=uri, dst_path=str(tmp_path / "a")
+        )
+    )
+    assert diff.read_text() == kept.diff
+    again = rsi("export", str(researched), "--mlflow", uri)
+    assert again.returncode == 0 and "logged 0 experiment" in again.stdout
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == len(runs)
