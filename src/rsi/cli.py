@@ -24,6 +24,7 @@ from rsi.engine import Limits, Research
 from rsi.errors import UserError
 from rsi.init import write as write_config
 from rsi.ledger import Ledger
+from rsi.program import apply_program, default_program, load_program
 from rsi.proposer import KnobsProposer, Proposer
 from rsi.report import write_report
 from rsi.researcher import LLMProposer
@@ -58,6 +59,7 @@ def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
             return proposer
         if name in ("llm", "swarm"):
             program = ws.read(start_commit, "program.md") if ws.files(start_commit, ["program.md"]) else ""
+            program = "\n\n".join(part for part in (cfg.proposer.prompt.strip(), program) if part)
             frozen = ws.files(start_commit, cfg.task.frozen)
             metric, goal = cfg.metric.name, cfg.metric.goal
             if name == "llm":
@@ -74,7 +76,7 @@ def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
                 members.append(LLMProposer(one, program=program, frozen=frozen, metric=metric, goal=goal, name=who))
             if len(members) < 2:
                 raise UserError("proposer.kind = 'swarm' needs at least two members: knobs and [[proposer.models]]")
-            return SwarmProposer(members)
+            return SwarmProposer(members, cfg.proposer.weights)
         raise UserError(f"proposer {name!r} is not available (available: knobs, llm, swarm)")
 
     return factory
@@ -108,10 +110,13 @@ def run(
     gpus: Annotated[str | None, typer.Option(help="GPUs to use, e.g. 0,1,2,3: one experiment per GPU")] = None,
     executor: Annotated[str | None, typer.Option(help="local (default) or ray")] = None,
     address: Annotated[str | None, typer.Option(help="the Ray cluster to join (default: a new local one)")] = None,
+    program: Annotated[
+        Path | None, typer.Option(help="the research program (default: the one rsi ships, rsi/programs/default.py)")
+    ] = None,
 ) -> None:
     """Run or resume the research in DIRECTORY."""
     try:
-        cfg = load_config(directory)
+        cfg = apply_program(load_config(directory), load_program(program) if program else default_program())
         budget = parse_duration(time_budget) if time_budget is not None else None
         cfg = _with_executor(cfg, workers, gpus, executor, address)
     except (UserError, ValueError) as e:
@@ -356,6 +361,81 @@ def export(
         out.print(f"wrote {out_file}", highlight=False)
     except UserError as e:
         fail(str(e))
+
+
+meta_app = typer.Typer(help="rsi researches its own research program, and checks it on tasks it never saw.")
+app.add_typer(meta_app, name="meta")
+MetaDir = Annotated[Path, typer.Option("--dir", help="the meta-task's folder (made on first use)")]
+
+
+@meta_app.callback(invoke_without_command=True)
+def meta(
+    ctx: typer.Context,
+    directory: MetaDir = Path("rsi-meta"),
+    program: Annotated[Path | None, typer.Option(help="the program to start from (default: the one rsi ships)")] = None,
+    meta_program: Annotated[
+        Path | None, typer.Option(help="the meta level's own settings, a program too (default: the one rsi ships)")
+    ] = None,
+    level: Annotated[int, typer.Option(min=1, max=2, help="1: improve a program; 2: improve the meta program")] = 1,
+    max_experiments: Annotated[int | None, typer.Option(min=1, help="meta experiments, baseline included")] = 30,
+    time_budget: Annotated[str | None, typer.Option(help="stop starting meta experiments after this long")] = None,
+    tasks: Annotated[int, typer.Option(min=1, help="synthetic tasks per evaluation")] = 6,
+    seeds: Annotated[int, typer.Option(min=1, help="inner researches per task and evaluation")] = 2,
+    budget: Annotated[int, typer.Option(min=5, help="runs each inner research may make")] = 60,
+    workers: Annotated[int | None, typer.Option(min=1, help="meta experiments at once")] = None,
+) -> None:
+    """Research the research program: inner research on synthetic tasks scores each candidate program."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rsi.meta import Scale, create
+    from rsi.program import default_text
+
+    try:
+        budget_s = parse_duration(time_budget) if time_budget is not None else None
+        if not (directory / "rsi.toml").exists():
+            subject = (level == 1 and program) or (level == 2 and meta_program)
+            text = subject.read_text(encoding="utf-8") if subject else default_text()
+            create(directory, level, text, Scale(tasks, seeds, budget))
+            out.print(f"made the meta-task {directory} (level {level}); researching it", highlight=False)
+        settings = load_program(meta_program) if meta_program and level == 1 else default_program()
+        cfg = _with_executor(apply_program(load_config(directory), settings), workers, None, None, None)
+    except (UserError, ValueError, OSError) as e:
+        fail(str(e) if isinstance(e, UserError) else f"{e}")
+    research = _research(directory, cfg, "knobs", Limits(max_experiments, budget_s), None)
+    s = research.summary()
+    out.print(
+        f"meta-utility: default {s['baseline']:.4g} -> best {s['best']:.4g} (experiment {s['best_id']}); "
+        f"`rsi meta report --dir {directory}` compares them on held-out tasks",
+        highlight=False,
+    )
+
+
+@meta_app.command("report")
+def meta_report(
+    directory: MetaDir = Path("rsi-meta"),
+    seeds: Annotated[int, typer.Option(min=2, help="fresh seeds for each program")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+) -> None:
+    """The starting program against the improved one on held-out tasks: meta-utility, intervals, p, diff."""
+    from rsi.meta import report as meta_figures
+
+    try:
+        found = meta_figures(directory, seeds)
+    except UserError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    table = Table(title=f"held-out meta-utility ({len(found['seeds'])} seeds, {found['scale']})")
+    for col in ("program", "mean", "95% interval"):
+        table.add_column(col)
+    for name in ("default", "improved"):
+        lo, hi = found[name]["ci95"]
+        table.add_row(name, f"{found[name]['mean']:.4f}", f"[{lo:.4f}, {hi:.4f}]")
+    out.print(table)
+    ratio = "n/a" if found["ratio"] is None else f"{found['ratio']:.3f}x"
+    out.print(f"ratio {ratio}, paired t-test p = {found['p_value']:.3g}", highlight=False)
+    out.print(found["diff"] or "(the champion is the starting program)", highlight=False, markup=False)
 
 
 def main() -> None:

@@ -157,6 +157,7 @@ class JudgeConfig(_Section):
     confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
     max_repeats: int = Field(default=8, ge=1, le=100)
     min_delta: float = Field(default=0.0, ge=0.0)
+    replicate: int = Field(default=4, ge=0, le=100)  # fresh runs per arm before a keep lands
 
 
 class KnobsConfig(_Section):
@@ -164,6 +165,10 @@ class KnobsConfig(_Section):
     exclude: list[str] = []
     sampler: Literal["tpe", "cmaes", "random"] = "tpe"
     per_candidate: int = Field(default=2, ge=1)
+    startup: int = Field(default=8, ge=1)  # TPE's random trials before it models
+    local: float = Field(default=0.0, ge=0.0, le=1.0)  # share of candidates that step near the champion
+    local_scale: float = Field(default=0.2, gt=0.0)  # their step, as a fraction of each knob's range
+    restart_after: int = Field(default=0, ge=0)  # experiments without a keep before the sampler starts over
 
 
 class ModelConfig(_Section):
@@ -186,6 +191,8 @@ class ProposerConfig(_Section):
     bench_after: int = Field(default=8, ge=1)  # rejected replies in a row that bench a model
     program: str | None = None
     models: list[ModelConfig] = []
+    weights: dict[str, float] = {}  # a swarm's share per kind of member ("knobs", "llm"); 0 leaves it out
+    prompt: str = ""  # the research program's advice to an LLM, before the task's program.md
 
 
 class ExecutorConfig(_Section):

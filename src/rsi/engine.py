@@ -81,6 +81,7 @@ class Ahead:
 class Limits:
     max_experiments: int | None = None
     time_budget_s: float | None = None
+    max_runs: int | None = None  # runs of the task in the ledger: a budget that counts repeats too
 
 
 Listener = Callable[[str, Experiment | None, str], None]  # (event, experiment, message)
@@ -106,7 +107,9 @@ def _quiet(event: str, exp: Experiment | None, message: str) -> None:
 
 def default_judge(cfg: Config) -> Judge:
     j = cfg.judge
-    return SequentialJudge(confidence=j.confidence, max_repeats=j.max_repeats, min_delta=j.min_delta)
+    return SequentialJudge(
+        confidence=j.confidence, max_repeats=j.max_repeats, min_delta=j.min_delta, replicate=j.replicate
+    )
 
 
 class Research:
@@ -155,6 +158,8 @@ class Research:
         self.limits = Limits()
         self._deadline: float | None = None
         self._links: tuple[str, set[str]] = ("", set())
+        self._seen: dict[str, set[str]] = {}  # parent commit -> normalized changes tried on it
+        self._changes_lock = threading.Lock()
 
     # start and resume
     def _start(self, tag: str | None) -> None:
@@ -226,6 +231,8 @@ class Research:
         def budget_left() -> bool:
             interrupt.check()
             if limits.max_experiments is not None and self.ledger.count() >= limits.max_experiments:
+                return False
+            if limits.max_runs is not None and self.ledger.run_count() >= limits.max_runs:
                 return False
             return deadline is None or _now() < deadline
 
@@ -358,9 +365,13 @@ class Research:
 
     def _spent(self) -> bool:
         """The budget allows no new experiment: the count, or the time (a rebase is a new experiment)."""
-        most = self.limits.max_experiments
+        most, runs = self.limits.max_experiments, self.limits.max_runs
         late = self._deadline is not None and _now() >= self._deadline
-        return late or (most is not None and self.ledger.count() >= most)
+        return (
+            late
+            or (most is not None and self.ledger.count() >= most)
+            or (runs is not None and self.ledger.run_count() >= runs)
+        )
 
     def _observe(self, exp_id: int) -> None:
         done = self.ledger.experiment(exp_id)
@@ -470,6 +481,7 @@ class Research:
         reason: str,
     ) -> Experiment:
         """Records a new experiment: to measure, or done already when `reason` says why it was rejected."""
+        self._changes(parent_commit).add(_normalized(diff))
         with self.ledger.transaction():
             self.ledger.add_experiment(
                 exp_id=exp_id,
@@ -492,9 +504,15 @@ class Research:
 
     def _tried(self, diff: str, parent_commit: str) -> bool:
         """The same change (whitespace aside) on the same champion was already an experiment."""
-        key = _normalized(diff)
-        rows = self.ledger.db.execute("SELECT diff FROM experiments WHERE parent_commit = ?", (parent_commit,))
-        return any(_normalized(row[0]) == key for row in rows)
+        return _normalized(diff) in self._changes(parent_commit)
+
+    def _changes(self, parent_commit: str) -> set[str]:
+        """The changes tried on a champion: read from the ledger once, then kept up to date by `_add`."""
+        with self._changes_lock:
+            if parent_commit not in self._seen:
+                rows = self.ledger.db.execute("SELECT diff FROM experiments WHERE parent_commit = ?", (parent_commit,))
+                self._seen[parent_commit] = {_normalized(row[0]) for row in rows}
+            return self._seen[parent_commit]
 
     def _reject_reason(self, proposal: Proposal, parent: str) -> str:
         if not proposal.edits:

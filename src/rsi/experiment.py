@@ -36,6 +36,7 @@ class Experimenter:
         # made, and the champion's re-measurements pick their seeds one at a time
         self.lock = threading.RLock()
         self._remeasuring: dict[int, set[int]] = {}  # champion id -> seeds of its re-measurements in flight
+        self._noise: dict[int, tuple[tuple[int, int], Noise | None]] = {}  # per thread: ledger version, noise
 
     def champion_worktree(self) -> str:
         """Where this thread measures the champion: one checkout per slot, so workers never share one."""
@@ -57,8 +58,14 @@ class Experimenter:
         return champion
 
     def noise(self) -> Noise | None:
-        """Run-to-run noise pooled over every experiment measured more than once."""
-        return pooled_noise(list(self.ledger.select_metrics().values()))
+        """Run-to-run noise pooled over every experiment measured more than once; computed again only when
+        the ledger changed (SQLite's count of changes, this connection's and the others')."""
+        version = self.ledger.version()
+        cached = self._noise.get(threading.get_ident())
+        if cached is None or cached[0] != version:
+            cached = (version, pooled_noise(list(self.ledger.select_metrics().values())))
+            self._noise[threading.get_ident()] = cached
+        return cached[1]
 
     def baseline(self, exp: Experiment, wt: Path) -> None:
         """Fresh runs on seeds 1..baseline_repeats, each followed by the holdout: the noise floor."""

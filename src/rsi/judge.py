@@ -22,6 +22,7 @@ candidate on a realistic mix, and at least 80% of true 2-sigma gains kept, under
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -58,13 +59,21 @@ def improvement(candidate: float, champion: float, goal: Goal) -> float:
     return champion - candidate if goal == "minimize" else candidate - champion
 
 
+@functools.lru_cache(maxsize=4096)
+def t_quantile(level: float, dof: int) -> float:
+    """Student's t quantile; asked for the same few levels and degrees of freedom again and again."""
+    return float(stats.t.ppf(level, dof))
+
+
 def pooled_noise(samples: Sequence[Sequence[float]]) -> Noise | None:
     """Pooled within-experiment sd of repeated runs of the same code (one sequence per experiment)."""
     num, dof = 0.0, 0
     for runs in samples:
-        if len(runs) >= 2:
-            num += statistics.variance(runs) * (len(runs) - 1)
-            dof += len(runs) - 1
+        n = len(runs)
+        if n >= 2:
+            mean = math.fsum(runs) / n
+            num += math.fsum((x - mean) ** 2 for x in runs)  # floats: statistics.variance is exact and slow
+            dof += n - 1
     return Noise(math.sqrt(num / dof), dof) if dof else None
 
 
@@ -162,7 +171,7 @@ class SequentialJudge:
         return math.sqrt(1 - self.confidence)
 
     def _quantile(self, level: float, dof: int) -> float:
-        return float(stats.t.ppf(level, max(dof, 1)))
+        return t_quantile(level, max(dof, 1))
 
     def detectable(self, champion_runs: int, noise: Noise | None) -> float | None:
         if noise is None or champion_runs < 1:

@@ -359,6 +359,13 @@ class Ledger:
                 )
         return exps
 
+    def run_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    def version(self) -> tuple[int, int]:
+        """Changes whenever the ledger does: by this thread's connection, or by any other."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes
+
     def select_metrics(self) -> dict[int, list[float]]:
         """Valid metrics of every experiment's runs of the task's command: the noise estimate pools them."""
         out: dict[int, list[float]] = {}

@@ -6,6 +6,7 @@ ask-and-tell, proposing against the current champion and telling Optuna every ou
 
 from __future__ import annotations
 
+import math
 import random
 from ast import literal_eval
 from collections.abc import Mapping
@@ -90,13 +91,16 @@ class KnobsProposer:
         self.study = optuna.create_study(direction=goal, sampler=self._sampler(seed))
         self.pending: dict[tuple[Any, ...], optuna.trial.Trial] = {}
         self.tried: set[tuple[Any, ...]] = set()
+        self.goal = goal
+        self.dry = 0  # experiments observed since the last keep
+        self.restarts = 0
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.cfg.sampler == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
         if self.cfg.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.cfg.startup)
 
     def _values(self, files: Mapping[str, str]) -> dict[str, Any]:
         """Current values of the knobs in the champion's files (they change as knobs are kept)."""
@@ -110,11 +114,15 @@ class KnobsProposer:
     def propose(self, ctx: Context) -> Proposal | None:
         if not self.knobs:
             return None
+        if self.cfg.restart_after and self.dry >= self.cfg.restart_after:
+            self._restart()
         current = self._values(ctx.files)
-        rng = random.Random(self.seed * 100_003 + len(self.study.trials))
+        rng = random.Random(self.seed * 100_003 + len(self.tried) * 7 + self.restarts)
         for _ in range(20):
             chosen = set(rng.sample(sorted(self.knobs), min(self.cfg.per_candidate, len(self.knobs))))
             fixed = {key: _clip(current[key], self.dists[key]) for key in self.knobs if key not in chosen}
+            if rng.random() < self.cfg.local:  # a step near the champion instead of the sampler's choice
+                fixed.update({key: _near(current[key], self.dists[key], self.cfg.local_scale, rng) for key in chosen})
             self.study.enqueue_trial(fixed, skip_if_exists=False)
             trial = self.study.ask(dict(self.dists))
             # What is measured is what the file says: the literal as written (3 significant digits).
@@ -142,9 +150,18 @@ class KnobsProposer:
         hypothesis = describe({key: current[key] for key in changed}, changed)
         return Proposal(edits=edits, hypothesis=hypothesis, params=params)
 
+    def _restart(self) -> None:
+        """A fresh sampler that forgets where it has looked (not what it tried): exploration starts over."""
+        self.restarts += 1
+        self.dry = 0
+        self.pending.clear()
+        self.study = optuna.create_study(direction=self.goal, sampler=self._sampler(self.seed + 7919 * self.restarts))
+
     def observe(self, exp: Experiment) -> None:
         if not self.knobs:
             return
+        if exp.id > 0:
+            self.dry = 0 if exp.verdict == "keep" else self.dry + 1
         if exp.id == 0:
             params = {key: k.value for key, k in self.knobs.items()}
         elif exp.proposer == self.name and set(exp.params) == set(self.dists):
@@ -165,6 +182,24 @@ class KnobsProposer:
             )
         except ValueError:
             return  # a value outside today's ranges (a hand-edited file): nothing to learn from
+
+
+def _near(value: Any, dist: optuna.distributions.BaseDistribution, scale: float, rng: random.Random) -> Any:
+    """A random step from `value`: Gaussian with sd `scale` of the range (in log space for log knobs), or
+    another choice."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        others = [c for c in dist.choices if c != value]
+        return rng.choice(others) if others else value
+    assert isinstance(dist, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution)
+    value = _clip(value, dist)
+    lo, hi, x = float(dist.low), float(dist.high), float(value)
+    if dist.log:
+        lo, hi, x = math.log(lo), math.log(hi), math.log(max(x, dist.low))
+    y = min(max(rng.gauss(x, scale * (hi - lo)), lo), hi)
+    y = math.exp(y) if dist.log else y
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return int(min(max(round(y), dist.low), dist.high))
+    return float(min(max(y, dist.low), dist.high))
 
 
 def _clip(value: Any, dist: optuna.distributions.BaseDistribution) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rsi.ledger import Experiment, Ledger
@@ -57,8 +57,11 @@ class SwarmProposer:
     name = "swarm"
     overlap = True  # members are asked in the engine's look-ahead thread too, one call at a time
 
-    def __init__(self, members: Sequence[Proposer]) -> None:
-        self.members = {m.name: m for m in members}
+    def __init__(self, members: Sequence[Proposer], weights: Mapping[str, float] | None = None) -> None:
+        """`weights` per kind of member ("knobs", "llm"; 1 when not given) scale each one's bandit index;
+        a member of weight 0 is left out."""
+        self.weights = {m.name: _weight(m.name, weights or {}) for m in members}
+        self.members = {m.name: m for m in members if self.weights[m.name] > 0}
         self.done: dict[str, str] = {}  # member -> why it stopped
         self.done_reason = ""
 
@@ -69,7 +72,7 @@ class SwarmProposer:
                 self.done_reason = "every member stopped: " + "; ".join(f"{n}: {w}" for n, w in self.done.items())
                 return None
             table = bandit_table(ctx.ledger, live)
-            name = max(live, key=lambda n: (table[n]["index"], -live.index(n)))
+            name = max(live, key=lambda n: (table[n]["index"] * self.weights[n], -live.index(n)))
             member = self.members[name]
             proposal = member.propose(ctx)
             if proposal is None:
@@ -84,3 +87,8 @@ class SwarmProposer:
 
     def state(self, ledger: Ledger) -> dict[str, Any]:
         return {"members": bandit_table(ledger, list(self.members)), "stopped": dict(self.done)}
+
+
+def _weight(name: str, weights: Mapping[str, float]) -> float:
+    kind = "llm" if name.startswith("llm") else name
+    return float(weights.get(kind, 1.0))

@@ -1,0 +1,249 @@
+"""`rsi meta`: rsi researches its own research program, with the same engine, one level up.
+
+Level 1: the editable file is a program (programs/default.py). One run of the meta-task runs inner research
+with that program on each task of a synthetic suite (in process: same loop, proposers, judge and ledger, no
+subprocess, no git), each for a fixed budget of runs, and prints the meta-utility: the mean fraction of the
+gap from each task's start to its optimum that the inner champion closed, computed from the noise-free
+objective at the champion, never from the inner research's own verdicts (a program that loosens its judge
+gets no credit for the noise it keeps). The holdout is the same figure on held-out task families.
+
+Level 2: the editable file is the meta-level's own program (the settings of the level-1 research). One run
+researches level 1 in process with it for a small budget and prints how much the level-1 champion program
+gained over the default program, scored on fresh seeds.
+
+The evaluators are this module, outside the meta-task's repository: a candidate program cannot change them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rsi.config import Config, MetricConfig, TaskConfig
+from rsi.engine import Limits, default_judge, in_process
+from rsi.errors import UserError
+from rsi.program import Program, apply_program, default_text, parse_program
+from rsi.proposer import KnobsProposer
+from rsi.suite import FILE, SyntheticTask, suite
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """How big one evaluation is: tasks of the suite, inner seeds per task, runs per inner research."""
+
+    tasks: int = 6
+    seeds: int = 2
+    budget: int = 60
+
+
+def inner_config(program: Program, name: str = "synthetic", editable: str = FILE) -> Config:
+    cfg = Config(
+        task=TaskConfig(name=name, editable=[editable], command="(in process)"),
+        metric=MetricConfig(name="loss", goal="minimize", pattern=r"^(\S+)$"),
+    )
+    return apply_program(cfg, program)
+
+
+def research_task(task: SyntheticTask, program: Program, budget: int, seed: int) -> float:
+    """One inner research of `task` with `program` for `budget` runs; the gap its champion closed."""
+    cfg = inner_config(program)
+    files = task.files()
+    proposer = KnobsProposer(files, cfg.knobs, "minimize", seed=seed)
+    research = in_process(cfg, files, lambda f, s: task.measure(f, s, salt=seed), proposer, judge=default_judge(cfg))
+    research.run(Limits(max_runs=budget))
+    champion = research.experimenter.champion()
+    commit = champion.kept_commit or champion.commit_sha
+    return task.gap_closed(research.champion_files(commit) if commit else files)
+
+
+def utility(program: Program, suite_name: str, scale: Scale, seed: int) -> float:
+    """Level 1's metric: the mean gap closed over the suite's tasks and `scale.seeds` inner seeds."""
+    gaps = [
+        research_task(task, program, scale.budget, seed * 1000 + j)
+        for task in suite(suite_name, scale.tasks)
+        for j in range(scale.seeds)
+    ]
+    return statistics.fmean(gaps)
+
+
+def level2_utility(meta_program: Program, suite_name: str, scale: Scale, seed: int, meta_budget: int = 12) -> float:
+    """Level 2's metric: a level-1 research run in process with `meta_program`'s settings, starting from the
+    default program, for `meta_budget` runs; the level-1 champion's gain over the default program, both
+    scored on `suite_name` with seeds the level-1 research never saw."""
+    text = default_text()
+    cfg = inner_config(meta_program, "program", "program.py")
+
+    def level1(files: Mapping[str, str], s: int) -> float:
+        return utility(parse_program(files["program.py"]), "train", scale, seed * 7919 + s)
+
+    proposer = KnobsProposer({"program.py": text}, cfg.knobs, "maximize", seed=seed)
+    cfg = cfg.model_copy(update={"metric": cfg.metric.model_copy(update={"goal": "maximize"})})
+    research = in_process(cfg, {"program.py": text}, level1, proposer, judge=default_judge(cfg))
+    research.run(Limits(max_runs=meta_budget))
+    champion = research.experimenter.champion()
+    commit = champion.kept_commit or champion.commit_sha
+    best = research.champion_files(commit)["program.py"] if commit else text
+    fresh = 10_000 + seed
+    return utility(parse_program(best), suite_name, scale, fresh) - utility(
+        parse_program(text), suite_name, scale, fresh
+    )
+
+
+# ---- the meta-task on disk: a git repository that `rsi run` researches
+TOML = """\
+# The meta-task: rsi researching its own research program (made by `rsi meta`).
+[task]
+name = "{name}"
+editable = ["{editable}"]
+command = "{python} -m rsi.meta evaluate --suite train {scale}"
+timeout = "{timeout}s"
+
+[metric]
+name = "meta_utility"
+goal = "maximize"
+pattern = '^meta_utility:\\s*(\\S+)'
+
+[holdout]
+command = "{python} -m rsi.meta evaluate --suite heldout {scale}"
+pattern = '^meta_utility:\\s*(\\S+)'
+
+[knobs]
+exclude = ["PROPOSER", "MIN_DELTA", "KNOBS_WEIGHT", "LLM_WEIGHT"]  # the meta suite has no LLM and no swarm
+"""
+
+
+def create(dest: Path, level: int, subject: str, scale: Scale) -> Path:
+    """A new meta-task repository at `dest` whose editable file holds `subject` (a program's text)."""
+    if dest.exists() and any(dest.iterdir()):
+        raise UserError(f"{dest} exists and is not empty: give --dir a new folder, or resume it with rsi meta")
+    editable = "program.py" if level == 1 else "meta_program.py"
+    parse_program(subject, editable)  # a program that does not load is refused before anything is made
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / editable).write_text(subject, encoding="utf-8")
+    timeout = 600 if level == 1 else 3600
+    (dest / "rsi.toml").write_text(
+        TOML.format(
+            name=f"meta-level{level}",
+            editable=editable,
+            python=sys.executable,
+            scale=f"--level {level} --tasks {scale.tasks} --seeds {scale.seeds} --budget {scale.budget}",
+            timeout=timeout,
+        ),
+        encoding="utf-8",
+    )
+    (dest / ".gitignore").write_text(".rsi/\n", encoding="utf-8")
+    (dest / "meta.json").write_text(json.dumps({"level": level, **dataclasses.asdict(scale)}) + "\n", encoding="utf-8")
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "meta-task: rsi's research program"]):
+        subprocess.run(
+            ["git", "-c", "user.name=rsi", "-c", "user.email=rsi@localhost", *args],
+            cwd=dest,
+            check=True,
+            capture_output=True,
+        )
+    return dest
+
+
+# ---- the report: default against improved on held-out tasks
+def compare(default: Program, improved: Program, suite_name: str, scale: Scale, seeds: Sequence[int]) -> dict[str, Any]:
+    """Both programs on the same tasks and seeds: means, 95% intervals, the ratio, a paired t-test."""
+    from scipy import stats
+
+    a = [utility(default, suite_name, scale, s) for s in seeds]
+    b = [utility(improved, suite_name, scale, s) for s in seeds]
+
+    def interval(xs: list[float]) -> list[float]:
+        if len(xs) < 2:
+            return [xs[0], xs[0]]
+        half = float(stats.t.ppf(0.975, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
+        return [statistics.fmean(xs) - half, statistics.fmean(xs) + half]
+
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    p = float(stats.ttest_rel(b, a).pvalue) if len(seeds) > 1 and any(diffs) else 1.0
+    return {
+        "suite": suite_name,
+        "seeds": list(seeds),
+        "default": {"mean": statistics.fmean(a), "ci95": interval(a), "runs": a},
+        "improved": {"mean": statistics.fmean(b), "ci95": interval(b), "runs": b},
+        "ratio": statistics.fmean(b) / statistics.fmean(a) if statistics.fmean(a) > 0 else None,
+        "p_value": p,
+    }
+
+
+def settings(root: Path) -> tuple[int, Scale]:
+    """The level and scale a meta-task was made with."""
+    try:
+        found = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+        return int(found["level"]), Scale(int(found["tasks"]), int(found["seeds"]), int(found["budget"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{root} is not a meta-task made by rsi meta (no readable meta.json)") from None
+
+
+def report(root: Path, seeds: int) -> dict[str, Any]:
+    """The program the meta-research started from against its champion, on held-out tasks and fresh seeds."""
+    level, scale = settings(root)
+    if level != 1:
+        raise UserError("rsi meta report compares level-1 programs; a level-2 research is read with rsi status")
+    before, after, commit = champion_text(root)
+    found = compare(parse_program(before), parse_program(after), "heldout", scale, range(900_001, 900_001 + seeds))
+    lines = difflib.unified_diff(before.splitlines(True), after.splitlines(True), "a/program.py", "b/program.py")
+    diff = "".join(lines)
+    return {**found, "commit": commit, "diff": diff, "scale": dataclasses.asdict(scale)}
+
+
+def champion_text(root: Path) -> tuple[str, str, str]:
+    """The meta-task's editable file at its start and at its champion, and the champion's commit."""
+    from rsi.ledger import Ledger
+    from rsi.workspace import Workspace
+
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    try:
+        kept = ledger.experiments("verdict = 'keep'")
+        start = ledger.get("start_commit") or ""
+    finally:
+        ledger.close()
+    ws = Workspace(root)
+    name = "program.py" if ws.files(start, ["program.py"]) else "meta_program.py"
+    best = (kept[-1].kept_commit or kept[-1].commit_sha or start) if kept else start
+    return ws.read(start, name), ws.read(best, name), best
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m rsi.meta evaluate ...`: the frozen evaluator the meta-task's runs call."""
+    parser = argparse.ArgumentParser(prog="python -m rsi.meta")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluate", help="score the program file in the current folder")
+    ev.add_argument("--level", type=int, choices=(1, 2), default=1)
+    ev.add_argument("--suite", choices=("train", "heldout"), default="train")
+    ev.add_argument("--tasks", type=int, default=Scale.tasks)
+    ev.add_argument("--seeds", type=int, default=Scale.seeds)
+    ev.add_argument("--budget", type=int, default=Scale.budget)
+    ev.add_argument("--meta-budget", type=int, default=12, help="level 2: runs of the level-1 research")
+    args = parser.parse_args(argv)
+    name = "program.py" if args.level == 1 else "meta_program.py"
+    try:
+        program = parse_program(Path(name).read_text(encoding="utf-8"), name)
+    except (OSError, UserError) as e:
+        print(f"rsi.meta: {e}", file=sys.stderr)
+        return 2
+    seed = int(os.environ.get("RSI_SEED", "1"))
+    scale = Scale(args.tasks, args.seeds, args.budget)
+    if args.level == 1:
+        value = utility(program, args.suite, scale, seed)
+    else:
+        value = level2_utility(program, args.suite, scale, seed, meta_budget=args.meta_budget)
+    print(f"meta_utility: {value:.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""rsi's research program: everything that decides how rsi researches, as plain values.
+
+`rsi run --program FILE` takes a file like this one; without the flag rsi uses this one. `rsi meta` makes a
+copy of it the editable file of a research one level up, where the knobs proposer (and an LLM proposer, when
+there is one) changes these values and keeps a change only if inner research with it achieves more on a suite
+of tasks, checked on tasks it never saw. The `# rsi:` hints are that search's ranges.
+"""
+
+# Proposers: which one proposes, and the share of each in a swarm (a weight of 0 leaves it out).
+PROPOSER = "knobs"  # rsi: fixed
+KNOBS_WEIGHT = 1.0  # rsi: range(0.0, 1.0)
+LLM_WEIGHT = 1.0  # rsi: range(0.0, 1.0)
+
+# The knobs proposer's sampler and its parameters.
+SAMPLER = "tpe"  # rsi: choice("tpe", "cmaes", "random")
+STARTUP = 8  # rsi: range(2, 30)
+PER_CANDIDATE = 2  # rsi: range(1, 4)
+LOCAL = 0.0  # rsi: range(0.0, 0.9)
+LOCAL_SCALE = 0.2  # rsi: log-range(0.02, 0.5)
+
+# The judge. A looser judge keeps more noise; the meta level scores what research truly achieved, so
+# loosening it cannot look like progress there.
+BASELINE_REPEATS = 5  # rsi: range(3, 10)
+CONFIDENCE = 0.99  # rsi: range(0.95, 0.995)
+MAX_REPEATS = 8  # rsi: range(2, 12)
+MIN_DELTA = 0.0  # rsi: fixed
+REPLICATE = 4  # rsi: range(2, 8)
+
+# Strategy: start the sampler over after this many experiments without a keep (0: never).
+RESTART_AFTER = 0  # rsi: range(0, 40)
+
+# What an LLM proposer is told about how to research, before the task's own program.md.
+PROMPT = """\
+Propose one change at a time, small enough that its effect can be told apart from noise. Prefer changes
+with a reason you can state: a hyperparameter that is clearly off, a known better method, a bug. When
+several changes in a row were not kept, try a different direction rather than a smaller step.
+"""

@@ -1,0 +1,201 @@
+"""The research program as a file, the synthetic suites, and `rsi meta` at levels 1 and 2: real inner research
+in process, real meta-research through `rsi run`'s engine on a git repository."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MakeTask, rsi
+
+from rsi.config import JudgeConfig, KnobsConfig
+from rsi.ledger import Ledger
+from rsi.meta import Scale, research_task, utility
+from rsi.program import Program, default_program, default_text, parse_program
+from rsi.proposer import Context, KnobsProposer
+from rsi.suite import FILE, HELD_OUT, TRAIN, Diverged, suite
+from rsi.swarm import SwarmProposer
+
+
+def test_the_shipped_program_is_the_default_everywhere() -> None:
+    """programs/default.py, the Program defaults and rsi.toml's defaults say the same thing."""
+    shipped = default_program()
+    assert dataclasses.replace(shipped, prompt="") == Program()
+    judge, knobs = JudgeConfig(), KnobsConfig()
+    for field in ("baseline_repeats", "confidence", "max_repeats", "min_delta", "replicate"):
+        assert getattr(judge, field) == getattr(shipped, field), field
+    for field in ("sampler", "startup", "per_candidate", "local", "local_scale", "restart_after"):
+        assert getattr(knobs, field) == getattr(shipped, field), field
+    assert shipped.prompt.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("SAMPLER = 'annealing'\n", "choose one of tpe, cmaes, random"),
+        ("STARTUP = 'eight'\n", "STARTUP must be int"),
+        ("CONFIDENCE = 1.5\n", "CONFIDENCE = 1.5: must be between"),
+        ("BASELINE_REPEATS = True\n", "BASELINE_REPEATS must be int"),
+        ("def (:\n", "SyntaxError"),
+        ("import nonexistent_module_of_rsi\n", "ModuleNotFoundError"),
+    ],
+)
+def test_a_bad_program_is_one_line_and_exit_2(make_task: MakeTask, text: str, words: str) -> None:
+    root = make_task()
+    (root / "prog.py").write_text(text)
+    done = rsi("run", str(root), "--program", str(root / "prog.py"), "--max-experiments", "2")
+    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (root / ".rsi" / "ledger.sqlite").exists()  # refused before anything ran
+
+
+def test_run_with_a_program_uses_it_and_rsi_toml_still_wins(make_task: MakeTask) -> None:
+    program = "BASELINE_REPEATS = 3\nPER_CANDIDATE = 1\n"
+    loose = make_task(name="loose")
+    (loose.parent / "prog.py").write_text(program)
+    done = rsi("run", str(loose), "--program", str(loose.parent / "prog.py"), "--max-experiments", "3")
+    assert done.returncode == 0, done.stderr
+    exps = Ledger(loose / ".rsi" / "ledger.sqlite", readonly=True).experiments()
+    assert {r.seed for r in exps[0].runs if r.kind == "fresh" and r.seed < 1000} == {1, 2, 3}  # the noise floor
+    assert all(e.hypothesis.count("->") == 1 for e in exps[1:] if e.proposer == "knobs")  # one knob at a time
+    pinned = make_task(name="pinned", extra_toml="[judge]\nbaseline_repeats = 4\n")
+    done = rsi("run", str(pinned), "--program", str(loose.parent / "prog.py"), "--max-experiments", "1")
+    assert done.returncode == 0, done.stderr
+    base = Ledger(pinned / ".rsi" / "ledger.sqlite", readonly=True).experiments()[0]
+    assert {r.seed for r in base.runs if r.kind == "fresh" and r.seed < 1000} == {1, 2, 3, 4}  # the task's choice
+
+
+def test_synthetic_tasks_have_a_known_optimum_crash_regions_and_dead_knobs() -> None:
+    tasks = suite("train", 6, seed=3) + suite("heldout", 6, seed=3)
+    assert {t.family for t in tasks[:6]} == set(TRAIN) and {t.family for t in tasks[6:]} == set(HELD_OUT)
+    assert not set(TRAIN) & set(HELD_OUT)  # different generators, not only different seeds
+    for task in tasks:
+        files = task.files()
+        assert task.gap_closed(files) == 0.0
+        assert task.measure(files, 1) != task.measure(files, 2)  # noisy
+        assert task.measure(files, 1) == task.measure(files, 1)  # and reproducible
+        kinds = {k.kind for k in task.knobs}
+        assert {"log", "int"} <= kinds
+        lr = task.knobs[0]
+        burnt = files[FILE].replace(f"{lr.name} = {lr.value(task.start[lr.name])!r}", f"{lr.name} = {lr.high!r}")
+        assert burnt != files[FILE]
+        with pytest.raises(Diverged):
+            task.measure({FILE: burnt}, 1)
+        dead = next(k for k in task.knobs if k.name not in task.live)
+        moved = files[FILE].replace(
+            f"{dead.name} = {dead.value(task.start[dead.name])!r}", f"{dead.name} = {dead.value(0.5)!r}"
+        )
+        assert moved != files[FILE] and task.true({FILE: moved}) == task.true(files)
+    # the same task in another process measures the same: seeds do not depend on Python's hash salt
+    code = "from rsi.suite import suite; t = suite('heldout', 2, seed=3)[1]; print(repr(t.measure(t.files(), 5)))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert float(other) == tasks[7].measure(tasks[7].files(), 5)
+
+
+def test_inner_research_closes_part_of_the_gap_measured_on_the_true_objective() -> None:
+    task = suite("train", 1, seed=1)[0]
+    gap = research_task(task, default_program(), budget=60, seed=1)
+    assert 0.0 < gap <= 1.0
+    # more budget never hurts much, and no budget at all gets nowhere
+    assert research_task(task, default_program(), budget=5, seed=1) == 0.0
+    one = utility(default_program(), "train", Scale(tasks=2, seeds=1, budget=30), seed=1)
+    assert one == utility(default_program(), "train", Scale(tasks=2, seeds=1, budget=30), seed=1)  # reproducible
+    assert -1.0 <= one <= 1.0 and math.isfinite(one)
+
+
+def test_local_steps_stay_near_the_champion_and_restarts_start_over() -> None:
+    files = {"p.py": "a = 0.5  # rsi: range(0.0, 1.0)\nb = 50  # rsi: range(0, 100)\n"}
+    ledger = Ledger(Path(":memory:"))
+    champion = ledger.experiment(0)
+
+    def ask(proposer: KnobsProposer) -> dict[str, float]:
+        proposal = proposer.propose(Context(champion=champion, files=files, ledger=ledger))  # type: ignore[arg-type]
+        assert proposal is not None
+        return proposal.params
+
+    local = KnobsProposer(files, KnobsConfig(local=1.0, local_scale=0.02), "minimize", seed=1)
+    near = [ask(local) for _ in range(10)]
+    assert all(abs(p["a"] - 0.5) < 0.15 and abs(p["b"] - 50) < 15 for p in near)
+    far = KnobsProposer(files, KnobsConfig(sampler="random"), "minimize", seed=1)
+    assert max(abs(ask(far)["a"] - 0.5) for _ in range(10)) > 0.15
+    restarting = KnobsProposer(files, KnobsConfig(restart_after=2), "minimize", seed=1)
+    study = restarting.study
+    restarting.dry = 1
+    ask(restarting)
+    assert restarting.study is study  # not yet
+    restarting.dry = 2
+    ask(restarting)
+    assert restarting.study is not study and restarting.restarts == 1 and restarting.dry == 0
+
+
+def test_a_swarm_member_of_weight_zero_is_left_out() -> None:
+    files = {"p.py": "a = 0.5  # rsi: range(0.0, 1.0)\n"}
+    one = KnobsProposer(files, KnobsConfig(), "minimize")
+    other = KnobsProposer(files, KnobsConfig(), "minimize")
+    other.name = "llm:fake"  # type: ignore[misc]
+    swarm = SwarmProposer([one, other], {"llm": 0.0})
+    assert list(swarm.members) == ["knobs"]
+
+
+@pytest.mark.slow
+def test_rsi_meta_researches_the_program_and_reports_on_held_out_tasks(tmp_path: Path) -> None:
+    where = tmp_path / "meta"
+    args = ["--dir", str(where), "--tasks", "2", "--seeds", "1", "--budget", "25"]
+    done = rsi("meta", *args, "--max-experiments", "4")
+    assert done.returncode == 0, done.stderr
+    assert "meta-utility: default" in done.stdout
+    ledger = Ledger(where / ".rsi" / "ledger.sqlite", readonly=True)
+    exps = ledger.experiments()
+    assert len(exps) == 4 and exps[0].valid()
+    assert [r for r in exps[0].runs if r.kind == "holdout" and r.status == "ok"]  # held-out tasks, never selection
+    for e in exps[1:]:
+        assert "program.py" in e.diff or e.status == "rejected"
+        assert e.proposer == "knobs"
+    report = rsi("meta", "report", "--dir", str(where), "--seeds", "2", "--json")
+    assert report.returncode == 0, report.stderr
+    found = json.loads(report.stdout)
+    assert found["suite"] == "heldout" and len(found["default"]["runs"]) == 2 and 0.0 <= found["p_value"] <= 1.0
+    start = parse_program(default_text())
+    assert utility(start, "heldout", Scale(2, 1, 25), found["seeds"][0]) == found["default"]["runs"][0]
+    again = rsi("meta", *args, "--max-experiments", "5")  # resumes the same meta-research
+    assert again.returncode == 0, (
+        again.stderr and len(Ledger(where / ".rsi" / "ledger.sqlite", readonly=True).experiments()) == 5
+    )
+
+
+@pytest.mark.slow
+def test_level_two_takes_the_meta_program_as_its_subject_for_a_step(tmp_path: Path) -> None:
+    where = tmp_path / "meta2"
+    done = rsi(
+        "meta",
+        "--level",
+        "2",
+        "--dir",
+        str(where),
+        "--tasks",
+        "1",
+        "--seeds",
+        "1",
+        "--budget",
+        "15",
+        "--max-experiments",
+        "2",
+    )
+    assert done.returncode == 0, done.stderr
+    assert (where / "meta_program.py").exists() and not (where / "program.py").exists()
+    exps = Ledger(where / ".rsi" / "ledger.sqlite", readonly=True).experiments()
+    assert len(exps) == 2 and exps[0].valid()
+    assert "meta_program.py" in exps[1].diff or exps[1].status == "rejected"
+    assert "--level 2" in (where / "rsi.toml").read_text()
+
+
+def test_the_evaluator_refuses_a_folder_without_a_program(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "rsi.meta", "evaluate"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and "program.py" in done.stderr and "Traceback" not in done.stderr
+    report = rsi("meta", "report", "--dir", str(tmp_path))
+    assert report.returncode == 2 and "not a meta-task" in report.stderr
