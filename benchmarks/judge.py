@@ -31,6 +31,7 @@ from rsi.config import Config
 from rsi.engine import Limits, in_process
 from rsi.judge import Decision, Goal, Judge, Noise, SequentialJudge, ThresholdJudge, improvement
 from rsi.ledger import Experiment
+from rsi.program import Program, default_program, load_program
 from rsi.proposer import Context, Proposal
 
 MIX = {"null": (0.0, 0.60), "regression": (-1.0, 0.25), "gain_1sd": (1.0, 0.10), "gain_2sd": (2.0, 0.05)}
@@ -115,9 +116,13 @@ def config(baseline_repeats: int) -> Config:
     )
 
 
-def research(judge_name: str, noise: str, candidates: int, seed: int) -> dict[str, float]:
+def research(judge_name: str, noise: str, candidates: int, seed: int, program: Program) -> dict[str, float]:
+    p = program
+    rsi = SequentialJudge(
+        confidence=p.confidence, max_repeats=p.max_repeats, min_delta=p.min_delta, replicate=p.replicate
+    )
     judges: dict[str, tuple[Judge, int]] = {
-        "rsi": (SequentialJudge(), 5),
+        "rsi": (rsi, p.baseline_repeats),
         "autoresearch": (ThresholdJudge(0.0), 1),
         "two-sigma": (TwoSigmaJudge(), 5),
     }
@@ -150,14 +155,16 @@ def research(judge_name: str, noise: str, candidates: int, seed: int) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer candidates (about a minute)")
+    ap.add_argument("--program", type=Path, help="rsi's judge settings from this research program (default: shipped)")
     args = ap.parse_args()
+    program = load_program(args.program) if args.program else default_program()
     candidates, tasks = (300, 3) if args.quick else (1000, 6)
     figures: dict[str, dict[str, dict[str, float]]] = {}
     print(f"{'noise':8}{'judge':14}{'false keeps':>12}{'2sd kept':>10}{'1sd kept':>10}{'runs/cand':>11}{'nulls':>8}")
     for noise in ("gauss", "t3"):
         figures[noise] = {}
         for name in ("rsi", "autoresearch", "two-sigma"):
-            rows = [research(name, noise, candidates, seed) for seed in range(tasks)]
+            rows = [research(name, noise, candidates, seed, program) for seed in range(tasks)]
             nulls = sum(r["nulls"] for r in rows)
             gains = sum(r["gains_2sd"] for r in rows)
             fig = {

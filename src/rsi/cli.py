@@ -383,6 +383,9 @@ def meta(
     seeds: Annotated[int, typer.Option(min=1, help="inner researches per task and evaluation")] = 2,
     budget: Annotated[int, typer.Option(min=5, help="runs each inner research may make")] = 60,
     workers: Annotated[int | None, typer.Option(min=1, help="meta experiments at once")] = None,
+    proposer: Annotated[
+        str, typer.Option(help="knobs, or llm / swarm with [[proposer.models]] in the meta-task's rsi.toml")
+    ] = "knobs",
 ) -> None:
     """Research the research program: inner research on synthetic tasks scores each candidate program."""
     if ctx.invoked_subcommand is not None:
@@ -401,7 +404,7 @@ def meta(
         cfg = _with_executor(apply_program(load_config(directory), settings), workers, None, None, None)
     except (UserError, ValueError, OSError) as e:
         fail(str(e) if isinstance(e, UserError) else f"{e}")
-    research = _research(directory, cfg, "knobs", Limits(max_experiments, budget_s), None)
+    research = _research(directory, cfg, proposer, Limits(max_experiments, budget_s), None)
     s = research.summary()
     out.print(
         f"meta-utility: default {s['baseline']:.4g} -> best {s['best']:.4g} (experiment {s['best_id']}); "
