@@ -149,13 +149,15 @@ def _hide(path: Path) -> list[str]:
 
 
 def _interpreter_paths(repo: Path) -> tuple[list[Path], list[Path]]:
-    """The Python that runs rsi (and so, usually, the task): its prefixes and installed packages, split into
-    those inside the repository (bound after it is hidden) and the rest. A path that is the repository or lies
-    in its `.rsi/` is left out: binding it would show what the sandbox hides."""
+    """The Python that runs rsi (and so, usually, the task): its prefixes, installed packages and rsi's own
+    code (an editable install lives outside them; `rsi meta`'s evaluator imports it), split into those inside
+    the repository (bound after it is hidden) and the rest. A path that is the repository or lies in its
+    `.rsi/` is left out: binding it would show what the sandbox hides."""
     state = repo / ".rsi"
     inside: set[Path] = set()
     outside: set[Path] = set()
-    for raw in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()):
+    own = str(Path(__file__).resolve().parent.parent)  # the folder that holds the rsi package
+    for raw in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values(), own):
         path = Path(raw).resolve()
         if not path.exists() or path == Path("/") or path == repo or path.is_relative_to(state):
             continue
