@@ -215,6 +215,26 @@ class SandboxConfig(_Section):
     cpu_time: Duration | None = None
 
 
+class ConstraintConfig(_Section):
+    """A bound on a secondary figure: a candidate that breaks it is not kept, whatever its metric."""
+
+    name: str = Field(min_length=1)
+    source: Literal["peak_memory_mb", "duration_s"] | None = None  # recorded for every run
+    pattern: str | None = None  # or parsed from the run's output like the metric (last match wins)
+    max: float | None = None
+    min: float | None = None
+
+    _regex = field_validator("pattern")(_check_regex)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ConstraintConfig:
+        if (self.source is None) == (self.pattern is None):
+            raise ValueError(f"constraint {self.name!r}: give one of source or pattern")
+        if self.max is None and self.min is None:
+            raise ValueError(f"constraint {self.name!r}: give max, min or both")
+        return self
+
+
 class Config(_Section):
     task: TaskConfig
     metric: MetricConfig
@@ -224,6 +244,7 @@ class Config(_Section):
     proposer: ProposerConfig = ProposerConfig()
     executor: ExecutorConfig = ExecutorConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    constraints: list[ConstraintConfig] = []
 
 
 def _first_error(err: ValidationError) -> str:

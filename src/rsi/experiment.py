@@ -6,6 +6,7 @@ it is worth, with the judge, and records each run in the ledger as it happens, s
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from scipy import stats
 
 from rsi import slots
-from rsi.config import Config
+from rsi.config import Config, ConstraintConfig
 from rsi.errors import UserError
 from rsi.judge import Decision, Judge, Noise, pooled_noise
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
@@ -107,11 +108,28 @@ class Experimenter:
             seed = pool[k].seed if k < len(pool) else fresh_seed(exp.id, 100 + k)
             self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed)
             exp = self._reload(exp)
+        if decision.verdict == "keep":  # the bounds on secondary figures, before replication spends more runs
+            decision = self._within_constraints(exp, decision)
         if decision.verdict == "keep" and self.judge.replicate:
             decision = self._replicate(exp, wt, champion)
+            if decision.verdict == "keep":
+                decision = self._within_constraints(self._reload(exp), decision)
         if decision.verdict == "keep":
             self._top_up(exp, wt, self.cfg.judge.baseline_repeats if self.judge.replicate else 0)
         self._finish(self._reload(exp), decision.verdict, decision, champion)
+
+    def _within_constraints(self, exp: Experiment, decision: Decision) -> Decision:
+        """The decision, or a discard naming the first `[[constraints]]` bound the candidate breaks (its mean
+        over its valid runs; a figure it never reported breaks it too, as nothing shows it is within)."""
+        for c in self.cfg.constraints:
+            value = constraint_value(exp, c)
+            if value is None:
+                return Decision("discard", f"constraint {c.name}: no value to check ({decision.reason})", decision.ci)
+            if c.max is not None and value > c.max:
+                return Decision("discard", f"breaks constraint {c.name}: {value:.4g} > max {c.max:g}", decision.ci)
+            if c.min is not None and value < c.min:
+                return Decision("discard", f"breaks constraint {c.name}: {value:.4g} < min {c.min:g}", decision.ci)
+        return decision
 
     def _remeasure(self, champion: Experiment) -> Experiment:
         """Periodic re-measurement: one more fresh run of the champion for each candidate the judge could not
@@ -290,3 +308,28 @@ def _deletes_code(diff: str) -> bool:
     added = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++") and x[1:].strip())
     removed = sum(1 for x in lines if x.startswith("-") and not x.startswith("---") and x[1:].strip())
     return removed > added
+
+
+def constraint_value(exp: Experiment, c: ConstraintConfig) -> float | None:
+    """The experiment's figure for a constraint: the mean over its valid runs of the task's command."""
+    values: list[float] = []
+    for r in exp.runs:
+        if r.kind not in SELECT_KINDS or r.status != "ok":
+            continue
+        if c.source is not None:
+            got = getattr(r, c.source)
+        else:
+            assert c.pattern is not None
+            found = re.findall(c.pattern, r.stdout_tail, flags=re.MULTILINE)
+            got = _number(found[-1]) if found else None
+        if got is not None:
+            values.append(float(got))
+    return statistics.fmean(values) if values else None
+
+
+def _number(text: object) -> float | None:
+    try:
+        value = float(text[0] if isinstance(text, tuple) else text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None

@@ -1,0 +1,54 @@
+"""`[[constraints]]`: a candidate that breaks a bound on a secondary figure is not kept, whatever its metric."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import MakeTask, rsi
+
+from rsi.ledger import Ledger
+
+LATENCY = """\
+import os, random
+lr = 0.5
+DEPTH = 3
+random.seed(int(os.environ["RSI_SEED"]))
+print(f"loss: {(lr - 0.12) ** 2 * 10 + 0.1 * (DEPTH - 7) ** 2 + random.gauss(0, 0.01):.6f}")
+print(f"latency: {DEPTH * 10 + random.gauss(0, 0.1):.3f}")
+"""
+
+
+def test_a_gain_that_breaks_a_constraint_is_not_kept(make_task: MakeTask) -> None:
+    """Deeper is better for the loss (best at DEPTH 7) but slower: latency at most 45 allows DEPTH 4 at most."""
+    toml = "[[constraints]]\nname = 'latency'\npattern = '^latency:\\s*(\\S+)'\nmax = 45\n"
+    root = make_task(train=LATENCY, extra_toml=toml)
+    done = rsi("run", str(root), "--max-experiments", "25", "--tag", "c")
+    assert done.returncode == 0, done.stderr
+    exps = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).experiments()
+    kept = [e for e in exps if e.verdict == "keep"]
+    broke = [e for e in exps if e.reason.startswith("breaks constraint latency")]
+    assert broke, [(e.id, e.hypothesis, e.verdict, e.reason) for e in exps]
+    assert all(e.verdict == "discard" for e in broke)
+    final = subprocess.run(["git", "show", "rsi/c:train.py"], cwd=root, capture_output=True, text=True, check=True)
+    depth = int(re.search(r"^DEPTH = (\d+)", final.stdout, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    assert depth * 10 <= 45
+    for e in kept:
+        assert "DEPTH" not in e.params or e.params["DEPTH"] * 10 <= 45
+
+
+def test_a_constraint_on_a_recorded_figure_and_bad_constraints(make_task: MakeTask) -> None:
+    root = make_task(extra_toml='[[constraints]]\nname = "memory"\nsource = "peak_memory_mb"\nmax = 0.001\n')
+    done = rsi("run", str(root), "--max-experiments", "12")
+    assert done.returncode == 0, done.stderr
+    exps = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).experiments()
+    assert not [e for e in exps if e.verdict == "keep"]  # no run fits in a kilobyte
+    assert any(e.reason.startswith("breaks constraint memory") for e in exps)
+    for bad, words in (
+        ('name = "x"\nmax = 1\n', "give one of source or pattern"),
+        ('name = "x"\nsource = "peak_memory_mb"\n', "give max, min or both"),
+        ('name = "x"\nsource = "gpu_hours"\nmax = 1\n', "constraints"),
+    ):
+        other = make_task(name=f"bad{len(bad)}", extra_toml="[[constraints]]\n" + bad)
+        failed = rsi("run", str(other), "--max-experiments", "2")
+        assert failed.returncode == 2 and words in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
