@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -52,3 +53,25 @@ def test_a_constraint_on_a_recorded_figure_and_bad_constraints(make_task: MakeTa
         other = make_task(name=f"bad{len(bad)}", extra_toml="[[constraints]]\n" + bad)
         failed = rsi("run", str(other), "--max-experiments", "2")
         assert failed.returncode == 2 and words in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+
+
+def test_status_and_report_show_the_pareto_front(make_task: MakeTask) -> None:
+    toml = "[[constraints]]\nname = 'latency'\npattern = '^latency:\\s*(\\S+)'\nmax = 45\n"
+    root = make_task(train=LATENCY, extra_toml=toml)
+    assert rsi("run", str(root), "--max-experiments", "10").returncode == 0
+    status = json.loads(rsi("status", str(root), "--json").stdout)
+    (front,) = status["pareto"]
+    points = {p["id"]: p for p in front["points"]}
+    assert front["name"] == "latency" and front["front"] and set(front["front"]) <= set(points)
+    for i in front["front"]:  # nothing beats a front point on both the loss and the latency
+        a = points[i]
+        same = (a["metric"], a["value"])
+        assert not any(
+            b["metric"] <= a["metric"] and b["value"] <= a["value"] and (b["metric"], b["value"]) != same
+            for b in points.values()
+        )
+    for i in set(points) - set(front["front"]):  # and something beats every other point
+        a = points[i]
+        assert any(b["metric"] <= a["metric"] and b["value"] <= a["value"] for j, b in points.items() if j != i)
+    assert rsi("report", str(root)).returncode == 0
+    assert "Pareto front: loss against latency" in (root / ".rsi" / "report.html").read_text()

@@ -183,6 +183,9 @@ class Research:
             raise UserError(f"this task's research is rsi/{known}; resume it without --tag or use --tag {known}")
         self.tag = self.ledger.get("tag") or ""
         self.start_commit = self.ledger.get("start_commit") or ""
+        constraints = json.dumps([c.model_dump() for c in self.cfg.constraints])
+        if self.ledger.get("constraints") != constraints:  # what status and the report show the front of
+            self.ledger.set("constraints", constraints)
 
     def _check_globs(self) -> None:
         """A glob that matches nothing is a typo: researching without the file would waste the night."""

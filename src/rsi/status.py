@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rsi.config import ConstraintConfig
+from rsi.experiment import constraint_value
 from rsi.judge import Goal, improvement, pooled_noise
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.swarm import bandit_table
@@ -91,8 +93,32 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "holdout_flags": sum(1 for r in rows if r["holdout_flag"]),
         "models": ledger.calls_by_model(),  # per model: calls, tokens_in, tokens_out, cost_usd, failed
         "proposers": _proposers(ledger),  # per proposer: proposals, keeps, cost, bandit index and share
+        "pareto": pareto(exps, ledger.get_json("constraints") or [], goal),
         "experiments": rows,
     }
+
+
+def _dominates(a: dict[str, Any], b: dict[str, Any], goal: Goal, sign: float) -> bool:
+    gain = improvement(a["metric"], b["metric"], goal)
+    cost = sign * (b["value"] - a["value"])
+    return gain >= 0 and cost >= 0 and (gain > 0 or cost > 0)
+
+
+def pareto(exps: list[Experiment], constraints: list[dict[str, Any]], goal: Goal) -> list[dict[str, Any]]:
+    """Per constraint: every measured experiment's metric and figure, and the ids on the Pareto front (no other
+    is at least as good on both and better on one). The figure is better low for a `max` bound, else high."""
+    fronts: list[dict[str, Any]] = []
+    for raw in constraints:
+        c = ConstraintConfig.model_validate(raw)
+        points = []
+        for e in exps:
+            metric, value = e.mean(), constraint_value(e, c)
+            if metric is not None and value is not None and experiment_status(e) == "ok":
+                points.append({"id": e.id, "metric": metric, "value": value, "verdict": e.verdict})
+        sign = 1.0 if c.max is not None else -1.0  # lower is better under a max bound
+        front = [p["id"] for p in points if not any(_dominates(q, p, goal, sign) for q in points)]
+        fronts.append({"name": c.name, "max": c.max, "min": c.min, "points": points, "front": front})
+    return fronts
 
 
 def _proposers(ledger: Ledger) -> dict[str, dict[str, float | None]]:
