@@ -75,3 +75,26 @@ def test_status_and_report_show_the_pareto_front(make_task: MakeTask) -> None:
         assert any(b["metric"] <= a["metric"] and b["value"] <= a["value"] for j, b in points.items() if j != i)
     assert rsi("report", str(root)).returncode == 0
     assert "Pareto front: loss against latency" in (root / ".rsi" / "report.html").read_text()
+
+
+PURE_NOISE = """\
+import os, random
+lr = 0.5
+DEPTH = 3
+random.seed(int(os.environ["RSI_SEED"]) * 7 + int(lr * 1000) + DEPTH)
+print(f"loss: {random.gauss(1.0, 0.05):.6f}")
+"""
+
+
+def test_a_plateau_ends_the_research_and_says_so(make_task: MakeTask) -> None:
+    """Nothing can be kept on pure noise: the plateau rule stops after 4 experiments without a keep."""
+    root = make_task(train=PURE_NOISE, extra_toml="[plateau]\nexperiments = 4\n")
+    done = rsi("run", str(root), "--max-experiments", "30")
+    assert done.returncode == 0, done.stderr
+    exps = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).experiments()
+    assert not [e for e in exps if e.verdict == "keep"]
+    assert len(exps) == 5  # the baseline and four without a keep
+    assert "plateau: 4 experiments since the last keep (#0)" in done.stdout + done.stderr
+    bad = make_task(name="bad", extra_toml='[plateau]\ntime = "soon"\n')
+    failed = rsi("run", str(bad), "--max-experiments", "2")
+    assert failed.returncode == 2 and "plateau" in failed.stderr and "Traceback" not in failed.stderr

@@ -215,6 +215,13 @@ class SandboxConfig(_Section):
     cpu_time: Duration | None = None
 
 
+class PlateauConfig(_Section):
+    """Stop when research has stopped paying: this many finished experiments, or this long, since the last keep."""
+
+    experiments: int | None = Field(default=None, ge=1)
+    time: Duration | None = None
+
+
 class ConstraintConfig(_Section):
     """A bound on a secondary figure: a candidate that breaks it is not kept, whatever its metric."""
 
@@ -245,6 +252,7 @@ class Config(_Section):
     executor: ExecutorConfig = ExecutorConfig()
     sandbox: SandboxConfig = SandboxConfig()
     constraints: list[ConstraintConfig] = []
+    plateau: PlateauConfig = PlateauConfig()
 
 
 def _first_error(err: ValidationError) -> str:

@@ -237,6 +237,8 @@ class Research:
                 return False
             if limits.max_runs is not None and self.ledger.run_count() >= limits.max_runs:
                 return False
+            if self._plateau():
+                return False
             return deadline is None or _now() < deadline
 
         for note in (self.measurer.note, self.slots_note):
@@ -287,7 +289,7 @@ class Research:
             self._observe(exp.id)
         if ahead is not None:
             ahead[2].wait()
-        self.listener("stop", None, "budget reached")
+        self.listener("stop", None, self._plateau() or "budget reached")
 
     def _parallel(self, limits: Limits, budget_left: Callable[[], bool]) -> None:
         """Several experiments at once, one per slot. The loop proposes whenever a slot is idle, so workers
@@ -329,7 +331,7 @@ class Research:
             workers.stop()
             raise
         workers.close()
-        self.listener("stop", None, why)
+        self.listener("stop", None, self._plateau() or why)
 
     def _work(self, exp: Experiment, limits: Limits) -> list[int]:
         """One worker's job: the experiment, then, if it won against a champion replaced meanwhile, its change
@@ -365,6 +367,27 @@ class Research:
             reason = "" if sha else "its change cannot be replayed as text on the new best (a deleted or binary file)"
             rebased = self._add(exp_id, exp.id, head, sha, exp.proposer, hypothesis, exp.params, diff, reason)
         return None if reason else rebased
+
+    def _plateau(self) -> str:
+        """Why research has stopped paying (`[plateau]`), or ''. Counted from the last keep (or the baseline)."""
+        rule = self.cfg.plateau
+        if rule.experiments is None and rule.time is None:
+            return ""
+        last = self.ledger.db.execute(
+            "SELECT MAX(id), MAX(finished) FROM experiments WHERE (verdict = 'keep' OR id = 0) AND state = 'done'"
+        ).fetchone()
+        if last[0] is None:
+            return ""
+        since = self.ledger.db.execute(
+            "SELECT COUNT(*) FROM experiments WHERE id > ? AND state = 'done'", (last[0],)
+        ).fetchone()[0]
+        if rule.experiments is not None and since >= rule.experiments:
+            limit = rule.experiments
+            return f"plateau: {since} experiments since the last keep (#{last[0]}); [plateau] experiments = {limit}"
+        idle = time.time() - float(last[1] or time.time())
+        if rule.time is not None and idle >= rule.time:
+            return f"plateau: {idle / 60:.1f} min since the last keep (#{last[0]}); [plateau] time = {rule.time:g}s"
+        return ""
 
     def _spent(self) -> bool:
         """The budget allows no new experiment: the count, or the time (a rebase is a new experiment)."""
