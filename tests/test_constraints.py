@@ -73,6 +73,8 @@ def test_status_and_report_show_the_pareto_front(make_task: MakeTask) -> None:
     for i in set(points) - set(front["front"]):  # and something beats every other point
         a = points[i]
         assert any(b["metric"] <= a["metric"] and b["value"] <= a["value"] for j, b in points.items() if j != i)
+    shown = rsi("status", str(root)).stdout
+    assert "Pareto front, loss / latency: #" in shown
     assert rsi("report", str(root)).returncode == 0
     assert "Pareto front: loss against latency" in (root / ".rsi" / "report.html").read_text()
 

@@ -260,6 +260,10 @@ def status(
     for model, m in data["models"].items():
         tokens = int(m["tokens_in"] + m["tokens_out"])
         out.print(f"model {model}: {int(m['calls'])} calls, {tokens} tokens, ${m['cost_usd']:.4f}", highlight=False)
+    for c in data["pareto"]:
+        points = {p["id"]: p for p in c["points"]}
+        front = ", ".join(f"#{i} {points[i]['metric']:.5g} / {points[i]['value']:.4g}" for i in c["front"])
+        out.print(f"Pareto front, {data['metric']} / {c['name']}: {front or 'nothing measured'}", highlight=False)
 
 
 @app.command()
