@@ -372,6 +372,44 @@ app.add_typer(meta_app, name="meta")
 MetaDir = Annotated[Path, typer.Option("--dir", help="the meta-task's folder (made on first use)")]
 
 
+def _steer(directory: Path) -> Ledger:
+    """The research's ledger, writable, for a note or a flag the running `rsi run` reads."""
+    try:
+        path = Workspace(directory).state / "ledger.sqlite"
+        Ledger(path, readonly=True).close()  # says clearly when there is no research here
+        return Ledger(path)
+    except UserError as e:
+        fail(str(e))
+
+
+@app.command()
+def pause(directory: DirArg = Path(".")) -> None:
+    """Hold the research: a running `rsi run` starts no new experiment (those in flight finish)."""
+    ledger = _steer(directory)
+    ledger.set("paused", "1")
+    out.print("paused: `rsi resume` continues; a new `rsi run` also waits for it", highlight=False)
+
+
+@app.command()
+def resume(directory: DirArg = Path(".")) -> None:
+    """Let a paused research go on."""
+    ledger = _steer(directory)
+    ledger.set("paused", "0")
+    out.print("resumed", highlight=False)
+
+
+@app.command()
+def idea(
+    text: Annotated[str, typer.Argument(help="a note for the LLM proposers, e.g. 'try a cosine schedule'")],
+    directory: DirArg = Path("."),
+) -> None:
+    """Leave an idea: LLM proposers see it in their prompt from their next proposal on; the ledger keeps it."""
+    if not text.strip():
+        fail("the idea is empty")
+    count = _steer(directory).add_idea(text.strip())
+    out.print(f"idea {count} recorded; LLM proposers see it from their next proposal", highlight=False)
+
+
 @meta_app.callback(invoke_without_command=True)
 def meta(
     ctx: typer.Context,

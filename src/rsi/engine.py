@@ -232,7 +232,11 @@ class Research:
         deadline = self._deadline = _deadline(limits.time_budget_s)
 
         def budget_left() -> bool:
+            nonlocal deadline
             interrupt.check()
+            paused = self._while_paused()
+            if paused and deadline is not None:  # a pause does not eat the time budget
+                deadline = self._deadline = deadline + paused
             if limits.max_experiments is not None and self.ledger.count() >= limits.max_experiments:
                 return False
             if limits.max_runs is not None and self.ledger.run_count() >= limits.max_runs:
@@ -367,6 +371,18 @@ class Research:
             reason = "" if sha else "its change cannot be replayed as text on the new best (a deleted or binary file)"
             rebased = self._add(exp_id, exp.id, head, sha, exp.proposer, hypothesis, exp.params, diff, reason)
         return None if reason else rebased
+
+    def _while_paused(self) -> float:
+        """Waits while `rsi pause` holds the research (experiments in flight run on); the seconds it waited."""
+        if self.ledger.get("paused") != "1":
+            return 0.0
+        self.listener("message", None, "paused by `rsi pause`: no new experiment starts until `rsi resume`")
+        began = _now()
+        while self.ledger.get("paused") == "1":
+            interrupt.check()
+            time.sleep(0.5)
+        self.listener("message", None, "resumed")
+        return _now() - began
 
     def _plateau(self) -> str:
         """Why research has stopped paying (`[plateau]`), or ''. Counted from the last keep (or the baseline)."""

@@ -359,6 +359,17 @@ class Ledger:
                 )
         return exps
 
+    # steering: notes and flags a person leaves for a running research (rsi idea, rsi pause)
+    def ideas(self) -> list[dict[str, Any]]:
+        found = self.get_json("ideas")
+        return list(found) if isinstance(found, list) else []
+
+    def add_idea(self, text: str) -> int:
+        with self.transaction():
+            ideas = [*self.ideas(), {"text": text, "created": time.time()}]
+            self.set("ideas", json.dumps(ideas))
+        return len(ideas)
+
     def run_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 

@@ -44,10 +44,13 @@ def user_prompt(
     history: Sequence[Experiment],
     noise_sd: float | None,
     detectable: float | None,
+    ideas: Sequence[str] = (),
 ) -> str:
     parts = []
     if program.strip():
         parts.append(f"# Research directions (program.md)\n{program.strip()}")
+    if ideas:
+        parts.append("# Ideas from the researcher, newest last (consider them)\n" + "\n".join(f"- {i}" for i in ideas))
     better = "lower" if goal == "minimize" else "higher"
     floor = "unknown yet" if noise_sd is None else f"{noise_sd:.4g} (run-to-run standard deviation)"
     smallest = "" if detectable is None else f"; the smallest improvement it reliably detects: {detectable:.4g}"

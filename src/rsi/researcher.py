@@ -146,6 +146,7 @@ class LLMProposer:
             history=ctx.history(),
             noise_sd=noise.sd if noise else None,
             detectable=float(detectable) if detectable else None,
+            ideas=[i["text"] for i in ctx.ledger.ideas()],
         )
 
     def _record(self, ctx: Context, exp_id: int, cfg: ModelConfig, attempt: Attempt) -> None:
