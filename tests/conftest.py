@@ -52,23 +52,27 @@ def commit_all(root: Path, message: str = "init") -> None:
 MakeTask = Callable[..., Path]
 
 
+def create_task(root: Path, train: str = NOISY, extra_toml: str = "", files: dict[str, str] | None = None) -> Path:
+    """A git repository at `root` with train.py, frozen.py and rsi.toml (extra TOML appended), committed on main."""
+    root.mkdir(parents=True)
+    (root / "train.py").write_text(textwrap.dedent(train))
+    (root / "frozen.py").write_text("VALUE = 1\n")
+    for rel, text in (files or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(textwrap.dedent(text))
+    toml = TOML.format(python=sys.executable) + textwrap.dedent(extra_toml)
+    (root / "rsi.toml").write_text(toml)
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    commit_all(root)
+    return root
+
+
 @pytest.fixture
 def make_task(tmp_path: Path) -> MakeTask:
-    """A git repository with train.py, frozen.py and rsi.toml (extra TOML appended), committed on main."""
+    """`create_task` under this test's folder; `name` tells several apart."""
 
     def make(train: str = NOISY, extra_toml: str = "", files: dict[str, str] | None = None, name: str = "task") -> Path:
-        root = tmp_path / name
-        root.mkdir()
-        (root / "train.py").write_text(textwrap.dedent(train))
-        (root / "frozen.py").write_text("VALUE = 1\n")
-        for rel, text in (files or {}).items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(textwrap.dedent(text))
-        toml = TOML.format(python=sys.executable) + textwrap.dedent(extra_toml)
-        (root / "rsi.toml").write_text(toml)
-        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
-        commit_all(root)
-        return root
+        return create_task(tmp_path / name, train, extra_toml, files)
 
     return make
 

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import commit_all, rsi
+from conftest import create_task, rsi
 
 from rsi.ledger import Ledger
 from rsi.status import experiment_status
@@ -42,19 +41,7 @@ import os, random
 random.seed(int(os.environ["RSI_SEED"]) + 1)
 print(f"test_loss: {float(open('out.txt').read()) * 1.05 + random.gauss(0, 0.01):.6f}")
 """
-TOML = f"""\
-[task]
-name = "quad"
-editable = ["train.py"]
-frozen = ["holdout.py"]
-command = "{sys.executable} train.py"
-timeout = "20s"
-
-[metric]
-name = "loss"
-goal = "minimize"
-pattern = '^loss:\\s*(\\S+)'
-
+HOLDOUT_TOML = f"""
 [holdout]
 command = "{sys.executable} holdout.py"
 pattern = '^test_loss:\\s*(\\S+)'
@@ -65,12 +52,7 @@ FIRST = 10  # experiments of the research the pages are tested on
 @pytest.fixture(scope="module")
 def researched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A task with a held-out check and candidates that crash, researched for real."""
-    root = tmp_path_factory.mktemp("dash") / "task"
-    root.mkdir()
-    for name, text in (("train.py", TRAIN), ("holdout.py", HOLDOUT), ("rsi.toml", TOML)):
-        (root / name).write_text(textwrap.dedent(text))
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
-    commit_all(root)
+    root = create_task(tmp_path_factory.mktemp("dash") / "task", TRAIN, HOLDOUT_TOML, {"holdout.py": HOLDOUT})
     done = rsi("run", str(root), "--max-experiments", str(FIRST))
     assert done.returncode == 0, done.stderr
     return root

@@ -6,7 +6,6 @@ it is worth, with the judge, and records each run in the ledger as it happens, s
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import threading
 from pathlib import Path
@@ -19,6 +18,7 @@ from rsi.errors import UserError
 from rsi.judge import Decision, Judge, Noise, pooled_noise
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
+from rsi.runner import parse_metric_text, to_metric
 from rsi.store import Store
 
 SUPERSEDED = "superseded:"  # the reason of a winner whose champion was replaced while it ran
@@ -320,16 +320,8 @@ def constraint_value(exp: Experiment, c: ConstraintConfig) -> float | None:
             got = getattr(r, c.source)
         else:
             assert c.pattern is not None
-            found = re.findall(c.pattern, r.stdout_tail, flags=re.MULTILINE)
-            got = _number(found[-1]) if found else None
+            raw = parse_metric_text(c.pattern, r.stdout_tail, r.stderr_tail)
+            got = to_metric(raw) if raw is not None else None
         if got is not None:
             values.append(float(got))
     return statistics.fmean(values) if values else None
-
-
-def _number(text: object) -> float | None:
-    try:
-        value = float(text[0] if isinstance(text, tuple) else text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None

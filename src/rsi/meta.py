@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from typing import Any
 from rsi.config import Config, MetricConfig, TaskConfig
 from rsi.engine import Limits, default_judge, in_process
 from rsi.errors import UserError
+from rsi.measure import TaskFunction
 from rsi.program import Program, apply_program, default_text, parse_program
 from rsi.proposer import KnobsProposer
 from rsi.suite import FILE, SyntheticTask, suite
@@ -54,16 +56,21 @@ def inner_config(program: Program, name: str = "synthetic", editable: str = FILE
     return apply_program(cfg, program)
 
 
-def research_task(task: SyntheticTask, program: Program, budget: int, seed: int) -> float:
-    """One inner research of `task` with `program` for `budget` runs; the gap its champion closed."""
-    cfg = inner_config(program)
-    files = task.files()
-    proposer = KnobsProposer(files, cfg.knobs, "minimize", seed=seed)
-    research = in_process(cfg, files, lambda f, s: task.measure(f, s, salt=seed), proposer, judge=default_judge(cfg))
+def _researched(cfg: Config, files: dict[str, str], task: TaskFunction, seed: int, budget: int) -> dict[str, str]:
+    """One research in process, knobs proposer and default judge, for `budget` runs; its champion's files."""
+    proposer = KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=seed)
+    research = in_process(cfg, files, task, proposer, judge=default_judge(cfg))
     research.run(Limits(max_runs=budget))
     champion = research.experimenter.champion()
     commit = champion.kept_commit or champion.commit_sha
-    return task.gap_closed(research.champion_files(commit) if commit else files)
+    return research.champion_files(commit) if commit else files
+
+
+def research_task(task: SyntheticTask, program: Program, budget: int, seed: int) -> float:
+    """One inner research of `task` with `program` for `budget` runs; the gap its champion closed."""
+    return task.gap_closed(
+        _researched(inner_config(program), task.files(), functools.partial(task.measure, salt=seed), seed, budget)
+    )
 
 
 def utility(program: Program, suite_name: str, scale: Scale, seed: int) -> float:
@@ -82,21 +89,15 @@ def level2_utility(meta_program: Program, suite_name: str, scale: Scale, seed: i
     scored on `suite_name` with seeds the level-1 research never saw."""
     text = default_text()
     cfg = inner_config(meta_program, "program", "program.py")
+    cfg = cfg.model_copy(update={"metric": cfg.metric.model_copy(update={"goal": "maximize"})})
 
     def level1(files: Mapping[str, str], s: int) -> float:
         return utility(parse_program(files["program.py"]), "train", scale, seed * 7919 + s)
 
-    proposer = KnobsProposer({"program.py": text}, cfg.knobs, "maximize", seed=seed)
-    cfg = cfg.model_copy(update={"metric": cfg.metric.model_copy(update={"goal": "maximize"})})
-    research = in_process(cfg, {"program.py": text}, level1, proposer, judge=default_judge(cfg))
-    research.run(Limits(max_runs=meta_budget))
-    champion = research.experimenter.champion()
-    commit = champion.kept_commit or champion.commit_sha
-    best = research.champion_files(commit)["program.py"] if commit else text
+    best = _researched(cfg, {"program.py": text}, level1, seed, meta_budget)["program.py"]
     fresh = 10_000 + seed
-    return utility(parse_program(best), suite_name, scale, fresh) - utility(
-        parse_program(text), suite_name, scale, fresh
-    )
+    before = utility(parse_program(text), suite_name, scale, fresh)
+    return utility(parse_program(best), suite_name, scale, fresh) - before
 
 
 # ---- the meta-task on disk: a git repository that `rsi run` researches
