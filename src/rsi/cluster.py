@@ -32,6 +32,7 @@ from rsi.environment import hold_kind, node_kind
 from rsi.errors import UserError
 from rsi.ledger import Ledger
 from rsi.measure import HOLDOUT, SubprocessMeasurer
+from rsi.pruning import Reference
 from rsi.runner import kill_orphan
 from rsi.slots import THREAD_VARIABLES
 from rsi.workspace import Workspace
@@ -39,7 +40,17 @@ from rsi.workspace import Workspace
 ATTEMPTS = 2  # a run lost with its worker or node is queued once more
 LOG_BYTES = 4 << 20  # of each log file a node sends back: its end
 REFRESH_S = 10.0  # how old the driver's list of nodes may be before a run is placed
-RUN_FIELDS = ("status", "metric", "reason", "returncode", "duration_s", "peak_memory_mb", "stdout_tail", "stderr_tail")
+RUN_FIELDS = (
+    "status",
+    "metric",
+    "reason",
+    "returncode",
+    "duration_s",
+    "peak_memory_mb",
+    "stdout_tail",
+    "stderr_tail",
+    "progress",
+)
 
 
 def _ray() -> Any:
@@ -65,6 +76,7 @@ class Job:
     seed: int
     cfg: Config
     frozen: dict[str, str]
+    against: Reference | None = None  # the champion's trajectories, for early stopping
 
 
 class RayMeasurer:
@@ -166,11 +178,24 @@ class RayMeasurer:
     def setup(self, wt: Path, command: str, timeout: float) -> str:
         return ""  # each node runs the setup before its first run: nodes share no cache
 
-    def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
+    def measure(
+        self, wt: Path, exp_id: int, commit: str, kind: str, seed: int, against: Reference | None = None
+    ) -> None:
         ray = _ray()
         patch = self.ws.git_bytes("diff", "--binary", "--no-renames", self.start, commit)
         job = Job(
-            self.research, self.bundle, self.start, commit, patch, wt.name, exp_id, kind, seed, self.cfg, self.frozen
+            self.research,
+            self.bundle,
+            self.start,
+            commit,
+            patch,
+            wt.name,
+            exp_id,
+            kind,
+            seed,
+            self.cfg,
+            self.frozen,
+            against,
         )
         env = {"executor": "ray", "commit": commit}
         run_id = self.ledger.start_run(exp_id, kind, seed, env)
@@ -189,7 +214,9 @@ class RayMeasurer:
             except ray.exceptions.RayTaskError as e:  # rsi's code failed on the node (a failed setup): a crash
                 failed = str(e).strip().splitlines()
                 record = {"node": "", "env": {}, "run": {k: None for k in RUN_FIELDS}}
-                record["run"].update(status="crash", reason=f"on the Ray node: {failed[-1] if failed else e}")
+                record["run"].update(
+                    status="crash", progress="[]", reason=f"on the Ray node: {failed[-1] if failed else e}"
+                )
             except ray.exceptions.RayError as e:  # the worker or its node died: the run is lost, not failed
                 lost.append(f"{type(e).__name__}")
                 if kind == HOLDOUT:
@@ -302,7 +329,7 @@ def run_on_node(job: Job) -> dict[str, Any]:
             wt = ws.worktree_dir(job.name)
             if job.kind != HOLDOUT or not wt.exists():
                 wt = ws.add_worktree(job.name, commit)
-        measurer.measure(wt, job.exp_id, commit, job.kind, job.seed)
+        measurer.measure(wt, job.exp_id, commit, job.kind, job.seed, job.against)
         row = ledger.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
     finally:
         ledger.close()  # Ray reuses its worker processes

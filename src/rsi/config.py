@@ -120,8 +120,16 @@ class MetricConfig(_Section):
     file: str | None = None
     key: str | None = None
     evaluator: str | None = None
+    progress_pattern: str | None = None  # a line of intermediate progress: (step) and (value)
 
     _regex = field_validator("pattern")(_check_regex)
+
+    @field_validator("progress_pattern")
+    @classmethod
+    def _two_groups(cls, pattern: str | None) -> str | None:
+        if pattern is not None and re.compile(_check_regex(pattern) or "").groups < 2:
+            raise ValueError(f"{pattern!r} needs two groups: the step, then the value")
+        return pattern
 
     @model_validator(mode="after")
     def _one_source(self) -> MetricConfig:
@@ -222,6 +230,15 @@ class PlateauConfig(_Section):
     time: Duration | None = None
 
 
+class PruningConfig(_Section):
+    """Early stopping: a screening run clearly behind the champion's runs at the same step is stopped."""
+
+    enabled: bool = False
+    confidence: float = Field(default=0.99, gt=0.5, lt=1.0)  # of the champion's prediction interval
+    warmup: float = Field(default=0.25, ge=0.0, le=1.0)  # of the champion's trajectory, before any pruning
+    patience: int = Field(default=2, ge=1)  # reports in a row that must be clearly behind
+
+
 class ConstraintConfig(_Section):
     """A bound on a secondary figure: a candidate that breaks it is not kept, whatever its metric."""
 
@@ -253,6 +270,7 @@ class Config(_Section):
     sandbox: SandboxConfig = SandboxConfig()
     constraints: list[ConstraintConfig] = []
     plateau: PlateauConfig = PlateauConfig()
+    pruning: PruningConfig = PruningConfig()
 
 
 def _first_error(err: ValidationError) -> str:

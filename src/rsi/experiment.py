@@ -18,6 +18,7 @@ from rsi.errors import UserError
 from rsi.judge import Decision, Judge, Noise, pooled_noise
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
+from rsi.pruning import PRUNED, Reference, reference
 from rsi.runner import parse_metric_text, to_metric
 from rsi.store import Store
 
@@ -106,8 +107,11 @@ class Experimenter:
                     pool = _pool(champion)
             k = len(screened)
             seed = pool[k].seed if k < len(pool) else fresh_seed(exp.id, 100 + k)
-            self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed)
+            self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed, self._reference(champion))
             exp = self._reload(exp)
+            if exp.runs and exp.runs[-1].status == PRUNED:  # stopped early: clearly behind the champion
+                decision = Decision("discard", exp.runs[-1].reason)
+                break
         if decision.verdict == "keep":  # the bounds on secondary figures, before replication spends more runs
             decision = self._within_constraints(exp, decision)
         if decision.verdict == "keep" and self.judge.replicate:
@@ -117,6 +121,16 @@ class Experimenter:
         if decision.verdict == "keep":
             self._top_up(exp, wt, self.cfg.judge.baseline_repeats if self.judge.replicate else 0)
         self._finish(self._reload(exp), decision.verdict, decision, champion)
+
+    def _reference(self, champion: Experiment) -> Reference | None:
+        """What a screening run is stopped early against, with `[pruning]` on: the champion's unbiased (fresh)
+        runs' trajectories, or all of its runs' where it has too few fresh ones."""
+        rule = self.cfg.pruning
+        if not rule.enabled:
+            return None
+        args = (self.cfg.metric.goal, rule.confidence, rule.warmup, rule.patience)
+        fresh = reference(self.ledger.trajectories(champion.id, (FRESH,)), *args)
+        return fresh or reference(self.ledger.trajectories(champion.id), *args)
 
     def _within_constraints(self, exp: Experiment, decision: Decision) -> Decision:
         """The decision, or a discard naming the first `[[constraints]]` bound the candidate breaks (its mean
@@ -199,7 +213,9 @@ class Experimenter:
             self._holdout(wt, exp, last.seed)
 
     def _finish(self, exp: Experiment, verdict: str, decision: Decision, champion: Experiment | None = None) -> None:
-        status = next((r.status for r in exp.runs if r.kind in SELECT_KINDS and r.status != "ok"), "ok") or "ok"
+        # a pruned run was stopped for being behind, not for failing: the verdict's reason says so
+        failed = (r.status for r in exp.runs if r.kind in SELECT_KINDS and r.status not in ("ok", PRUNED))
+        status = next(failed, "ok") or "ok"
         reason = decision.reason
         with self.lock:
             kept_commit = None

@@ -19,7 +19,7 @@ from typing import Any
 
 from rsi.errors import UserError
 
-SCHEMA_VERSION = 3  # 3: calls (what each model call cost)
+SCHEMA_VERSION = 4  # 3: calls (what each model call cost); 4: runs.progress
 SELECT_KINDS = ("screen", "confirm", "fresh")  # runs of the task's command; "holdout" and "verify" are apart
 
 _SCHEMA = """
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS runs (
     stdout_tail TEXT NOT NULL DEFAULT '',
     stderr_tail TEXT NOT NULL DEFAULT '',
     env TEXT NOT NULL DEFAULT '{}',
+    progress TEXT NOT NULL DEFAULT '[]',
     started REAL NOT NULL,
     finished REAL
 );
@@ -220,6 +221,8 @@ class Ledger:
             for column, kind in (("reverted", "INTEGER NOT NULL DEFAULT 0"), ("ci_low", "REAL"), ("ci_high", "REAL")):
                 if column not in columns:
                     self.db.execute(f"ALTER TABLE experiments ADD COLUMN {column} {kind}")
+            if "progress" not in {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}:
+                self.db.execute("ALTER TABLE runs ADD COLUMN progress TEXT NOT NULL DEFAULT '[]'")
             if version < 2:  # version 1 had one kind of run of the task's command
                 self.db.execute("UPDATE runs SET kind = 'fresh' WHERE kind = 'select' AND experiment = 0")
                 self.db.execute("UPDATE runs SET kind = 'screen' WHERE kind = 'select'")
@@ -389,6 +392,16 @@ class Ledger:
         return out
 
     # runs
+    def trajectories(self, exp_id: int, kinds: Sequence[str] = SELECT_KINDS) -> list[list[tuple[float, float]]]:
+        """The progress each of the experiment's complete runs of these kinds reported, run by run."""
+        marks = ", ".join("?" for _ in kinds)
+        rows = self.db.execute(
+            f"SELECT progress FROM runs WHERE experiment = ? AND state = 'done' AND status = 'ok'"
+            f" AND kind IN ({marks}) AND progress != '[]' ORDER BY id",
+            (exp_id, *kinds),
+        )
+        return [[(float(s), float(v)) for s, v in json.loads(r[0])] for r in rows]
+
     def start_run(self, exp_id: int, kind: str, seed: int, env: dict[str, str]) -> int:
         cur = self.db.execute(
             "INSERT INTO runs (experiment, kind, seed, state, env, started) VALUES (?, ?, ?, 'running', ?, ?)",

@@ -9,8 +9,10 @@ function on the commit's files instead, for tasks that are functions (synthetic 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +23,7 @@ from rsi import slots
 from rsi.config import Config
 from rsi.environment import describe_environment, node_kind
 from rsi.ledger import Ledger
+from rsi.pruning import Reference, Watch
 from rsi.runner import MetricSpec, RunSpec, run, scrub_env
 from rsi.sandbox import Bare, Bubblewrap, Limits, Sandbox, View, bubblewrap_path, cgroup_available
 from rsi.store import MemoryStore
@@ -54,8 +57,11 @@ class Measurer(Protocol):
         """Whether there is a held-out measurement to run for the baseline and for keeps."""
         ...
 
-    def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
-        """One recorded run of the experiment's commit (kind HOLDOUT: of the holdout command)."""
+    def measure(
+        self, wt: Path, exp_id: int, commit: str, kind: str, seed: int, against: Reference | None = None
+    ) -> None:
+        """One recorded run of the experiment's commit (kind HOLDOUT: of the holdout command); `against`, the
+        champion's trajectories a screening run is stopped early against, where the measurer can."""
         ...
 
     def setup(self, wt: Path, command: str, timeout: float) -> str:
@@ -80,7 +86,9 @@ class FunctionMeasurer:
     def has_holdout(self) -> bool:
         return self.holdout is not None
 
-    def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
+    def measure(
+        self, wt: Path, exp_id: int, commit: str, kind: str, seed: int, against: Reference | None = None
+    ) -> None:
         fn = self.holdout if kind == HOLDOUT else self.task
         if fn is None:
             return
@@ -207,7 +215,9 @@ class SubprocessMeasurer:
         result = run(self.spec(wt, SETUP, command, MetricSpec(), 0, timeout, logs))
         return "" if result.status == "ok" else result.reason
 
-    def measure(self, wt: Path, exp_id: int, commit: str, kind: str, seed: int) -> None:
+    def measure(
+        self, wt: Path, exp_id: int, commit: str, kind: str, seed: int, against: Reference | None = None
+    ) -> None:
         """One recorded run of the task's command (or of the holdout command, for kind HOLDOUT)."""
         logs = self.ws.state / "logs" / str(exp_id) / f"{kind}-{seed}"
         skip = [self.cfg.metric.file] if self.cfg.metric.file else []
@@ -228,7 +238,11 @@ class SubprocessMeasurer:
             self.ledger.set_run_pid(run_id, pid, start_time(pid))
 
         before = touch_marks(wt, self.frozen)
-        result = run(spec, on_start=started)
+        watch = None
+        if kind != HOLDOUT:  # progress is recorded for every run of the task's command, the champion's included
+            pattern = self.cfg.metric.progress_pattern
+            watch = Watch(re.compile(pattern.encode()) if pattern else None, against if kind == SCREEN else None)
+        result = run(spec, on_start=started, watch=watch)
         status, reason = result.status, result.reason
         tampered = self.tampering(wt, before)
         if tampered:
@@ -244,6 +258,7 @@ class SubprocessMeasurer:
                 peak_memory_mb=result.peak_memory_mb,
                 stdout_tail=result.stdout_tail,
                 stderr_tail=result.stderr_tail,
+                progress=json.dumps(result.progress),
             )
 
     def _evaluation(self, wt: Path, commit: str, kind: str, skip: list[str]) -> tuple[Path, Sandbox]:

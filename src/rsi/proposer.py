@@ -20,6 +20,7 @@ from rsi.errors import UserError
 from rsi.judge import Goal
 from rsi.knobs import Knob, apply_values, describe, find_knobs, format_value
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
+from rsi.pruning import PRUNED
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -172,6 +173,8 @@ class KnobsProposer:
         self.tried.add(signature)
         value = exp.mean() if exp.status == "ok" else None
         state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+        if exp.reason.startswith(PRUNED):  # clearly behind: TPE ranks a pruned trial below every complete one
+            value, state = None, optuna.trial.TrialState.PRUNED
         trial = self.pending.pop(signature, None)
         if trial is not None:
             self.study.tell(trial, value, state=state)

@@ -30,6 +30,7 @@ import psutil
 
 from rsi import interrupt
 from rsi.errors import UserError
+from rsi.pruning import Point, Watch
 from rsi.sandbox import Bare, Limits, Sandbox, confined
 
 SECRET_PATTERNS: tuple[str, ...] = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*CREDENTIAL*")
@@ -84,7 +85,7 @@ class RunSpec:
 class RunResult:
     """The classified outcome of one run, as the ledger stores it."""
 
-    status: str  # ok | crash | timeout | oom | no_metric | invalid_metric
+    status: str  # ok | crash | timeout | oom | no_metric | invalid_metric | pruned
     metric: float | None
     returncode: int | None
     duration_s: float
@@ -92,6 +93,7 @@ class RunResult:
     stdout_tail: str
     stderr_tail: str
     reason: str
+    progress: list[Point] = field(default_factory=list)  # (step, value) the run reported as it went
 
 
 class _Capture:
@@ -168,17 +170,18 @@ class _Execution:
     """One process tree's outcome before classification."""
 
     returncode: int | None
-    killed_for: str | None  # "timeout" or "oom" when the harness killed it
+    killed_for: str | None  # "timeout", "oom" or "pruned" when the harness killed it
     peak_bytes: int  # for "oom", the sample that broke the limit: every earlier one was below it
     stdout: bytes
     stderr: bytes
     omitted: int = 0  # bytes of output dropped by the cap, both streams
 
 
-def run(spec: RunSpec, on_start: Callable[[int], None] | None = None) -> RunResult:
+def run(spec: RunSpec, on_start: Callable[[int], None] | None = None, watch: Watch | None = None) -> RunResult:
     """Runs the command (then the evaluator, if any) under the limits and classifies what happened.
 
     `on_start` gets each launched pid, which is also its process group id, so the engine can kill orphans.
+    `watch` reads the command's progress reports as they come, and may stop it (early stopping).
     """
     _check_metric_spec(spec.metric)
     spec.log_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +189,7 @@ def run(spec: RunSpec, on_start: Callable[[int], None] | None = None) -> RunResu
     before = _stat_key(metric_file) if metric_file else None
     started = time.monotonic()
     deadline = started + spec.timeout_s
-    main = _execute(spec.command, spec, deadline, on_start)
+    main = _execute(spec.command, spec, deadline, on_start, watch)
     stdout, stderr, evaluator = main.stdout, main.stderr, None
     if (command := spec.metric.evaluator) and main.killed_for is None and main.returncode == 0:
         if spec.evaluation is not None:
@@ -200,6 +203,8 @@ def run(spec: RunSpec, on_start: Callable[[int], None] | None = None) -> RunResu
     (spec.log_dir / "stdout.log").write_bytes(stdout)
     (spec.log_dir / "stderr.log").write_bytes(stderr)
     status, metric, reason = _classify(spec, main, evaluator, before)
+    if status == "pruned" and watch is not None:
+        reason = watch.reason
     omitted = main.omitted + (evaluator.omitted if evaluator else 0)
     if omitted:  # recorded, so that a metric line lost in the middle of the output is explained
         reason += f"; output over the cap: {omitted} bytes dropped from the middle of the log"
@@ -212,6 +217,7 @@ def run(spec: RunSpec, on_start: Callable[[int], None] | None = None) -> RunResu
         stdout_tail=_tail(stdout),
         stderr_tail=_tail(stderr),
         reason=reason,
+        progress=list(watch.points) if watch is not None else [],
     )
 
 
@@ -228,7 +234,9 @@ def _check_metric_spec(metric: MetricSpec) -> None:
             raise UserError(f"metric: `pattern` {metric.pattern!r} is not a valid regex: {exc}") from None
 
 
-def _execute(command: str, spec: RunSpec, deadline: float, on_start: Callable[[int], None] | None) -> _Execution:
+def _execute(
+    command: str, spec: RunSpec, deadline: float, on_start: Callable[[int], None] | None, watch: Watch | None = None
+) -> _Execution:
     """Launches one shell command in its own session and supervises it until it ends or is killed."""
     with confined(spec.limits) as launcher:
         proc = subprocess.Popen(
@@ -240,15 +248,19 @@ def _execute(command: str, spec: RunSpec, deadline: float, on_start: Callable[[i
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        return _supervised(proc, spec, deadline, on_start)
+        return _supervised(proc, spec, deadline, on_start, watch)
 
 
 def _supervised(
-    proc: subprocess.Popen[bytes], spec: RunSpec, deadline: float, on_start: Callable[[int], None] | None
+    proc: subprocess.Popen[bytes],
+    spec: RunSpec,
+    deadline: float,
+    on_start: Callable[[int], None] | None,
+    watch: Watch | None,
 ) -> _Execution:
     tree = _Tree(proc.pid)
     out, err = _Capture(spec.output_cap), _Capture(spec.output_cap)
-    pipes = ((proc.stdout, out), (proc.stderr, err))
+    pipes = ((proc.stdout, out, watch, 0), (proc.stderr, err, watch, 1))
     readers = [threading.Thread(target=_pump, args=pipe, daemon=True) for pipe in pipes]
     try:  # from here on no failure may leave the child running: Ctrl-C, no threads left, a bad on_start
         for reader in readers:
@@ -256,7 +268,7 @@ def _supervised(
         interrupt.check()  # a stop whose KeyboardInterrupt Python swallowed in its at-fork hooks
         if on_start is not None:
             on_start(proc.pid)
-        killed_for = _supervise(proc, tree, deadline, spec.memory_bytes)
+        killed_for = _supervise(proc, tree, deadline, spec.memory_bytes, watch)
     except BaseException:
         _stop(proc, tree, INTERRUPT_GRACE_S)
         raise
@@ -268,18 +280,22 @@ def _supervised(
     return _Execution(proc.returncode, killed_for, tree.peak, out.data(), err.data(), omitted)
 
 
-def _pump(stream: IO[bytes], capture: _Capture) -> None:
+def _pump(stream: IO[bytes], capture: _Capture, watch: Watch | None, which: int) -> None:
     """Drains a pipe so the child never blocks on it; the thread owns the stream: no close under a read."""
     try:
         while chunk := os.read(stream.fileno(), CHUNK_BYTES):
             capture.add(chunk)
+            if watch is not None:
+                watch.feed(chunk, which)
     except OSError:
         pass
     finally:
         stream.close()
 
 
-def _supervise(proc: subprocess.Popen[bytes], tree: _Tree, deadline: float, limit: int | None) -> str | None:
+def _supervise(
+    proc: subprocess.Popen[bytes], tree: _Tree, deadline: float, limit: int | None, watch: Watch | None
+) -> str | None:
     """Waits for exit while sampling memory; returns why the harness killed the tree, if it did."""
     pidfd = _pidfd(proc.pid)
     interval = FIRST_SAMPLE_S
@@ -295,6 +311,9 @@ def _supervise(proc: subprocess.Popen[bytes], tree: _Tree, deadline: float, limi
             if tree.sample() > (limit if limit is not None else math.inf):
                 _stop(proc, tree, 0.0)  # no grace: every extra byte could take the machine down
                 return "oom"
+            if watch is not None and watch.stop.is_set():
+                _stop(proc, tree, INTERRUPT_GRACE_S)  # its result is not wanted: nothing to flush
+                return "pruned"
             interval = min(interval * 2, SAMPLE_EVERY_S)
     finally:
         if pidfd is not None:
@@ -379,6 +398,8 @@ def _failure(ex: _Execution, spec: RunSpec, who: str) -> Outcome | None:
     """Says how a process tree failed, or None if it exited 0 on its own."""
     if ex.killed_for == "timeout":
         return "timeout", None, f"{who}killed after {spec.timeout_s:g}s wall clock"
+    if ex.killed_for == "pruned":
+        return "pruned", None, "stopped early: clearly behind the champion"
     if ex.killed_for == "oom":
         limit = (spec.memory_bytes or 0) / MB
         return "oom", None, f"{who}resident memory {ex.peak_bytes / MB:.0f} MB over the {limit:.0f} MB limit"

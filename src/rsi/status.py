@@ -8,6 +8,7 @@ from rsi.config import ConstraintConfig
 from rsi.experiment import constraint_value
 from rsi.judge import Goal, improvement, pooled_noise
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
+from rsi.pruning import PRUNED
 from rsi.swarm import bandit_table
 
 
@@ -15,7 +16,8 @@ def experiment_status(e: Experiment) -> str:
     """`ok` when all its runs are ok, else the first failing run's status (contract)."""
     if e.status is not None:
         return e.status
-    return next((r.status or "ok" for r in e.runs if r.kind in SELECT_KINDS and r.status != "ok"), "ok")
+    failed = (r.status for r in e.runs if r.kind in SELECT_KINDS and r.status not in ("ok", PRUNED))
+    return next(failed, "ok") or "ok"
 
 
 def holdout_flag(e: Experiment, parent: Experiment | None, base: Experiment | None, goal: Goal) -> str | None:

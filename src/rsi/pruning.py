@@ -1,0 +1,152 @@
+"""Early stopping: a screening run clearly behind the champion's runs at the same step is stopped, `pruned`.
+
+A task reports intermediate values as it goes: `rsi.progress(step, value)` prints the line
+`rsi-progress <step> <value>`, which a script that cannot import rsi may print itself, or any line that
+`[metric] progress_pattern` matches (first group the step, second the value). A step is any increasing
+number: an iteration, an epoch, or the seconds spent when the training budget is time.
+
+"Clearly behind" uses the noise the champion's own runs show at that step: the value must lie beyond the
+interval that holds one more run of the champion with probability `[pruning] confidence` (a prediction
+interval from the champion's runs there), at `patience` reports in a row, and only after `warmup` (a fraction
+of the champion's trajectory). Too few champion runs reach that step: no verdict, the run goes on.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+import statistics
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+PRUNED = "pruned"  # a run's status when it was stopped early; its experiment's status stays ok
+LINE = re.compile(rb"^rsi-progress[ \t]+(\S+)[ \t]+(\S+)[ \t]*\r?$")
+MAX_POINTS = 2000  # kept per run; past that every other point is dropped, so a chatty script costs little
+MIN_RUNS = 3  # champion runs that must reach a step before anything is pruned there
+MAX_LINE = 4096  # a longer "line" is not a progress report: not buffered whole
+
+Point = tuple[float, float]
+
+
+def progress(step: float, value: float) -> None:
+    """Report an intermediate value to rsi (for early stopping): one line on stdout, flushed at once."""
+    sys.stdout.write(f"rsi-progress {float(step)!r} {float(value)!r}\n")
+    sys.stdout.flush()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The champion's trajectories, and the rule a screening run is held to. Plain data: it travels to a Ray
+    worker with the run."""
+
+    curves: tuple[tuple[Point, ...], ...]  # one per champion run, sorted by step
+    goal: str  # "minimize" or "maximize"
+    confidence: float = 0.99
+    warmup: float = 0.25
+    patience: int = 2
+
+    def start(self) -> float:
+        """The first step at which a run may be pruned: `warmup` of the way along the champion's runs."""
+        first = min(c[0][0] for c in self.curves)
+        last = statistics.median(c[-1][0] for c in self.curves)
+        return first + self.warmup * (last - first)
+
+    def behind(self, step: float, value: float) -> str:
+        """Why `value` at `step` is clearly worse than the champion there, or ''."""
+        here = [v for c in self.curves if (v := _at(c, step)) is not None]
+        if len(here) < MIN_RUNS or step < self.start():
+            return ""
+        mean, sd, n = statistics.fmean(here), statistics.stdev(here), len(here)
+        bound = _t(self.confidence, n - 1) * sd * math.sqrt(1 + 1 / n)
+        worse = value - mean if self.goal == "minimize" else mean - value
+        if worse <= bound:
+            return ""
+        return f"at step {step:g} its value {value:.5g} is behind the champion's {mean:.5g} (+-{bound:.3g}, {n} runs)"
+
+
+def reference(
+    curves: Sequence[Sequence[Point]], goal: str, confidence: float, warmup: float, patience: int
+) -> Reference | None:
+    """A reference from the champion's recorded trajectories, or None when too few runs reported progress."""
+    kept = tuple(tuple(sorted(c)) for c in curves if len(c) >= 2)
+    if len(kept) < MIN_RUNS:
+        return None
+    return Reference(kept, goal, confidence, warmup, patience)
+
+
+@dataclass
+class Watch:
+    """Reads a run's output as it streams: collects progress points and decides when to stop the run."""
+
+    pattern: re.Pattern[bytes] | None = None
+    against: Reference | None = None
+    points: list[Point] = field(default_factory=list)
+    reason: str = ""
+    stop: threading.Event = field(default_factory=threading.Event)
+    _partial: dict[int, bytes] = field(default_factory=dict)
+    _strikes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _every: int = 1  # keep one point in this many (doubles each time the list fills)
+    _seen: int = 0
+
+    def feed(self, chunk: bytes, stream: int) -> None:
+        """A chunk of one stream (0 stdout, 1 stderr): complete lines are read, the rest waits for more."""
+        data = self._partial.get(stream, b"") + chunk
+        if self.pattern is None and b"rsi-progress" not in data:  # most output: no line to read
+            self._partial[stream] = data[data.rfind(b"\n") + 1 :][-MAX_LINE:]
+            return
+        *lines, rest = data.split(b"\n")
+        self._partial[stream] = rest if len(rest) <= MAX_LINE else b""
+        for line in lines:
+            if point := self._parse(line):
+                self._add(point)
+
+    def _parse(self, line: bytes) -> Point | None:
+        m = LINE.match(line) or (self.pattern.search(line) if self.pattern is not None else None)
+        if m is None or m.re.groups < 2:
+            return None
+        try:
+            step, value = float(m.group(1)), float(m.group(2))
+        except ValueError:
+            return None
+        return (step, value) if math.isfinite(step) and math.isfinite(value) else None
+
+    def _add(self, point: Point) -> None:
+        with self._lock:  # two reader threads, one per stream
+            if self._seen % self._every == 0:  # the first point, then one in `_every`: evenly spaced
+                self.points.append(point)
+                if len(self.points) >= MAX_POINTS:
+                    self.points[:] = self.points[::2]
+                    self._every *= 2
+            self._seen += 1
+            if self.against is None or self.stop.is_set():
+                return
+            why = self.against.behind(*point)
+            self._strikes = self._strikes + 1 if why else 0
+            if why and self._strikes >= self.against.patience:
+                self.reason = f"{PRUNED}: {why}"
+                self.stop.set()
+
+
+def _at(curve: Sequence[Point], step: float) -> float | None:
+    """The curve's value at `step`, linearly between its reports; None outside the steps it reached."""
+    if not curve or step < curve[0][0] or step > curve[-1][0]:
+        return None
+    i = bisect.bisect_left(curve, (step, -math.inf))
+    x1, y1 = curve[i]
+    if x1 == step or i == 0:
+        return y1
+    x0, y0 = curve[i - 1]
+    return y0 + (y1 - y0) * (step - x0) / (x1 - x0)
+
+
+@lru_cache(maxsize=256)
+def _t(confidence: float, dof: int) -> float:
+    """One-sided t quantile (scipy imported here: a task's script imports this module for `progress`)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(confidence, dof))

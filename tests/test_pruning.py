@@ -1,0 +1,138 @@
+"""Early stopping: progress reports, the rule that stops a screening run, and a research that uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import MakeTask, rsi
+
+from rsi.ledger import Ledger
+from rsi.pruning import Reference, Watch, reference
+from rsi.runner import MetricSpec, RunSpec, run
+
+# a curve that falls toward its final value; lr and DEPTH set where it ends, so the ordering at any step is the
+# ordering at the end, which lets the test know whether a pruned candidate could have won
+CURVE = """\
+import os, random, time
+import rsi
+lr = 0.5
+DEPTH = 3
+random.seed(int(os.environ["RSI_SEED"]))
+final = (lr - 0.12) ** 2 * 10 + 0.1 * (DEPTH - 7) ** 2
+for step in range(1, 21):
+    rsi.progress(step, final * (1 + 4 / step) + random.gauss(0, 0.01))
+    time.sleep(0.03)
+print(f"loss: {final + random.gauss(0, 0.01):.6f}")
+"""
+
+
+def final_loss(params: dict[str, float], lr: float, depth: float) -> float:
+    lr, depth = params.get("lr", lr), params.get("DEPTH", depth)
+    return (lr - 0.12) ** 2 * 10 + 0.1 * (depth - 7) ** 2
+
+
+def flat(value: float, runs: int = 4, steps: int = 20) -> Reference:
+    curves = [[(float(s), value + 0.01 * ((s * (r + 1)) % 3 - 1)) for s in range(1, steps + 1)] for r in range(runs)]
+    ref = reference(curves, "minimize", confidence=0.99, warmup=0.25, patience=2)
+    assert ref is not None
+    return ref
+
+
+def spec(tmp_path: Path, body: str) -> RunSpec:
+    (tmp_path / "task.py").write_text(textwrap.dedent(body))
+    return RunSpec(
+        command=f"{shlex.quote(sys.executable)} task.py",
+        cwd=tmp_path,
+        env=dict(os.environ),
+        timeout_s=30,
+        memory_bytes=None,
+        output_cap=1_000_000,
+        log_dir=tmp_path / "logs",
+        metric=MetricSpec(pattern=r"^loss:\s*(\S+)"),
+    )
+
+
+def test_the_rule_needs_enough_runs_waits_for_warmup_and_uses_the_noise() -> None:
+    ref = flat(1.0)
+    assert ref.behind(2.0, 5.0) == ""  # before warmup: 25% of the way from step 1 to step 20 is step 5.75
+    assert "behind the champion" in ref.behind(10.0, 1.5)
+    assert ref.behind(10.0, 1.02) == ""  # within the champion's own spread
+    assert ref.behind(25.0, 9.0) == ""  # past every champion run: nothing to compare with
+    assert ref.behind(10.0, 0.5) == ""  # ahead
+    up = Reference(ref.curves, "maximize")
+    assert "behind" in up.behind(10.0, 0.5) and up.behind(10.0, 1.5) == ""
+    assert reference([[(1.0, 1.0), (2.0, 1.0)]] * 2, "minimize", 0.99, 0.25, 2) is None  # two runs are too few
+    # between reports the champion's value is interpolated
+    slope = reference([[(0.0, 0.0 + d), (10.0, 10.0 + d)] for d in (0.0, 0.1, -0.1)], "minimize", 0.99, 0.0, 1)
+    assert slope is not None and slope.behind(5.0, 5.2) == "" and slope.behind(5.0, 8.0) != ""
+
+
+def test_a_watch_reads_both_formats_split_across_chunks() -> None:
+    watch = Watch(re.compile(rb"it (\d+) .*loss=(\S+)"))
+    for chunk in (b"rsi-progress 1 0.5\nrsi-prog", b"ress 2 0.4\nnoise\nit 3 | loss=0.3\n", b"rsi-progress x y\n"):
+        watch.feed(chunk, 0)
+    watch.feed(b"rsi-progress 4 nan\nrsi-progress 5 0.1\n", 1)
+    assert watch.points == [(1.0, 0.5), (2.0, 0.4), (3.0, 0.3), (5.0, 0.1)]
+    many = Watch()
+    many.feed(b"".join(f"rsi-progress {i} 1\n".encode() for i in range(10_000)), 0)
+    assert 500 < len(many.points) <= 2000 and many.points[0] == (0.0, 1.0)  # thinned, in order
+
+
+def test_a_run_clearly_behind_is_stopped_and_one_on_par_is_not(tmp_path: Path) -> None:
+    body = """\
+    import sys, time
+    sys.path.insert(0, {src!r})
+    import rsi
+    for step in range(1, 21):
+        rsi.progress(step, {value})
+        time.sleep(0.1)
+    print("loss: 1.0")
+    """
+    src = str(Path(__import__("rsi").__file__).parent.parent)
+    behind = Watch(against=flat(1.0))
+    result = run(spec(tmp_path, body.format(src=src, value=1.5)), watch=behind)
+    assert result.status == "pruned" and result.metric is None, result
+    assert result.reason.startswith("pruned: at step 7 ") and "behind the champion" in result.reason
+    assert [s for s, _ in result.progress][-1] < 10 and result.duration_s < 1.5  # 20 steps would take 2 s
+    on_par = Watch(against=flat(1.0))
+    result = run(spec(tmp_path, body.format(src=src, value=1.0)), watch=on_par)
+    assert result.status == "ok" and result.metric == 1.0 and len(result.progress) == 20
+
+
+def test_a_research_prunes_candidates_that_could_not_have_won(make_task: MakeTask) -> None:
+    toml = "[judge]\nbaseline_repeats = 4\n[pruning]\nenabled = true\n"
+    root = make_task(train=CURVE, extra_toml=toml)
+    done = rsi("run", str(root), "--max-experiments", "12", "--tag", "p")
+    assert done.returncode == 0, done.stderr
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    exps = {e.id: e for e in ledger.experiments()}
+    pruned = [e for e in exps.values() if e.reason.startswith("pruned:")]
+    assert pruned, [(e.id, e.params, e.verdict, e.reason) for e in exps.values()]
+    full = [r.duration_s or 0 for r in exps[0].runs if r.kind == "fresh"]
+    for e in pruned:
+        assert e.verdict == "discard" and e.status == "ok"
+        last = e.runs[-1]
+        assert last.status == "pruned" and (last.duration_s or 0) < min(full)
+        champion = exps[e.parent or 0]
+        here = final_loss(e.params, 0.5, 3)
+        best = final_loss(champion.params, 0.5, 3) if champion.id else final_loss({}, 0.5, 3)
+        assert here > best, (e.id, e.params, champion.id, champion.params)  # it could not have won
+    fresh = [r for r in exps[0].runs if r.kind == "fresh" and r.status == "ok"]
+    assert len(ledger.trajectories(0, ("fresh",))) == len(fresh) >= 4  # every run's progress is recorded
+    status = json.loads(rsi("status", str(root), "--json").stdout)
+    shown = {x["id"]: x for x in status["experiments"]}
+    assert all(shown[e.id]["status"] == "ok" and shown[e.id]["verdict"] == "discard" for e in pruned)
+
+
+def test_a_progress_pattern_needs_two_groups(make_task: MakeTask) -> None:
+    root = make_task(extra_toml="")
+    toml = (root / "rsi.toml").read_text().replace("[metric]\n", "[metric]\nprogress_pattern = 'step (\\d+)'\n")
+    (root / "rsi.toml").write_text(toml)
+    failed = rsi("run", str(root), "--max-experiments", "1")
+    assert failed.returncode == 2 and "two groups" in failed.stderr and "Traceback" not in failed.stderr
