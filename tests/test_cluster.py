@@ -39,7 +39,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A local Ray cluster of 2 CPUs; its nodes keep their copies of the repository under their own folder."""
     nodes = tmp_path / "nodes"
     monkeypatch.setenv("RSI_RAY_DIR", str(nodes))  # before ray.init: the workers inherit it
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield nodes
     finally:

@@ -81,7 +81,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 model = GPT().to(device)
 opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, beta2), weight_decay=weight_decay)
-step, start = 0, time.monotonic()
+step, start, smooth = 0, time.monotonic(), None
 while (elapsed := time.monotonic() - start) < budget_s:
     # warm up by steps, then decay by the fraction of the budget spent: the budget is time, not steps
     lr = learning_rate * min(1.0, (step + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * elapsed / budget_s))
@@ -93,6 +93,9 @@ while (elapsed := time.monotonic() - start) < budget_s:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
+    smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+    if step % 25 == 0:  # progress for early stopping (rsi.progress prints the same): seconds, smoothed loss
+        print(f"rsi-progress {elapsed:.3f} {smooth:.5f}", flush=True)
     if step % 100 == 0:
         print(f"step {step} loss {loss.item():.4f} elapsed {elapsed:.1f}s", flush=True)
     step += 1

@@ -287,6 +287,47 @@ def verify(
 
 
 @app.command()
+def ablate(
+    directory: DirArg = Path("."),
+    repeats: Annotated[int, typer.Option(min=2, max=100, help="fresh runs of the champion and of each variant")] = 5,
+    simplify: Annotated[
+        bool, typer.Option("--simplify", help="then measure the champion without what does not matter")
+    ] = False,
+    tag: Annotated[str | None, typer.Option(help="the research's tag (default: the task's research)")] = None,
+) -> None:
+    """What each kept change contributes: each reverted alone from the final champion, on fresh seeds."""
+    from rsi.ablation import ablate as measure_changes
+
+    interrupt.install()
+    try:
+        cfg = load_config(directory)
+        path = Workspace(directory).state / "ledger.sqlite"
+        if not path.is_file():
+            raise UserError(f"no research in {directory} yet: `rsi run` first")
+        research = Ledger(path, readonly=True)
+        known = research.get("tag")
+        if tag is not None and tag != known:
+            raise UserError(f"this task's research is rsi/{known}, not rsi/{tag}")
+        rows = measure_changes(directory, cfg, research, repeats, simplify, lambda m: err.print(m, highlight=False))
+        interrupt.check()
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        err.print("rsi: stopped; the runs so far are recorded. Run `rsi ablate` again to resume.")
+        raise typer.Exit(130) from None
+    table = Table(title=f"ablation: {cfg.metric.name} ({cfg.metric.goal}), {repeats} runs each", show_edge=False)
+    for col in ("kept", "change", "gain when kept", "contribution now", "verdict"):
+        table.add_column(col, justify="left" if col in ("change", "verdict") else "right")
+    for r in rows:
+        gained = "-" if r.gain_when_kept is None else f"{r.gain_when_kept:+.4g}"
+        now = "-" if r.contribution is None else f"{r.contribution:+.4g}"
+        if r.contribution is not None and r.half_width is not None:
+            now += f" +- {r.half_width:.2g}"
+        table.add_row(f"#{r.exp_id}" if r.exp_id else "", r.hypothesis, gained, now, r.label)
+    out.print(table)
+
+
+@app.command()
 def report(
     directory: DirArg = Path("."),
     out_file: Annotated[Path | None, typer.Option("--out", help="the HTML file (default .rsi/report.html)")] = None,

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
+from rsi.ablation import recorded
 from rsi.errors import UserError
 from rsi.judge import Goal
 from rsi.ledger import Experiment, Ledger
@@ -262,6 +263,7 @@ def write_report(root: Path, out: Path | None = None) -> Path:
         raise UserError(f"cannot write the report to {out}: folder {out.parent} does not exist")
     try:
         status, rows = read(ledger)
+        ablation = recorded(root, ledger)
     finally:
         ledger.close()
     goal: Goal = "maximize" if status["goal"] == "maximize" else "minimize"
@@ -279,6 +281,7 @@ def write_report(root: Path, out: Path | None = None) -> Path:
         "statuses": sorted(Counter(r.status for r in rows).items()),
         "progress_uri": _data_uri(progress),
         "holdout_uri": _data_uri(holdout_png(rows, metric, goal)) if has_holdout else None,
+        "ablation": ablation,
     }
     html = _environment().get_template("report.html.j2").render(context)
     out.write_text(html, encoding="utf-8")

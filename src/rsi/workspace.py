@@ -158,10 +158,10 @@ class Workspace:
             for path in self.git("diff", "--name-only", "-z", "--no-renames", parent, candidate).split("\0"):
                 if not path:
                     continue
-                theirs = self._blob(candidate, path)
+                theirs = self.blob(candidate, path)
                 if theirs is None:  # the candidate deleted it: not replayed as text
                     return None
-                base, ours = self._blob(parent, path), self._blob(onto, path)
+                base, ours = self.blob(parent, path), self.blob(onto, path)
                 if base is None or ours is None or ours == base:  # new, or the new best left it alone
                     merged = theirs
                 else:
@@ -251,7 +251,7 @@ class Workspace:
             self.git("reset", "--hard", "-q", cwd=worktree)
             self.git("clean", "-ffdxq", cwd=worktree)
 
-    def _blob(self, commit: str, path: str) -> bytes | None:
+    def blob(self, commit: str, path: str) -> bytes | None:
         try:
             return self.read_bytes(commit, path)
         except RuntimeError:
@@ -277,6 +277,25 @@ class Workspace:
     def commit_tree(self, tree_of: str, parent: str, message: str) -> str:
         """A new commit with the tree of `tree_of` on `parent` (a kept candidate's commit on the branch)."""
         return self.git("commit-tree", f"{tree_of}^{{tree}}", "-p", parent, "-m", message).strip()
+
+    @_serialized
+    def commit_tree_with(self, parent: str, edits: Mapping[str, str], message: str) -> str:
+        """A commit on `parent` with its tree changed by `edits` (paths it already has), made without a worktree."""
+        with tempfile.TemporaryDirectory(prefix="rsi-index-") as tmp:
+            index = Path(tmp) / "index"
+            self.git("read-tree", parent, index=index)
+            modes = {}
+            for entry in self.git("ls-tree", "-r", "-z", parent, "--", *edits).split("\0"):
+                if entry:
+                    meta, path = entry.split("\t", 1)
+                    modes[path] = meta.split()[0]
+            for path, text in edits.items():
+                blob = self.git("hash-object", "-w", "--stdin", input=text.encode()).strip()
+                self.git(
+                    "update-index", "--add", "--cacheinfo", f"{modes.get(path, '100644')},{blob},{path}", index=index
+                )
+            tree = self.git("write-tree", index=index).strip()
+        return self.git("commit-tree", tree, "-p", parent, "-m", message).strip()
 
     # worktrees
     def worktree_dir(self, name: str) -> Path:

@@ -1,0 +1,175 @@
+"""Early stopping at equal wall clock: rsi on examples/tinygpt with `[pruning]` off, then on.
+
+Each arm researches its own fresh copy of tinygpt for the same wall-clock budget, with the same seeded knobs
+proposer and the default judge, one arm at a time so that they never compete for the CPU. tinygpt reports its
+smoothed training loss against the seconds spent (`rsi-progress` lines); with pruning on, a screening run
+clearly behind the champion's runs at the same second is stopped.
+
+Figures per arm: candidates evaluated (experiments that got a verdict from runs, baseline and rejected
+proposals aside), the held-out gain of its final champion (re-measured outside the budgets on fixed seeds,
+as benchmarks/research.py does), the runs pruned and the run time they took against what full runs take.
+
+Wrongly pruned: a sample of the pruned candidates is run to the end, outside the budgets, on the seed of the
+run that was stopped. A pruned candidate counts as wrong when that full run's metric beats the mean of the
+champion it was compared with: a lenient test (one lucky run passes it, where the judge would ask for more),
+so the rate it gives is an upper bound on the candidates pruning cost.
+
+Targets: pruning evaluates at least 1.5x the candidates, its held-out gain is not worse, and under 5% of the
+pruned candidates are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from research import Code, Holdout, OutOfTime, Task, gain, hard_stop, kill_leftovers, log, prepare, select_run
+
+from rsi.engine import Limits, Research
+from rsi.ledger import Ledger
+from rsi.proposer import KnobsProposer, Proposer
+from rsi.workspace import Workspace
+
+TARGET = "pruning: >= 1.5x candidates, held-out gain not worse, wrongly pruned < 5%"
+
+
+def arm(task: Task, budget: float, pruning: bool, seed: int) -> dict[str, Any]:
+    """One research of `budget` seconds; its figures and its final champion's files."""
+    cfg = task.cfg.model_copy(update={"pruning": task.cfg.pruning.model_copy(update={"enabled": pruning})})
+
+    def factory(code: Code, start: str) -> Proposer:
+        files = {p: code.read(start, p) for p in code.files(start, cfg.task.editable)}
+        return KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=seed)
+
+    engine: Research | None = None
+    started = time.monotonic()
+    try:
+        with hard_stop(budget):
+            engine = Research(task.root, cfg, factory)
+            engine.run(Limits(time_budget_s=budget))
+    except OutOfTime:
+        pass
+    finally:
+        if engine is not None:
+            engine.ledger.close()
+        kill_leftovers()
+    wall = time.monotonic() - started
+    ledger = Ledger(Workspace(task.root).state / "ledger.sqlite", readonly=True)
+    try:
+        exps = ledger.experiments("state = 'done'")
+    finally:
+        ledger.close()
+    by_id = {e.id: e for e in exps}
+    candidates = [e for e in exps if e.id > 0 and e.status != "rejected"]
+    pruned = [e for e in candidates if e.reason.startswith("pruned:")]
+    full = [r.duration_s for e in exps for r in e.runs if r.status == "ok" and r.kind != "holdout" and r.duration_s]
+    cut = [r.duration_s for e in pruned for r in e.runs if r.status == "pruned" and r.duration_s]
+    best = max((e for e in exps if e.verdict == "keep"), key=lambda e: e.id, default=by_id.get(0))
+    ws = Workspace(task.root)
+    commit = (best.kept_commit or best.commit_sha) if best else None
+    commit = commit or ws.head()
+    return {
+        "wall_s": round(wall, 1),
+        "experiments": len(exps),
+        "candidates": len(candidates),
+        "kept": sum(1 for e in candidates if e.verdict == "keep"),
+        "pruned": len(pruned),
+        "full_run_s": round(statistics.fmean(full), 2) if full else None,
+        "pruned_run_s": round(statistics.fmean(cut), 2) if cut else None,
+        "_pick": {p: ws.read(commit, p) for p in ws.files(commit, cfg.task.editable)},
+        "_pruned": [
+            (e, [r for r in e.runs if r.status == "pruned"][-1].seed, by_id[e.parent or 0].mean()) for e in pruned
+        ],
+        "_root": task.root,
+    }
+
+
+def wrongly_pruned(task: Task, ws_root: Path, sample: list[tuple[Any, int, float | None]]) -> tuple[int, int]:
+    """Runs each sampled pruned candidate to the end on the seed it was stopped on: (wrong, checked)."""
+    ws = Workspace(ws_root)
+    goal = task.cfg.metric.goal
+    wrong = checked = 0
+    for exp, seed, champion_mean in sample:
+        if exp.commit_sha is None or champion_mean is None:
+            continue
+        files = {p: ws.read(exp.commit_sha, p) for p in ws.files(exp.commit_sha, task.cfg.task.editable)}
+        for path, text in files.items():
+            (task.root / path).write_text(text)
+        value = select_run(task, seed)
+        checked += 1
+        if value is not None and (value < champion_mean if goal == "minimize" else value > champion_mean):
+            wrong += 1
+            log(f"  #{exp.id} {exp.hypothesis}: full run {value:.4f} beats the champion's {champion_mean:.4f}")
+    return wrong, checked
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="40 s per arm, 3 s training, 2 pruned candidates re-run")
+    ap.add_argument("--minutes", type=float, help="wall clock per arm (default 15)")
+    ap.add_argument("--train-budget", help="tinygpt's training budget per run (default 15s; --quick 3s)")
+    ap.add_argument("--sample", type=int, help="pruned candidates run to the end (default 12; --quick 2)")
+    ap.add_argument("--holdout-seeds", type=int, help="held-out re-measurements per pick (default 3; --quick 1)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the knobs proposer, the same in both arms")
+    ap.add_argument("--dir", type=Path, help="keep the copies here (default: a temporary folder, removed)")
+    args = ap.parse_args()
+    budget = 60 * (args.minutes or (40 / 60 if args.quick else 15.0))
+    train = args.train_budget or ("3s" if args.quick else "15s")
+    sample_size = args.sample if args.sample is not None else (2 if args.quick else 12)
+    seeds = args.holdout_seeds or (1 if args.quick else 3)
+    work = args.dir or Path(tempfile.mkdtemp(prefix="rsi-bench-pruning-"))
+    try:
+        tasks = {name: prepare("tinygpt", work / name, train) for name in ("off", "on")}
+        arms: dict[str, dict[str, Any]] = {}
+        for name, task in tasks.items():
+            log(f"tinygpt, pruning {name}: {budget:.0f} s ...")
+            arms[name] = arm(task, budget, name == "on", args.seed)
+            log(f"  {arms[name]['candidates']} candidates, {arms[name]['pruned']} pruned")
+        log(f"held-out re-measurement ({seeds} seed(s) per pick) ...")
+        holdout = Holdout(prepare("tinygpt", work / "holdout", train), seeds)
+        base = holdout.measure(tasks["off"].files)
+        goal = tasks["off"].cfg.metric.goal
+        for name, figures in arms.items():
+            figures["holdout_gain"] = gain(holdout.measure(figures["_pick"]), base, goal)
+        pruned = arms["on"]["_pruned"]
+        sample = random.Random(args.seed).sample(pruned, min(sample_size, len(pruned)))
+        log(f"running {len(sample)} of {len(pruned)} pruned candidates to the end ...")
+        wrong, checked = wrongly_pruned(holdout.task, arms["on"]["_root"], sample)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    off, on = arms["off"], arms["on"]
+    ratio = on["candidates"] / off["candidates"] if off["candidates"] else None
+    rate = wrong / checked if checked else None
+    print(
+        f"{'arm':8}{'candidates':>11}{'pruned':>8}{'kept':>6}{'full run s':>11}{'pruned run s':>13}{'held-out gain':>15}"
+    )
+    for name, f in arms.items():
+        gain_text = "-" if f["holdout_gain"] is None else f"{f['holdout_gain']:+.4f}"
+        print(
+            f"{name:8}{f['candidates']:>11}{f['pruned']:>8}{f['kept']:>6}{f['full_run_s'] or '-':>11}"
+            f"{f['pruned_run_s'] or '-':>13}{gain_text:>15}"
+        )
+    print(f"candidates, on / off: {ratio:.2f}x" if ratio else "candidates, on / off: -")
+    print(f"wrongly pruned: {wrong} of {checked} run to the end" + (f" ({rate:.0%})" if rate is not None else ""))
+    held_ok = on["holdout_gain"] is not None and (
+        off["holdout_gain"] is None or on["holdout_gain"] >= off["holdout_gain"]
+    )
+    met = bool(ratio is not None and ratio >= 1.5 and held_ok and rate is not None and rate < 0.05)
+    public = {name: {k: v for k, v in f.items() if not k.startswith("_")} for name, f in arms.items()}
+    figures_out = {**{f"{name}_{k}": v for name, f in public.items() for k, v in f.items()}}
+    figures_out.update(candidates_ratio=ratio, wrongly_pruned=wrong, pruned_checked=checked, wrong_rate=rate)
+    print(json.dumps({"benchmark": "pruning", "figures": figures_out, "target": TARGET, "met": met}))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

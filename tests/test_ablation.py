@@ -1,0 +1,108 @@
+"""`rsi ablate`: each kept change reverted alone from the final champion, measured on fresh seeds."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import MakeTask, git, rsi
+
+from rsi.ablation import revert
+from rsi.ledger import Ledger
+from rsi.workspace import Workspace
+
+# A is worth 1 on its own. B is worth 0.5, and C 0.8, but not together: with C, B adds nothing. Kept in the order
+# A, B, C, B ends up redundant; D is worth 0.3 alone and costs 0.6 once E (worth 1.2) is in: it hurts.
+TRAIN = """\
+import os, random
+A = 0
+B = 0
+C = 0
+D = 0
+E = 0
+random.seed(int(os.environ["RSI_SEED"]))
+loss = 10 - 1.0 * A - (0.8 if C else 0.5 * B) - 1.2 * E + (0.6 * D if E else -0.3 * D)
+print(f"loss: {loss + random.gauss(0, 0.02):.6f}")
+"""
+
+
+# What a model might have done: one letter set to 1 per proposal, in order. Run in a process of its own, as
+# `rsi run` would be: a research holds the task's lock for as long as its process lives.
+SCRIPTED = """
+import sys
+from pathlib import Path
+from rsi.config import load_config
+from rsi.engine import Limits, Research
+from rsi.proposer import Proposal
+
+class Script:
+    name, done_reason, overlap = "script", "the script is over", False
+
+    def __init__(self, letters):
+        self.letters = list(letters)
+
+    def propose(self, ctx):
+        if not self.letters:
+            return None
+        letter = self.letters.pop(0)
+        text = ctx.files["train.py"].replace(f"{letter} = 0", f"{letter} = 1")
+        return Proposal({"train.py": text}, f"set {letter}")
+
+    def observe(self, exp):
+        return None
+
+root = Path(sys.argv[1])
+Research(root, load_config(root), lambda store, start: Script(sys.argv[2]), tag="t").run(Limits())
+"""
+
+
+def research(root: Path, letters: str) -> Ledger:
+    subprocess.run([sys.executable, "-c", SCRIPTED, str(root), letters], check=True, capture_output=True)
+    return Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+
+
+def test_ablation_tells_what_matters_what_is_redundant_and_what_hurts(make_task: MakeTask) -> None:
+    root = make_task(train=TRAIN, extra_toml="[judge]\nbaseline_repeats = 3\nreplicate = 2\n")
+    ledger = research(root, "ABCDE")
+    kept = {e.hypothesis: e.id for e in ledger.experiments("verdict = 'keep'")}
+    assert set(kept) == {"set A", "set B", "set C", "set D", "set E"}, ledger.experiments()
+    done = rsi("ablate", str(root), "--repeats", "4", "--simplify")
+    assert done.returncode == 0, done.stderr
+    lines = {m.group(1): line for line in done.stdout.splitlines() if (m := re.search(r"set ([A-E])", line))}
+    assert "matters" in lines["A"] and "matters" in lines["C"] and "matters" in lines["E"], done.stdout
+    assert "redundant" in lines["B"] and "hurts" in lines["D"], done.stdout
+    assert "as good" in done.stdout or "better than the champion" in done.stdout, done.stdout
+    simplified = subprocess.run(
+        ["git", "show", "rsi/t-simplified:train.py"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert "B = 0" in simplified and "D = 0" in simplified and "A = 1" in simplified and "C = 1" in simplified
+    # the measurements are recorded: a second call measures nothing new and says the same
+    ablation = Ledger(root / ".rsi" / "ablation.sqlite", readonly=True)
+    runs = sum(len(e.runs) for e in ablation.experiments())
+    again = rsi("ablate", str(root), "--repeats", "4", "--simplify")
+    assert again.returncode == 0 and again.stdout == done.stdout, again.stderr
+    assert sum(len(e.runs) for e in ablation.experiments()) == runs
+    assert rsi("report", str(root)).returncode == 0
+    html = (root / ".rsi" / "report.html").read_text()
+    assert "Ablation" in html and "redundant" in html and "hurts" in html
+
+
+def test_a_change_rewritten_later_is_overwritten_and_bad_input_is_one_line(make_task: MakeTask) -> None:
+    root = make_task(train=TRAIN)
+    ws = Workspace(root)
+    head = ws.head()
+    first = ws.commit_tree_with(head, {"train.py": ws.read(head, "train.py").replace("A = 0", "A = 1")}, "A 1")
+    second = ws.commit_tree_with(first, {"train.py": ws.read(first, "train.py").replace("A = 1", "A = 2")}, "A 2")
+    assert revert(ws, first, second) == {}  # nothing of it is left to undo
+    undone = revert(ws, second, second)
+    assert undone is not None and "A = 1" in undone["train.py"]
+    git(root, "checkout", "-q", "-b", "other")
+    nothing = rsi("ablate", str(root))
+    assert nothing.returncode == 2 and "no research" in nothing.stderr and "Traceback" not in nothing.stderr
+    research(root, "")  # a baseline, nothing kept
+    empty = rsi("ablate", str(root))
+    assert empty.returncode == 2 and "nothing was kept" in empty.stderr, empty.stderr
+    wrong = rsi("ablate", str(root), "--tag", "zzz")
+    assert wrong.returncode == 2 and "rsi/t" in wrong.stderr
