@@ -113,7 +113,7 @@ def wrongly_pruned(task: Task, ws_root: Path, sample: list[tuple[Any, int, float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="40 s per arm, 3 s training, 2 pruned candidates re-run")
+    ap.add_argument("--quick", action="store_true", help="a smoke test: 45 s per arm, 1 s training, 2 pruned candidates re-run")
     ap.add_argument("--minutes", type=float, help="wall clock per arm (default 15)")
     ap.add_argument("--train-budget", help="tinygpt's training budget per run (default 15s; --quick 3s)")
     ap.add_argument("--sample", type=int, help="pruned candidates run to the end (default 12; --quick 2)")
@@ -121,8 +121,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the knobs proposer, the same in both arms")
     ap.add_argument("--dir", type=Path, help="keep the copies here (default: a temporary folder, removed)")
     args = ap.parse_args()
-    budget = 60 * (args.minutes or (40 / 60 if args.quick else 15.0))
-    train = args.train_budget or ("3s" if args.quick else "15s")
+    budget = 60 * (args.minutes or (0.75 if args.quick else 15.0))
+    train = args.train_budget or ("1s" if args.quick else "15s")
     sample_size = args.sample if args.sample is not None else (2 if args.quick else 12)
     seeds = args.holdout_seeds or (1 if args.quick else 3)
     work = args.dir or Path(tempfile.mkdtemp(prefix="rsi-bench-pruning-"))
@@ -137,7 +137,7 @@ def main() -> None:
         holdout = Holdout(prepare("tinygpt", work / "holdout", train), seeds)
         base = holdout.measure(tasks["off"].files)
         goal = tasks["off"].cfg.metric.goal
-        for name, figures in arms.items():
+        for figures in arms.values():
             figures["holdout_gain"] = gain(holdout.measure(figures["_pick"]), base, goal)
         pruned = arms["on"]["_pruned"]
         sample = random.Random(args.seed).sample(pruned, min(sample_size, len(pruned)))
@@ -149,9 +149,8 @@ def main() -> None:
     off, on = arms["off"], arms["on"]
     ratio = on["candidates"] / off["candidates"] if off["candidates"] else None
     rate = wrong / checked if checked else None
-    print(
-        f"{'arm':8}{'candidates':>11}{'pruned':>8}{'kept':>6}{'full run s':>11}{'pruned run s':>13}{'held-out gain':>15}"
-    )
+    head = f"{'arm':8}{'candidates':>11}{'pruned':>8}{'kept':>6}{'full run s':>11}{'pruned run s':>13}"
+    print(head + f"{'held-out gain':>15}")
     for name, f in arms.items():
         gain_text = "-" if f["holdout_gain"] is None else f"{f['holdout_gain']:+.4f}"
         print(

@@ -76,3 +76,77 @@ def test_steering_a_folder_without_a_research_is_one_line(make_task: MakeTask, t
     assert rsi("run", str(root), "--max-experiments", "1").returncode == 0
     empty = rsi("idea", "  ", str(root))
     assert empty.returncode == 2 and "empty" in empty.stderr
+
+
+def test_retest_measures_a_change_again_on_the_champion_while_the_research_runs(make_task: MakeTask) -> None:
+    root = make_task(train=SLOW)
+    assert rsi("run", str(root), "--max-experiments", "6").returncode == 0
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    target = next(e for e in reversed(ledger.experiments()) if e.verdict != "keep" and e.commit_sha and e.id > 0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsi", "run", str(root), "--max-experiments", "14"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while count(root) < 8:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        queued = rsi("retest", str(target.id), str(root), "--repeats", "3")
+        assert queued.returncode == 0 and "queued" in queued.stdout, queued.stderr
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    retests = [e for e in ledger.experiments() if e.proposer == "retest"]
+    assert len(retests) == 1, [(e.id, e.proposer, e.hypothesis) for e in ledger.experiments()]
+    again = retests[0]
+    assert again.id > 8 and again.params == {"retest_of": target.id, "max_repeats": 3}
+    assert f"retest of #{target.id}" in again.hypothesis and again.state == "done"
+    assert sum(1 for r in again.runs if r.kind == "screen") <= 3
+    assert again.diff or again.reason  # the change on the champion of the time, or why it could not be replayed
+    assert ledger.get_json("retests") == []
+    for args, words in (
+        (["retest", "999", str(root)], "no experiment #999"),
+        (["retest", "0", str(root)], "in the champion already"),
+    ):
+        done = rsi(*args)
+        assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_fork_starts_a_line_from_any_experiment_beside_the_running_research(make_task: MakeTask) -> None:
+    root = make_task()
+    assert rsi("run", str(root), "--max-experiments", "8", "--tag", "main").returncode == 0
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    start = next(e for e in reversed(ledger.experiments()) if e.verdict != "keep" and e.commit_sha and e.id > 0)
+    before = [(e.id, e.verdict, len(e.runs)) for e in ledger.experiments()]
+    made = rsi("fork", "--from", f"#{start.id}", "--tag", "wide", str(root))
+    assert made.returncode == 0, made.stderr
+    where = root / ".rsi" / "forks" / "wide"
+    assert f"rsi run {where}" in made.stdout
+    # the fork researches on its own (the original could be running: the fork has its own lock and ledger)
+    proc = subprocess.Popen([sys.executable, "-m", "rsi", "run", str(root), "--max-experiments", "12"])
+    try:
+        forked = rsi("run", str(where), "--max-experiments", "4")
+        assert forked.returncode == 0, forked.stderr
+    finally:
+        assert proc.wait(timeout=180) == 0
+    line = Ledger(where / ".rsi" / "ledger.sqlite", readonly=True)
+    assert line.get("tag") == "wide" and line.get("start_commit") == start.commit_sha and line.count() == 4
+    branch = subprocess.run(["git", "rev-parse", "rsi/wide"], cwd=where, capture_output=True, text=True, check=True)
+    assert branch.stdout.strip()
+    assert [(e.id, e.verdict, len(e.runs)) for e in ledger.experiments()][: len(before)] == before
+    assert ledger.count() == 12 and ledger.get_json("forks")[0]["tag"] == "wide"
+    fetched = subprocess.run(["git", "fetch", "-q", str(where), "rsi/wide:rsi/wide"], cwd=root, capture_output=True)
+    assert fetched.returncode == 0, fetched.stderr
+    for args, words in (
+        (["fork", "--from", "#999", "--tag", "x", str(root)], "no experiment #999"),
+        (["fork", "--from", "nope", "--tag", "x", str(root)], "neither an experiment number nor a commit"),
+        (["fork", "--from", "0", "--tag", "bad..tag", str(root)], "cannot name a git branch"),
+        (["fork", "--from", "0", "--tag", "wide", str(root)], "not empty"),
+    ):
+        done = rsi(*args)
+        assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)

@@ -451,6 +451,51 @@ def idea(
     out.print(f"idea {count} recorded; LLM proposers see it from their next proposal", highlight=False)
 
 
+@app.command()
+def fork(
+    start: Annotated[str, typer.Option("--from", help="an experiment number (12 or #12) or any commit")],
+    tag: Annotated[str, typer.Option(help="the new line's tag: its branch is rsi/<tag>")],
+    directory: DirArg = Path("."),
+    dest: Annotated[Path | None, typer.Option("--dir", help="where the line lives (default .rsi/forks/<tag>)")] = None,
+) -> None:
+    """Start a new research line from any commit, beside the research that runs here (in a clone of its own)."""
+    from rsi.fork import fork as make_fork
+
+    try:
+        where, commit = make_fork(directory, start, tag, dest)
+    except UserError as e:
+        fail(str(e))
+    out.print(f"fork rsi/{tag} starts at {commit[:10]} in {where}", highlight=False)
+    out.print(f"research it with: rsi run {where}", highlight=False)
+    out.print(f"bring its result here with: git fetch {where} rsi/{tag}:rsi/{tag}", highlight=False)
+
+
+@app.command()
+def retest(
+    experiment: Annotated[int, typer.Argument(help="the experiment whose change to measure again")],
+    directory: DirArg = Path("."),
+    repeats: Annotated[int, typer.Option(min=1, max=100, help="screening runs it may get")] = 16,
+) -> None:
+    """Measure an experiment's change again, on the current champion: next in line for a running `rsi run`
+    (or the next one started), judged with up to --repeats screening runs."""
+    ledger = _steer(directory)
+    exp = ledger.experiment(experiment)
+    if exp is None:
+        fail(f"there is no experiment #{experiment} in this research")
+    if exp.id == 0 or exp.verdict == "keep":
+        fail(f"#{experiment} is in the champion already: `rsi verify` re-measures it, `rsi ablate` what it adds now")
+    if exp.commit_sha is None:
+        fail(f"#{experiment} was rejected before it ran ({exp.reason}): it has no change to measure")
+    with ledger.transaction():
+        queue = [*(ledger.get_json("retests") or []), {"id": exp.id, "repeats": repeats}]
+        ledger.set("retests", json.dumps(queue))
+    out.print(
+        f"retest of #{exp.id} queued ({len(queue)} waiting): a running `rsi run` takes it before its next proposal,"
+        " else the next `rsi run` does",
+        highlight=False,
+    )
+
+
 @meta_app.callback(invoke_without_command=True)
 def meta(
     ctx: typer.Context,

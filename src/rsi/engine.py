@@ -29,7 +29,8 @@ from rsi.config import Config
 from rsi.environment import hold_kind, node_kind
 from rsi.errors import UserError
 from rsi.executor import Workers
-from rsi.experiment import SUPERSEDED, Experimenter
+from rsi.experiment import RETEST, SUPERSEDED, Experimenter
+from rsi.fork import FORK_TAG
 from rsi.judge import Judge, SequentialJudge
 from rsi.ledger import Experiment, Ledger
 from rsi.measure import (
@@ -166,7 +167,7 @@ class Research:
         known = self.ledger.get("tag")
         if known is None:
             self._check_globs()
-            tag = tag or time.strftime("%Y%m%d")
+            tag = tag or self.ledger.get(FORK_TAG) or time.strftime("%Y%m%d")
             task = self.cfg.task
             head, frozen = self.store.begin(tag, [*task.editable, *task.frozen], task.frozen)
             with self.ledger.transaction():
@@ -269,6 +270,12 @@ class Research:
             self._observe(e.id)
         ahead: tuple[int, str, Ahead] | None = None  # a proposal made while the last experiment ran
         while budget_left():
+            retest = self._retest()
+            if retest is not None:  # asked for with `rsi retest`: before the next proposal
+                if retest.state != "done":
+                    self._experiment(retest)
+                self._observe(retest.id)
+                continue
             champion, head = self._best()
             files = self.champion_files(head)
             if ahead is not None and ahead[:2] == (champion.id, head):
@@ -311,6 +318,11 @@ class Research:
                 if workers.idle() and (backlog or (proposing and budget_left())):
                     if backlog:
                         exp = backlog.pop(0)
+                    elif (retest := self._retest()) is not None:
+                        if retest.state == "done":
+                            self._observe(retest.id)
+                            continue
+                        exp = retest
                     else:
                         champion, head = self._best()
                         files = self.champion_files(head)
@@ -371,6 +383,35 @@ class Research:
             reason = "" if sha else "its change cannot be replayed as text on the new best (a deleted or binary file)"
             rebased = self._add(exp_id, exp.id, head, sha, exp.proposer, hypothesis, exp.params, diff, reason)
         return None if reason else rebased
+
+    def _retest(self) -> Experiment | None:
+        """The first retest `rsi retest` asked for, as a new experiment: that experiment's change replayed on the
+        current best, judged with the repeats asked for. The duplicate guard does not apply: measuring the same
+        change again is the point. None when none is waiting, or the budget is spent."""
+        with self.experimenter.lock:
+            if self._spent():
+                return None
+            with self.ledger.transaction():
+                queue = self.ledger.get_json("retests") or []
+                if not queue:
+                    return None
+                self.ledger.set("retests", json.dumps(queue[1:]))
+            asked = self.ledger.experiment(int(queue[0]["id"]))
+            repeats = int(queue[0]["repeats"])
+            exp_id = self.ledger.next_id()
+            head, champion = self.experimenter.branch_head(), self.experimenter.champion()
+            if asked is None or asked.commit_sha is None:
+                return None
+            original = re.sub(r" \((rebased from|retest of) #\d+.*\)$", "", asked.hypothesis)
+            hypothesis = f"{original} (retest of #{asked.id} on #{champion.id}, up to {repeats} runs)"
+            message = f"rsi candidate {exp_id}: {hypothesis}"
+            sha = self.store.rebase(exp_id, asked.commit_sha, head, message)
+            files = self.champion_files(head)
+            after = {p: self.store.read(sha, p) for p in self.store.files(sha, self.cfg.task.editable)} if sha else {}
+            diff = unified_diff(files, {p: t for p, t in after.items() if files.get(p) != t})
+            reason = "" if sha and diff else "its change cannot be replayed on the current best, or is in it already"
+            params = {"retest_of": asked.id, "max_repeats": repeats}
+            return self._add(exp_id, champion.id, head, sha if diff else None, RETEST, hypothesis, params, diff, reason)
 
     def _while_paused(self) -> float:
         """Waits while `rsi pause` holds the research (experiments in flight run on); the seconds it waited."""

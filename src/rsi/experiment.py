@@ -5,6 +5,7 @@ it is worth, with the judge, and records each run in the ledger as it happens, s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import threading
@@ -22,6 +23,7 @@ from rsi.pruning import PRUNED, Reference, reference
 from rsi.runner import parse_metric_text, to_metric
 from rsi.store import Store
 
+RETEST = "retest"  # the proposer of an experiment `rsi retest` asked for
 SUPERSEDED = "superseded:"  # the reason of a winner whose champion was replaced while it ran
 CHAMPION_RUNS = 8  # fresh runs the champion is brought up to, one per candidate (see _remeasure)
 NOISE_DOF = 30  # ... and for as long as the noise estimate has fewer degrees of freedom
@@ -90,16 +92,21 @@ class Experimenter:
             champion = self._remeasure(champion)
         deletes = _deletes_code(exp.diff)
         remeasured = False
+        judge, most = self.judge, self.cfg.judge.max_repeats
+        if exp.proposer == RETEST and (asked := int(exp.params.get("max_repeats", 0))):
+            most = asked  # `rsi retest --repeats K`: its own sequential design, with up to K looks' worth of runs
+            if dataclasses.is_dataclass(judge) and hasattr(judge, "max_repeats"):
+                judge = dataclasses.replace(judge, max_repeats=asked)
         while True:
             pool = _pool(champion)
             screened = [r for r in exp.runs if r.kind == SCREEN]
             if screened:
                 metrics = [r.metric if r.status == "ok" else None for r in screened]
                 pool_metrics = [r.metric for r in pool if r.metric is not None]
-                decision = self.judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
+                decision = judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
                 if decision.verdict != "more":
                     break
-                if len(screened) >= self.cfg.judge.max_repeats:
+                if len(screened) >= most:
                     decision = Decision("inconclusive", decision.reason, decision.ci)
                     break
                 if not remeasured:  # an undecided candidate: the champion's precision now matters

@@ -1,0 +1,87 @@
+"""`rsi fork`: a new research line that starts from any commit of a research, beside the one that runs.
+
+A task holds one research (its ledger is `.rsi/ledger.sqlite`), so a line of its own needs a repository of its
+own: a local clone (git hard-links the objects, so it costs little and does not depend on the original
+afterwards) under `.rsi/forks/<tag>/`, checked out at the commit on the branch `fork/<tag>`. `rsi run` there
+researches it with the tag given, while the original research goes on undisturbed; its results are a git
+branch away (`git fetch .rsi/forks/<tag> rsi/<tag>`). The original's ledger lists its forks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from rsi.config import CONFIG_NAME
+from rsi.errors import UserError
+from rsi.ledger import Ledger
+from rsi.workspace import Workspace
+
+FORK_TAG = "fork_tag"  # ledger meta of a fork: the tag its first `rsi run` takes
+
+
+def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Path, str]:
+    """Makes the fork; returns its folder and the commit it starts from."""
+    ws = Workspace(root.resolve())
+    ws.check_repository()
+    _check_tag(ws, tag)
+    ledger_path = ws.state / "ledger.sqlite"
+    research = Ledger(ledger_path, readonly=True) if ledger_path.is_file() else None
+    try:
+        commit = resolve(ws, research, start)
+    finally:
+        if research is not None:
+            research.close()
+    if not ws.files(commit, [CONFIG_NAME]):
+        raise UserError(f"commit {commit[:10]} has no {CONFIG_NAME}: a fork researches the task as that commit has it")
+    dest = (dest or ws.state / "forks" / tag).resolve()
+    if dest.exists() and any(dest.iterdir()):
+        raise UserError(f"{dest} exists and is not empty: choose another --tag or --dir")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _git(root, "clone", "--quiet", "--no-checkout", str(ws.root), str(dest))
+    _git(dest, "checkout", "--quiet", "-b", f"fork/{tag}", commit)
+    mine = Ledger(Workspace(dest).state / "ledger.sqlite")
+    mine.set(FORK_TAG, tag)
+    mine.close()
+    if research is not None:
+        parent = Ledger(ledger_path)
+        with parent.transaction():
+            forks = [*(parent.get_json("forks") or []), {"tag": tag, "commit": commit, "path": str(dest)}]
+            parent.set("forks", json.dumps(forks))
+        parent.close()
+    return dest, commit
+
+
+def resolve(ws: Workspace, research: Ledger | None, start: str) -> str:
+    """A commit from an experiment number (`12` or `#12`: its kept commit, else its candidate commit) or
+    anything git reads as a commit (a hash, a branch, `rsi/<tag>~2`)."""
+    if research is not None and re.fullmatch(r"#?\d+", start.strip()):
+        exp = research.experiment(int(start.strip().lstrip("#")))
+        if exp is None:
+            raise UserError(f"there is no experiment #{start.lstrip('#')} in this research")
+        commit = exp.kept_commit or exp.commit_sha
+        if commit is None:
+            raise UserError(f"experiment #{exp.id} was rejected before it was committed: nothing to start from")
+        return commit
+    try:
+        return ws.git("rev-parse", "--verify", "--quiet", f"{start}^{{commit}}").strip()
+    except RuntimeError:
+        raise UserError(f"--from {start!r} is neither an experiment number nor a commit of this repository") from None
+
+
+def _check_tag(ws: Workspace, tag: str) -> None:
+    try:
+        ws.git("check-ref-format", f"refs/heads/rsi/{tag}")
+    except RuntimeError:
+        raise UserError(f"--tag {tag!r} cannot name a git branch (rsi/{tag})") from None
+    if not tag or "/" in tag:
+        raise UserError(f"--tag {tag!r}: use a plain name, without '/'")
+
+
+def _git(cwd: Path, *args: str) -> None:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise UserError(f"git {args[0]} failed: {lines[-1] if lines else proc.returncode}")
