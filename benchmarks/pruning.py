@@ -113,7 +113,9 @@ def wrongly_pruned(task: Task, ws_root: Path, sample: list[tuple[Any, int, float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a smoke test: 45 s per arm, 1 s training, 2 pruned candidates re-run")
+    ap.add_argument(
+        "--quick", action="store_true", help="a smoke test: 45 s per arm, 1 s training, 2 pruned candidates re-run"
+    )
     ap.add_argument("--minutes", type=float, help="wall clock per arm (default 15)")
     ap.add_argument("--train-budget", help="tinygpt's training budget per run (default 15s; --quick 3s)")
     ap.add_argument("--sample", type=int, help="pruned candidates run to the end (default 12; --quick 2)")
