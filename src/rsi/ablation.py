@@ -137,7 +137,7 @@ def _variants(ws: Workspace, ledger: Ledger, kept: list[Experiment], champion: s
             reason = "overwritten: later keeps rewrote every line it changed"
         else:
             sha = ws.commit_tree_with(champion, edits, f"rsi ablation: {tag} without #{exp.id}")
-            ws.set_ref(f"refs/rsi/ablation/{i}", sha)
+            ws.set_ref(f"refs/rsi/ablation/{champion[:12]}/{i}", sha)  # kept reachable, per champion
         with ledger.transaction():
             ledger.add_experiment(
                 exp_id=i, parent=0, parent_commit=champion, commit_sha=sha, proposer="ablation",
