@@ -109,9 +109,11 @@ class Watch:
         m = LINE.match(line) or (self.pattern.search(line) if self.pattern is not None else None)
         if m is None or m.re.groups < 2:
             return None
+        if m.group(1) is None or m.group(2) is None:  # an optional group that did not take part
+            return None
         try:
             step, value = float(m.group(1)), float(m.group(2))
-        except ValueError:
+        except (TypeError, ValueError):
             return None
         return (step, value) if math.isfinite(step) and math.isfinite(value) else None
 

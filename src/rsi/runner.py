@@ -286,7 +286,10 @@ def _pump(stream: IO[bytes], capture: _Capture, watch: Watch | None, which: int)
         while chunk := os.read(stream.fileno(), CHUNK_BYTES):
             capture.add(chunk)
             if watch is not None:
-                watch.feed(chunk, which)
+                try:
+                    watch.feed(chunk, which)
+                except Exception:  # a progress report must never stop the pipe from draining
+                    watch = None
     except OSError:
         pass
     finally:
