@@ -113,7 +113,7 @@ class Watch:
             return None
         try:
             step, value = float(m.group(1)), float(m.group(2))
-        except (TypeError, ValueError):
+        except ValueError:
             return None
         return (step, value) if math.isfinite(step) and math.isfinite(value) else None
 
