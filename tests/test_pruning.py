@@ -38,8 +38,8 @@ def final_loss(params: dict[str, float], lr: float, depth: float) -> float:
 
 
 def flat(value: float, runs: int = 4, steps: int = 20) -> Reference:
-    curves = [[(float(s), value + 0.01 * ((s * (r + 1)) % 3 - 1)) for s in range(1, steps + 1)] for r in range(runs)]
-    ref = reference(curves, "minimize", confidence=0.99, warmup=0.25, patience=2)
+    curves = [[(float(s), value + 0.01 * (r - (runs - 1) / 2)) for s in range(1, steps + 1)] for r in range(runs)]
+    ref = reference(curves, "minimize", confidence=0.95, warmup=0.25, looks=4)
     assert ref is not None
     return ref
 
@@ -58,19 +58,60 @@ def spec(tmp_path: Path, body: str) -> RunSpec:
     )
 
 
-def test_the_rule_needs_enough_runs_waits_for_warmup_and_uses_the_noise() -> None:
+def test_the_rule_needs_enough_runs_and_uses_the_noise_at_each_look() -> None:
     ref = flat(1.0)
-    assert ref.behind(2.0, 5.0) == ""  # before warmup: 25% of the way from step 1 to step 20 is step 5.75
+    assert ref.steps() == [5.75, 9.3125, 12.875, 16.4375]  # from 25% of the way (step 1 to 20) to the end
     assert "behind the champion" in ref.behind(10.0, 1.5)
     assert ref.behind(10.0, 1.02) == ""  # within the champion's own spread
     assert ref.behind(25.0, 9.0) == ""  # past every champion run: nothing to compare with
     assert ref.behind(10.0, 0.5) == ""  # ahead
     up = Reference(ref.curves, "maximize")
     assert "behind" in up.behind(10.0, 0.5) and up.behind(10.0, 1.5) == ""
-    assert reference([[(1.0, 1.0), (2.0, 1.0)]] * 2, "minimize", 0.99, 0.25, 2) is None  # two runs are too few
+    assert reference([[(1.0, 1.0), (2.0, 1.0)]] * 2, "minimize", 0.95, 0.25, 4) is None  # two runs are too few
     # between reports the champion's value is interpolated
-    slope = reference([[(0.0, 0.0 + d), (10.0, 10.0 + d)] for d in (0.0, 0.1, -0.1)], "minimize", 0.99, 0.0, 1)
+    slope = reference([[(0.0, 0.0 + d), (10.0, 10.0 + d)] for d in (0.0, 0.1, -0.1)], "minimize", 0.95, 0.0, 1)
     assert slope is not None and slope.behind(5.0, 5.2) == "" and slope.behind(5.0, 8.0) != ""
+    # identical champion runs: any real gap is behind, an equal value is not
+    same = reference([[(0.0, 1.0), (10.0, 1.0)]] * 3, "minimize", 0.95, 0.0, 1)
+    assert same is not None and same.behind(5.0, 1.0) == "" and same.behind(5.0, 1.001) != ""
+    # more looks, each held to a stricter interval: a value behind at one look is not at every one of 50
+    many = Reference(ref.curves, "minimize", 0.95, 0.25, 50)
+    assert flat(1.0).behind(10.0, 1.07) != "" and many.behind(10.0, 1.07) == ""
+
+
+def test_a_watch_looks_only_at_its_look_steps() -> None:
+    watch = Watch(against=flat(1.0))
+    watch.feed(b"".join(f"rsi-progress {s} 9\n".encode() for s in range(1, 6)), 0)
+    assert not watch.stop.is_set()  # far behind, but before the first look (step 5.75)
+    watch.feed(b"rsi-progress 6 1.0\nrsi-progress 7 9\nrsi-progress 8 9\n", 0)
+    assert not watch.stop.is_set()  # on par at the first look; steps 7 and 8 are no look
+    watch.feed(b"rsi-progress 13 9\n", 0)  # past the second and third look at once: one look, behind
+    assert watch.stop.is_set() and watch.reason.startswith("pruned: at step 13 ")
+
+
+def test_false_stops_of_a_run_no_worse_than_the_champion_stay_under_one_minus_confidence() -> None:
+    """Runs drawn from the champion's own distribution, with reports that wander (a random walk around the
+    final value), are stopped at most 1 - confidence of the time, however many reports they print."""
+    import random
+
+    rng = random.Random(7)
+
+    def curve() -> list[tuple[float, float]]:
+        level, walk = rng.gauss(1.0, 0.05), 0.0
+        points = []
+        for s in range(1, 201):
+            walk = 0.9 * walk + rng.gauss(0, 0.01)
+            points.append((float(s), level + walk))
+        return points
+
+    stopped, trials = 0, 400
+    for _ in range(trials):
+        ref = reference([curve() for _ in range(6)], "minimize", 0.95, 0.25, 4)
+        assert ref is not None
+        watch = Watch(against=ref)
+        watch.feed(b"".join(f"rsi-progress {s} {v}\n".encode() for s, v in curve()), 0)
+        stopped += watch.stop.is_set()
+    assert stopped / trials <= 0.05 + 2 * (0.05 * 0.95 / trials) ** 0.5, stopped
 
 
 def test_a_watch_reads_both_formats_split_across_chunks() -> None:
@@ -98,7 +139,7 @@ def test_a_run_clearly_behind_is_stopped_and_one_on_par_is_not(tmp_path: Path) -
     behind = Watch(against=flat(1.0))
     result = run(spec(tmp_path, body.format(src=src, value=1.5)), watch=behind)
     assert result.status == "pruned" and result.metric is None, result
-    assert result.reason.startswith("pruned: at step 7 ") and "behind the champion" in result.reason
+    assert result.reason.startswith("pruned: at step 6 ") and "behind the champion" in result.reason
     assert len(result.progress) < 20  # stopped before its last report (and so before its metric)
     on_par = Watch(against=flat(1.0))
     result = run(spec(tmp_path, body.format(src=src, value=1.0)), watch=on_par)
@@ -128,6 +169,17 @@ def test_a_research_prunes_candidates_that_could_not_have_won(make_task: MakeTas
     status = json.loads(rsi("status", str(root), "--json").stdout)
     shown = {x["id"]: x for x in status["experiments"]}
     assert all(shown[e.id]["status"] == "ok" and shown[e.id]["verdict"] == "discard" for e in pruned)
+    # killed after its pruned run was recorded, before its verdict: resumed, it is still pruned, not "failed"
+    victim = pruned[-1]
+    ledger.close()
+    writable = Ledger(root / ".rsi" / "ledger.sqlite")
+    writable.update_experiment(victim.id, state="running", status=None, verdict=None, reason="")
+    writable.close()
+    again = rsi("run", str(root), "--max-experiments", "12", "--tag", "p")
+    assert again.returncode == 0, again.stderr
+    resumed = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).experiment(victim.id)
+    assert resumed is not None and resumed.state == "done" and resumed.verdict == "discard"
+    assert resumed.status == "ok" and resumed.reason == victim.reason and len(resumed.runs) == len(victim.runs)
 
 
 def test_a_progress_pattern_needs_two_groups(make_task: MakeTask) -> None:

@@ -96,7 +96,7 @@ def test_retest_measures_a_change_again_on_the_champion_while_the_research_runs(
             time.sleep(0.1)
         queued = rsi("retest", str(target.id), str(root), "--repeats", "3")
         assert queued.returncode == 0 and "queued" in queued.stdout, queued.stderr
-        out, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -104,7 +104,7 @@ def test_retest_measures_a_change_again_on_the_champion_while_the_research_runs(
     retests = [e for e in ledger.experiments() if e.proposer == "retest"]
     assert len(retests) == 1, [(e.id, e.proposer, e.hypothesis) for e in ledger.experiments()]
     again = retests[0]
-    assert again.id > 8 and again.params == {"retest_of": target.id, "max_repeats": 3}
+    assert again.id >= 8 and again.params == {"retest_of": target.id, "max_repeats": 3}
     assert f"retest of #{target.id}" in again.hypothesis and again.state == "done"
     assert sum(1 for r in again.runs if r.kind == "screen") <= 3
     assert again.diff or again.reason  # the change on the champion of the time, or why it could not be replayed
@@ -146,7 +146,8 @@ def test_fork_starts_a_line_from_any_experiment_beside_the_running_research(make
         (["fork", "--from", "#999", "--tag", "x", str(root)], "no experiment #999"),
         (["fork", "--from", "nope", "--tag", "x", str(root)], "neither an experiment number nor a commit"),
         (["fork", "--from", "0", "--tag", "bad..tag", str(root)], "cannot name a git branch"),
-        (["fork", "--from", "0", "--tag", "wide", str(root)], "not empty"),
+        (["fork", "--from", "0", "--tag", "wide", str(root)], "not an empty folder"),
+        (["fork", "--from", "0", "--tag", "y", "--dir", str(root / "train.py"), str(root)], "not an empty folder"),
     ):
         done = rsi(*args)
         assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)

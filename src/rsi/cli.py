@@ -315,6 +315,9 @@ def ablate(
     except KeyboardInterrupt:
         err.print("rsi: stopped; the runs so far are recorded. Run `rsi ablate` again to resume.")
         raise typer.Exit(130) from None
+    except RuntimeError as e:  # git failed under rsi
+        err.print(f"rsi: {e}. The runs so far are recorded; `rsi ablate` resumes.", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     table = Table(title=f"ablation: {cfg.metric.name} ({cfg.metric.goal}), {repeats} runs each", show_edge=False)
     for col in ("kept", "change", "gain when kept", "contribution now", "verdict"):
         table.add_column(col, justify="left" if col in ("change", "verdict") else "right")
@@ -465,6 +468,8 @@ def fork(
         where, commit = make_fork(directory, start, tag, dest)
     except UserError as e:
         fail(str(e))
+    except RuntimeError as e:  # git could not clone or check out
+        fail(f"the fork could not be made: {e}")
     out.print(f"fork rsi/{tag} starts at {commit[:10]} in {where}", highlight=False)
     out.print(f"research it with: rsi run {where}", highlight=False)
     out.print(f"bring its result here with: git fetch {where} rsi/{tag}:rsi/{tag}", highlight=False)

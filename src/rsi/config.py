@@ -234,9 +234,10 @@ class PruningConfig(_Section):
     """Early stopping: a screening run clearly behind the champion's runs at the same step is stopped."""
 
     enabled: bool = False
-    confidence: float = Field(default=0.99, gt=0.5, lt=1.0)  # of the champion's prediction interval
-    warmup: float = Field(default=0.25, ge=0.0, le=1.0)  # of the champion's trajectory, before any pruning
-    patience: int = Field(default=2, ge=1)  # reports in a row that must be clearly behind
+    # a run no worse than the champion's is stopped with probability at most 1 - confidence
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    warmup: float = Field(default=0.25, ge=0.0, le=1.0)  # of the champion's trajectory, before the first look
+    looks: int = Field(default=4, ge=1, le=100)  # times a run is compared, evenly spaced from warmup to the end
 
 
 class ConstraintConfig(_Section):

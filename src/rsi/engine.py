@@ -391,16 +391,16 @@ class Research:
         with self.experimenter.lock:
             if self._spent():
                 return None
-            with self.ledger.transaction():
-                queue = self.ledger.get_json("retests") or []
-                if not queue:
-                    return None
-                self.ledger.set("retests", json.dumps(queue[1:]))
+            queue = self.ledger.get_json("retests") or []
+            if not queue:
+                return None
             asked = self.ledger.experiment(int(queue[0]["id"]))
             repeats = int(queue[0]["repeats"])
             exp_id = self.ledger.next_id()
             head, champion = self.experimenter.branch_head(), self.experimenter.champion()
             if asked is None or asked.commit_sha is None:
+                with self.ledger.transaction():
+                    self._dequeue_retest()
                 return None
             original = re.sub(r" \((rebased from|retest of) #\d+.*\)$", "", asked.hypothesis)
             hypothesis = f"{original} (retest of #{asked.id} on #{champion.id}, up to {repeats} runs)"
@@ -411,7 +411,13 @@ class Research:
             diff = unified_diff(files, {p: t for p, t in after.items() if files.get(p) != t})
             reason = "" if sha and diff else "its change cannot be replayed on the current best, or is in it already"
             params = {"retest_of": asked.id, "max_repeats": repeats}
-            return self._add(exp_id, champion.id, head, sha if diff else None, RETEST, hypothesis, params, diff, reason)
+            return self._add(
+                exp_id, champion.id, head, sha if diff else None, RETEST, hypothesis, params, diff, reason, retest=True
+            )
+
+    def _dequeue_retest(self) -> None:
+        """Drops the first waiting retest (inside a transaction: `rsi retest` may be appending meanwhile)."""
+        self.ledger.set("retests", json.dumps((self.ledger.get_json("retests") or [])[1:]))
 
     def _while_paused(self) -> float:
         """Waits while `rsi pause` holds the research (experiments in flight run on); the seconds it waited."""
@@ -562,10 +568,14 @@ class Research:
         params: dict[str, Any],
         diff: str,
         reason: str,
+        retest: bool = False,
     ) -> Experiment:
-        """Records a new experiment: to measure, or done already when `reason` says why it was rejected."""
+        """Records a new experiment: to measure, or done already when `reason` says why it was rejected. With
+        `retest`, the retest it answers leaves the queue in the same transaction: a kill loses neither."""
         self._changes(parent_commit).add(_normalized(diff))
         with self.ledger.transaction():
+            if retest:
+                self._dequeue_retest()
             self.ledger.add_experiment(
                 exp_id=exp_id,
                 parent=parent,

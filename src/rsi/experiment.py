@@ -100,6 +100,10 @@ class Experimenter:
         while True:
             pool = _pool(champion)
             screened = [r for r in exp.runs if r.kind == SCREEN]
+            stopped = next((r for r in screened if r.status == PRUNED), None)
+            if stopped is not None:  # stopped early, clearly behind the champion (also when resumed after a kill)
+                decision = Decision("discard", stopped.reason or PRUNED)
+                break
             if screened:
                 metrics = [r.metric if r.status == "ok" else None for r in screened]
                 pool_metrics = [r.metric for r in pool if r.metric is not None]
@@ -114,11 +118,11 @@ class Experimenter:
                     pool = _pool(champion)
             k = len(screened)
             seed = pool[k].seed if k < len(pool) else fresh_seed(exp.id, 100 + k)
-            self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed, self._reference(champion))
+            # only a first run may be stopped early: once the judge asks for more, the candidate is promising
+            # and its runs go to the end (a stop there would throw away what its other runs showed)
+            against = self._reference(champion) if k == 0 else None
+            self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed, against)
             exp = self._reload(exp)
-            if exp.runs and exp.runs[-1].status == PRUNED:  # stopped early: clearly behind the champion
-                decision = Decision("discard", exp.runs[-1].reason)
-                break
         if decision.verdict == "keep":  # the bounds on secondary figures, before replication spends more runs
             decision = self._within_constraints(exp, decision)
         if decision.verdict == "keep" and self.judge.replicate:
@@ -135,7 +139,7 @@ class Experimenter:
         rule = self.cfg.pruning
         if not rule.enabled:
             return None
-        args = (self.cfg.metric.goal, rule.confidence, rule.warmup, rule.patience)
+        args = (self.cfg.metric.goal, rule.confidence, rule.warmup, rule.looks)
         fresh = reference(self.ledger.trajectories(champion.id, (FRESH,)), *args)
         return fresh or reference(self.ledger.trajectories(champion.id), *args)
 

@@ -37,9 +37,12 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
     if not ws.files(commit, [CONFIG_NAME]):
         raise UserError(f"commit {commit[:10]} has no {CONFIG_NAME}: a fork researches the task as that commit has it")
     dest = (dest or ws.state / "forks" / tag).resolve()
-    if dest.exists() and any(dest.iterdir()):
-        raise UserError(f"{dest} exists and is not empty: choose another --tag or --dir")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"{dest} exists and is not an empty folder: choose another --tag or --dir")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the folder for the fork: {e}") from None
     _git(root, "clone", "--quiet", "--no-checkout", str(ws.root), str(dest))
     _git(dest, "checkout", "--quiet", "-b", f"fork/{tag}", commit)
     mine = Ledger(Workspace(dest).state / "ledger.sqlite")

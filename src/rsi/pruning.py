@@ -5,10 +5,12 @@ A task reports intermediate values as it goes: `rsi.progress(step, value)` print
 `[metric] progress_pattern` matches (first group the step, second the value). A step is any increasing
 number: an iteration, an epoch, or the seconds spent when the training budget is time.
 
-"Clearly behind" uses the noise the champion's own runs show at that step: the value must lie beyond the
-interval that holds one more run of the champion with probability `[pruning] confidence` (a prediction
-interval from the champion's runs there), at `patience` reports in a row, and only after `warmup` (a fraction
-of the champion's trajectory). Too few champion runs reach that step: no verdict, the run goes on.
+"Clearly behind" uses the noise the champion's own runs show at that step. A run is looked at `looks` times,
+at steps evenly spaced from `warmup` (a fraction of the champion's trajectory) to its end; at each look its
+value must lie beyond the interval that holds one more run of the champion with probability
+1 - (1 - confidence) / looks (a prediction interval from the champion's runs there). By the union bound, a
+run that is in truth no worse than the champion's is stopped with probability at most 1 - `confidence`,
+however many reports it prints. Too few champion runs reach a look's step: no verdict there, the run goes on.
 """
 
 from __future__ import annotations
@@ -45,37 +47,39 @@ class Reference:
 
     curves: tuple[tuple[Point, ...], ...]  # one per champion run, sorted by step
     goal: str  # "minimize" or "maximize"
-    confidence: float = 0.99
+    confidence: float = 0.95
     warmup: float = 0.25
-    patience: int = 2
+    looks: int = 4
 
-    def start(self) -> float:
-        """The first step at which a run may be pruned: `warmup` of the way along the champion's runs."""
+    def steps(self) -> list[float]:
+        """Where a run is looked at: `looks` steps evenly spaced from `warmup` of the way along the champion's
+        runs to their (median) end."""
         first = min(c[0][0] for c in self.curves)
         last = statistics.median(c[-1][0] for c in self.curves)
-        return first + self.warmup * (last - first)
+        start = first + self.warmup * (last - first)
+        return [start + i * (last - start) / self.looks for i in range(self.looks)]
 
     def behind(self, step: float, value: float) -> str:
-        """Why `value` at `step` is clearly worse than the champion there, or ''."""
+        """Why `value` at `step` is clearly worse than the champion there, at one look, or ''."""
         here = [v for c in self.curves if (v := _at(c, step)) is not None]
-        if len(here) < MIN_RUNS or step < self.start():
+        if len(here) < MIN_RUNS:
             return ""
         mean, sd, n = statistics.fmean(here), statistics.stdev(here), len(here)
-        bound = _t(self.confidence, n - 1) * sd * math.sqrt(1 + 1 / n)
+        bound = _t(1 - (1 - self.confidence) / self.looks, n - 1) * sd * math.sqrt(1 + 1 / n)
         worse = value - mean if self.goal == "minimize" else mean - value
-        if worse <= bound:
+        if worse <= bound or worse <= 1e-12 * max(1.0, abs(mean)):  # identical runs: only a real gap counts
             return ""
         return f"at step {step:g} its value {value:.5g} is behind the champion's {mean:.5g} (+-{bound:.3g}, {n} runs)"
 
 
 def reference(
-    curves: Sequence[Sequence[Point]], goal: str, confidence: float, warmup: float, patience: int
+    curves: Sequence[Sequence[Point]], goal: str, confidence: float, warmup: float, looks: int
 ) -> Reference | None:
     """A reference from the champion's recorded trajectories, or None when too few runs reported progress."""
     kept = tuple(tuple(sorted(c)) for c in curves if len(c) >= 2)
     if len(kept) < MIN_RUNS:
         return None
-    return Reference(kept, goal, confidence, warmup, patience)
+    return Reference(kept, goal, confidence, warmup, looks)
 
 
 @dataclass
@@ -88,7 +92,7 @@ class Watch:
     reason: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
     _partial: dict[int, bytes] = field(default_factory=dict)
-    _strikes: int = 0
+    _looks: list[float] | None = None  # the steps still to look at, next first
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _every: int = 1  # keep one point in this many (doubles each time the list fills)
     _seen: int = 0
@@ -127,9 +131,14 @@ class Watch:
             self._seen += 1
             if self.against is None or self.stop.is_set():
                 return
-            why = self.against.behind(*point)
-            self._strikes = self._strikes + 1 if why else 0
-            if why and self._strikes >= self.against.patience:
+            if self._looks is None:
+                self._looks = self.against.steps()
+            step, value = point
+            if not self._looks or step < self._looks[0]:
+                return
+            while self._looks and self._looks[0] <= step:  # one look, however many look steps it passed
+                self._looks.pop(0)
+            if why := self.against.behind(step, value):
                 self.reason = f"{PRUNED}: {why}"
                 self.stop.set()
 
