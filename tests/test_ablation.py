@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import MakeTask, git, rsi
 
-from rsi.ablation import revert
+from rsi.ablation import revert, undo
 from rsi.ledger import Ledger
 from rsi.workspace import Workspace
 
@@ -84,6 +86,10 @@ def test_ablation_tells_what_matters_what_is_redundant_and_what_hurts(make_task:
     again = rsi("ablate", str(root), "--repeats", "4", "--simplify")
     assert again.returncode == 0 and again.stdout == done.stdout, again.stderr
     assert sum(len(e.runs) for e in ablation.experiments()) == runs
+    with sqlite3.connect(root / ".rsi" / "ablation.sqlite") as db:  # as if made from labels since changed
+        db.execute("UPDATE experiments SET params = '{\"without\": [1]}' WHERE proposer = 'simplified'")
+    stale = rsi("ablate", str(root), "--repeats", "4")
+    assert stale.returncode == 0 and "simplified" not in stale.stdout and "redundant" in stale.stdout, stale.stdout
     assert rsi("report", str(root)).returncode == 0
     html = (root / ".rsi" / "report.html").read_text()
     assert "Ablation" in html and "redundant" in html and "hurts" in html
@@ -106,3 +112,59 @@ def test_a_change_rewritten_later_is_overwritten_and_bad_input_is_one_line(make_
     assert empty.returncode == 2 and "nothing was kept" in empty.stderr, empty.stderr
     wrong = rsi("ablate", str(root), "--tag", "zzz")
     assert wrong.returncode == 2 and "rsi/t" in wrong.stderr
+
+
+def test_undo_reverts_one_change_at_either_end_of_a_file_and_leaves_later_edits() -> None:
+    cases = [  # before, after (the change), now (the champion) -> now without the change
+        ("a\nb\nc\n", "X\nb\nc\n", "X\nb\nc\nd\n", "a\nb\nc\nd\n"),  # first line rewritten
+        ("a\nb\nc\n", "a\nb\nZ\n", "q\na\nb\nZ\n", "q\na\nb\nc\n"),  # last line rewritten
+        ("a\nb\nc\n", "b\nc\n", "b\nc\nd\n", "a\nb\nc\nd\n"),  # first line deleted
+        ("a\nb\nc\n", "a\nb\n", "q\na\nb\n", "q\na\nb\nc\n"),  # last line deleted
+        ("a\n", "a\nnew\n", "a\nnew\nmore\n", "a\nmore\n"),  # a line added at the end
+        ("a\n", "b\n", "c\n", "c\n"),  # rewritten again later: nothing of it is left to undo
+        ("x = 1\ny = 1\n", "x = 2\ny = 1\n", "x = 2\ny = 3\n", "x = 1\ny = 3\n"),  # a later keep on the next line
+    ]
+    for before, after, now, want in cases:
+        assert undo(before, after, now) == want, (before, after, now)
+
+
+def test_a_killed_ablation_leaves_no_run_behind_and_resumes(make_task: MakeTask, tmp_path: Path) -> None:
+    flag = tmp_path / "slow"  # runs take seconds once it exists: the ablation's, not the research's
+    slow = TRAIN.replace(
+        "import os, random", f"import os, random, time\ntime.sleep(4 if os.path.exists({str(flag)!r}) else 0)"
+    )
+    # unsandboxed: bubblewrap's --die-with-parent would end the run with the ablation, and there would be no
+    # orphan for the resumed ablation to find
+    toml = "[judge]\nbaseline_repeats = 3\nreplicate = 2\n[sandbox]\nenabled = false\n"
+    root = make_task(train=slow, extra_toml=toml)
+    research(root, "A")
+    flag.touch()
+    proc = subprocess.Popen([sys.executable, "-m", "rsi", "ablate", str(root), "--repeats", "2"])
+    path = root / ".rsi" / "ablation.sqlite"
+    deadline = time.monotonic() + 60
+    running: list[tuple[int, int, int | None, float | None]] = []
+    while not running:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+        if path.exists():
+            try:
+                running = [r for r in Ledger(path, readonly=True).interrupted_runs() if r[2] is not None]
+            except sqlite3.Error:  # the file exists before its tables do
+                running = []
+    proc.kill()  # SIGKILL: no clean-up of its own; the run it had started goes on
+    proc.wait()
+    pid = running[0][2]
+    assert pid is not None and alive(pid)
+    done = rsi("ablate", str(root), "--repeats", "2")
+    assert done.returncode == 0 and "matters" in done.stdout, done.stderr
+    assert not alive(pid)
+    ablation = Ledger(path, readonly=True)
+    assert ablation.interrupted_runs() == [] and all(len(e.runs) == 2 for e in ablation.experiments())
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -2,9 +2,10 @@
 
 Each kept change is reverted alone from the final champion (leave-one-out: a three-way merge of the reverse
 of its diff, where a later keep's lines win over the revert). Every variant and the champion run on the same
-fresh seeds, in turn, seed by seed. A change's contribution is the variant's mean minus the champion's,
-signed so that positive means the change helps; it is judged against the noise of these runs (pooled over
-every variant) at the judge's confidence, two-sided:
+fresh seeds, in turn, seed by seed. A change's contribution is the variant's mean difference to the champion
+on the same seeds (paired), signed so that positive means the change helps; it is judged two-sided against
+the spread of those differences (pooled over every variant), at the judge's confidence split among the
+variants:
 - matters: the champion is worse without it;
 - redundant: no difference this many runs can detect (the interval says how small it must be);
 - hurts: the champion is better without it (it hurts in combination with the others);
@@ -15,7 +16,7 @@ leaves it on the branch `rsi/<tag>-simplified`.
 
 Runs are recorded in `.rsi/ablation.sqlite` (a ledger: experiment 0 the champion, one per variant) as they
 happen, so an interrupted ablation resumes where it stopped; an ablation of an older champion is kept beside
-it under its commit's name.
+it under its commit's name. Their output goes to `.rsi/ablation-logs/`, apart from the research's.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from rsi.errors import UserError
 from rsi.judge import pooled_noise
 from rsi.ledger import Experiment, Ledger
 from rsi.measure import FRESH, SubprocessMeasurer, fresh_seed
-from rsi.workspace import Workspace
+from rsi.runner import kill_orphan
+from rsi.workspace import Workspace, lock
 
 FILE = "ablation.sqlite"
 SIMPLIFIED = "simplified"  # the proposer name of the simplified champion's row
@@ -78,15 +80,21 @@ def _ablate(
         raise UserError("nothing was kept in this research: there is no change to ablate")
     champion = kept[-1].kept_commit
     assert champion is not None
+    lock(ws.state / "ablation.lock")  # one ablation at a time; released when this process ends
     ledger = _ledger(ws, cfg, champion)
+    stale = ledger.interrupted_runs()  # left by an ablation that was killed: its processes, then its rows
+    for _, _, pid, started in stale:
+        kill_orphan(pid, started)
+    with ledger.transaction():
+        ledger.drop_interrupted(stale)
     frozen = research.get_json("frozen") or {}
-    measurer = SubprocessMeasurer(ws, cfg, ledger, frozen)
+    measurer = SubprocessMeasurer(ws, cfg, ledger, frozen, logs="ablation-logs")  # apart from the research's
     tag = research.get("tag") or ""
     variants = _variants(ws, ledger, kept, champion, tag)
     seeds = [fresh_seed(9, 9000 + j) for j in range(repeats)]  # new to the research: its seeds stay below
     say(f"ablation of {len(kept)} kept change(s) on {champion[:10]}, {repeats} runs each on shared fresh seeds")
     _measure(ws, ledger, measurer, [0, *variants], seeds, say)
-    rows = [r for r in results(research, ledger) if r.exp_id]
+    rows = results(research, ledger)
     drop = [r.exp_id for r in rows if r.label in ("redundant", "hurts")]
     if simplify and drop:
         simple = _simplified(ws, ledger, kept, drop, champion, tag)
@@ -214,23 +222,38 @@ def _measure(
         say(f"seed {j}/{len(seeds)} done")
 
 
-def _contribution(ledger: Ledger, exp_id: int) -> tuple[float | None, float | None]:
-    """(mean of the row minus the champion's, signed so that positive means the champion is better; the
-    half-width of its interval), on the seeds both have."""
+def _differences(ledger: Ledger, exp_id: int) -> list[float]:
+    """Seed by seed, the row's metric minus the champion's, signed so that positive means the champion is
+    better: paired on the seeds both have, so what a seed does to every variant alike cancels."""
     base, other = ledger.experiment(0), ledger.experiment(exp_id)
     assert base is not None and other is not None
     mine = {r.seed: r.metric for r in base.runs if r.status == "ok" and r.metric is not None}
     theirs = {r.seed: r.metric for r in other.runs if r.status == "ok" and r.metric is not None}
-    shared = sorted(set(mine) & set(theirs))
-    if not shared:
+    sign = 1.0 if ledger.get("goal") == "minimize" else -1.0
+    return [sign * (theirs[s] - mine[s]) for s in sorted(set(mine) & set(theirs))]
+
+
+def _contribution(ledger: Ledger, exp_id: int) -> tuple[float | None, float | None]:
+    """(the mean paired difference; the half-width of its two-sided interval). The spread of the differences
+    is pooled over every measured row, and the confidence is split among the rows (Bonferroni): with several
+    kept changes labelled at once, the chance that any label is wrong stays within the judge's confidence."""
+    diffs = _differences(ledger, exp_id)
+    if not diffs:
         return None, None
-    diff = statistics.fmean(theirs[s] for s in shared) - statistics.fmean(mine[s] for s in shared)
-    signed = diff if ledger.get("goal") == "minimize" else -diff
-    noise = pooled_noise(list(ledger.select_metrics().values()))
+    rows = [row.id for row in _measured(ledger)]
+    noise = pooled_noise([_differences(ledger, i) for i in rows])
     if noise is None or noise.dof < 1:
-        return signed, None
-    t = float(stats.t.ppf(0.5 + float(ledger.get("confidence") or 0.99) / 2, noise.dof))
-    return signed, t * noise.sd * math.sqrt(2 / len(shared))
+        return statistics.fmean(diffs), None
+    level = 1 - (1 - float(ledger.get("confidence") or 0.99)) / max(1, len(rows))
+    t = float(stats.t.ppf(0.5 + level / 2, noise.dof))
+    return statistics.fmean(diffs), t * noise.sd / math.sqrt(len(diffs))
+
+
+def _measured(ledger: Ledger) -> list[Experiment]:
+    """The rows measured against the champion: every variant, and the latest simplified champion."""
+    rows = [row for row in ledger.experiments("id > 0") if row.commit_sha is not None]
+    simplified = [row for row in rows if row.proposer == SIMPLIFIED]
+    return [row for row in rows if row.proposer != SIMPLIFIED] + simplified[-1:]
 
 
 def _label(contribution: float | None, half: float | None) -> str:
@@ -246,17 +269,14 @@ def _label(contribution: float | None, half: float | None) -> str:
 
 
 def results(research: Ledger, ledger: Ledger) -> list[Row]:
-    """The table, from what is recorded: one row per kept change, then the simplified champion if measured."""
+    """The table, from what is recorded: one row per kept change, then the simplified champion made from
+    these labels, if it was measured (one made from labels that have changed since is not shown)."""
     kept = {e.id: e for e in research.experiments("verdict = 'keep' AND state = 'done'")}
     rows = []
+    simplified = []
     for row in ledger.experiments("id > 0"):
         if row.proposer == SIMPLIFIED:
-            contribution, half = _contribution(ledger, row.id)
-            label = _label(contribution, half)
-            words = {"matters": "worse than the champion", "redundant": "as good", "hurts": "better than the champion"}
-            tag = research.get("tag") or ""
-            label = f"{words.get(label, label)}: branch rsi/{tag}-{SIMPLIFIED}"
-            rows.append(Row(0, f"simplified champion, {row.hypothesis}", None, contribution, half, label))
+            simplified.append(row)
             continue
         exp = kept.get(int(row.params.get("kept", -1)))
         if exp is None:
@@ -268,6 +288,15 @@ def results(research: Ledger, ledger: Ledger) -> list[Row]:
             continue
         contribution, half = _contribution(ledger, row.id)
         rows.append(Row(exp.id, exp.hypothesis, gained, contribution, half, _label(contribution, half)))
+    drop = [r.exp_id for r in rows if r.label in ("redundant", "hurts")]
+    for row in simplified:
+        if row.params.get("without") != drop or row.commit_sha is None:
+            continue
+        contribution, half = _contribution(ledger, row.id)
+        label = _label(contribution, half)
+        words = {"matters": "worse than the champion", "redundant": "as good", "hurts": "better than the champion"}
+        label = f"{words.get(label, label)}: branch rsi/{research.get('tag') or ''}-{SIMPLIFIED}"
+        rows.append(Row(0, f"simplified champion, {row.hypothesis}", None, contribution, half, label))
     return rows
 
 
@@ -290,12 +319,12 @@ def _simplified(
     ws: Workspace, ledger: Ledger, kept: list[Experiment], drop: list[int], champion: str, tag: str
 ) -> int | None:
     """The champion without every change in `drop`, reverted one after the other; its row id."""
-    row_id = len(kept) + 1
-    existing = ledger.experiment(row_id)
-    if existing is not None and existing.params.get("without") == drop:
-        return row_id
-    if existing is not None:
-        raise UserError("this ablation's simplified champion was made from other results; delete .rsi/ablation.sqlite")
+    for row in ledger.experiments("proposer = ?", (SIMPLIFIED,)):
+        if row.params.get("without") == drop:  # made and measured before: resumed
+            if row.commit_sha is not None:
+                ws.set_ref(f"refs/heads/rsi/{tag}-{SIMPLIFIED}", row.commit_sha)
+            return row.id
+    row_id = ledger.next_id()  # labels changed since an earlier one (more runs): a new row, the old one stays
     head = champion
     for exp in kept:
         if exp.id in drop and exp.kept_commit is not None:

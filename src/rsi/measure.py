@@ -116,8 +116,9 @@ class FunctionMeasurer:
 
 
 class SubprocessMeasurer:
-    def __init__(self, ws: Workspace, cfg: Config, ledger: Ledger, frozen: dict[str, str]) -> None:
+    def __init__(self, ws: Workspace, cfg: Config, ledger: Ledger, frozen: dict[str, str], logs: str = "logs") -> None:
         self.ws, self.cfg, self.ledger, self.frozen = ws, cfg, ledger, frozen
+        self.logs = ws.state / logs  # each run's output under <logs>/<experiment>/<kind>-<seed>
         self.cache_dir = ws.state / "cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.bwrap = bubblewrap_path() if cfg.sandbox.enabled else None
@@ -219,7 +220,7 @@ class SubprocessMeasurer:
         self, wt: Path, exp_id: int, commit: str, kind: str, seed: int, against: Reference | None = None
     ) -> None:
         """One recorded run of the task's command (or of the holdout command, for kind HOLDOUT)."""
-        logs = self.ws.state / "logs" / str(exp_id) / f"{kind}-{seed}"
+        logs = self.logs / str(exp_id) / f"{kind}-{seed}"
         skip = [self.cfg.metric.file] if self.cfg.metric.file else []
         if kind == HOLDOUT:  # frozen code from git, reading what the run before it produced
             metric, command = self.holdout_spec(), self.cfg.holdout.command if self.cfg.holdout else ""
