@@ -3,11 +3,11 @@
 Each arm researches its own fresh copy of tinygpt for the same wall-clock budget, with the same seeded knobs
 proposer and the default judge, one arm at a time so that they never compete for the CPU.
 
-Both arms start warm: a first research (`--warm-minutes`, pruning off, not counted) tunes tinygpt's untuned
-defaults, and both arms continue from its champion. That is the state of a night after its first hour, and
-the state most of a night is spent in: the easy gains are taken, keeps are rare, and most candidates lose.
-From a cold start the first minutes go to keeps (each buys replication, top-up and holdout runs, which are
-never stopped early), so a short cold benchmark measures the keeps, not the screening that pruning speeds up.
+Both arms start warm: Optuna first tunes tinygpt's knobs directly (`--warm-minutes`, one run per trial, as
+benchmarks/research.py runs it; not counted), and both arms continue from its best trial. That is the state
+most of a night is spent in: the easy gains are taken, keeps are rare, and most candidates lose. From a cold
+start the first minutes go to keeps (each buys replication, top-up and holdout runs, which are never stopped
+early), so a short cold benchmark measures the keeps, not the screening that pruning speeds up.
 
 tinygpt reports its smoothed training loss against the seconds spent (`rsi-progress` lines); with pruning on,
 a first screening run clearly behind the champion's runs at the same second is stopped.
@@ -39,7 +39,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from research import Code, Holdout, OutOfTime, Task, gain, hard_stop, kill_leftovers, log, prepare, select_run
+from research import (
+    Code,
+    Holdout,
+    OutOfTime,
+    Task,
+    gain,
+    hard_stop,
+    kill_leftovers,
+    log,
+    optuna_search,
+    prepare,
+    select_run,
+)
 
 from rsi.engine import Limits, Research
 from rsi.ledger import Ledger
@@ -101,13 +113,13 @@ def arm(task: Task, budget: float, pruning: bool, seed: int) -> dict[str, Any]:
 
 
 def warm_start(tasks: dict[str, Task], files: dict[str, str]) -> dict[str, Task]:
-    """Each arm's copy, moved on to the warm research's champion by one commit."""
+    """Each arm's copy, moved on to the warm tuning's best trial by one commit."""
     moved = {}
     for name, task in tasks.items():
         for path, text in files.items():
             (task.root / path).write_text(text)
         git = ["git", "-c", "user.name=rsi-bench", "-c", "user.email=bench@localhost"]
-        message = "warm start: the champion of a first research"
+        message = "warm start: the best trial of a first tuning"
         subprocess.run([*git, "commit", "-qam", message, "--allow-empty"], cwd=task.root, check=True)
         moved[name] = Task(task.example, task.root, task.cfg, {**task.files, **files})
     return moved
@@ -138,9 +150,7 @@ def main() -> None:
         "--quick", action="store_true", help="a smoke test: 45 s per arm, 1 s training, 2 pruned candidates re-run"
     )
     ap.add_argument("--minutes", type=float, help="wall clock per arm (default 15)")
-    ap.add_argument(
-        "--warm-minutes", type=float, help="the first research both arms start from (default 10; --quick 0)"
-    )
+    ap.add_argument("--warm-minutes", type=float, help="Optuna's tuning both arms start from (default 12; --quick 0)")
     ap.add_argument("--train-budget", help="tinygpt's training budget per run (default 15s; --quick 3s)")
     ap.add_argument("--sample", type=int, help="pruned candidates run to the end (default 12; --quick 2)")
     ap.add_argument("--holdout-seeds", type=int, help="held-out re-measurements per pick (default 3; --quick 1)")
@@ -154,12 +164,12 @@ def main() -> None:
     work = args.dir or Path(tempfile.mkdtemp(prefix="rsi-bench-pruning-"))
     try:
         tasks = {name: prepare("tinygpt", work / name, train) for name in ("off", "on")}
-        warm = 60 * (args.warm_minutes if args.warm_minutes is not None else (0.0 if args.quick else 10.0))
+        warm = 60 * (args.warm_minutes if args.warm_minutes is not None else (0.0 if args.quick else 12.0))
         if warm > 0:
-            log(f"tinygpt, warm start: {warm:.0f} s of research, pruning off ...")
-            first = arm(prepare("tinygpt", work / "warm", train), warm, False, args.seed + 1000)
-            log(f"  {first['kept']} kept of {first['candidates']} candidates: both arms start from its champion")
-            tasks = warm_start(tasks, first["_pick"])
+            log(f"tinygpt, warm start: {warm:.0f} s of Optuna ...")
+            first = optuna_search(prepare("tinygpt", work / "warm", train), warm, args.seed + 1000)
+            log(f"  {first.runs} trials, best {first.best}: both arms start from it")
+            tasks = warm_start(tasks, first.pick)
         arms: dict[str, dict[str, Any]] = {}
         for name, task in tasks.items():
             log(f"tinygpt, pruning {name}: {budget:.0f} s ...")

@@ -79,6 +79,19 @@ def test_the_rule_needs_enough_runs_and_uses_the_noise_at_each_look() -> None:
     assert flat(1.0).behind(10.0, 1.07) != "" and many.behind(10.0, 1.07) == ""
 
 
+def test_the_level_comes_from_the_unbiased_runs_and_the_spread_is_pooled_with_the_others() -> None:
+    fresh = [[(float(s), 1.0 + d) for s in range(1, 11)] for d in (-0.01, 0.0, 0.01)]
+    lucky = [[(float(s), 0.8 + d) for s in range(1, 11)] for d in (-0.01, 0.0, 0.01, 0.005, -0.005)]  # selected
+    alone = reference(fresh, "minimize", 0.95, 0.0, 4)
+    pooled = reference(fresh, "minimize", 0.95, 0.0, 4, lucky)
+    assert alone is not None and pooled is not None
+    assert alone.behind(5.0, 1.05) == ""  # three runs: a wide interval (t with 2 degrees of freedom)
+    assert "behind" in pooled.behind(5.0, 1.05) and "8 runs" in pooled.behind(5.0, 1.05)
+    assert pooled.behind(5.0, 0.9) == ""  # behind the lucky runs' mean, not the champion's level
+    assert reference(fresh[:1], "minimize", 0.95, 0.0, 1, lucky) is None  # one run gives no level
+    assert reference(fresh[:2], "minimize", 0.95, 0.0, 1, lucky[:1]) is None  # nor any spread to pool
+
+
 def test_a_watch_looks_only_at_its_look_steps() -> None:
     watch = Watch(against=flat(1.0))
     watch.feed(b"".join(f"rsi-progress {s} 9\n".encode() for s in range(1, 6)), 0)

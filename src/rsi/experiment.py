@@ -134,13 +134,15 @@ class Experimenter:
         self._finish(self._reload(exp), decision.verdict, decision, champion)
 
     def _reference(self, champion: Experiment) -> Reference | None:
-        """What a screening run is stopped early against, with `[pruning]` on: the champion's unbiased (fresh)
-        runs' trajectories, or all of its runs' where it has too few fresh ones."""
+        """What a screening run is stopped early against, with `[pruning]` on: the champion's level from its
+        unbiased (fresh) runs, their spread pooled with its other runs'; from all of its runs where it has
+        under two fresh ones."""
         rule = self.cfg.pruning
         if not rule.enabled:
             return None
         args = (self.cfg.metric.goal, rule.confidence, rule.warmup, rule.looks)
-        fresh = reference(self.ledger.trajectories(champion.id, (FRESH,)), *args)
+        level, spread = (self.ledger.trajectories(champion.id, kinds) for kinds in ((FRESH,), (SCREEN, CONFIRM)))
+        fresh = reference(level, *args, spread)
         return fresh or reference(self.ledger.trajectories(champion.id), *args)
 
     def _within_constraints(self, exp: Experiment, decision: Decision) -> Decision:

@@ -11,6 +11,10 @@ value must lie beyond the interval that holds one more run of the champion with 
 1 - (1 - confidence) / looks (a prediction interval from the champion's runs there). By the union bound, a
 run that is in truth no worse than the champion's is stopped with probability at most 1 - `confidence`,
 however many reports it prints. Too few champion runs reach a look's step: no verdict there, the run goes on.
+
+The champion's level comes from its unbiased runs (the fresh ones, made after it was kept); the spread around
+it is pooled with the spread of its other runs (from when it was a candidate) around their own mean: selection
+moved their mean, hardly their spread, and with three fresh runs alone the interval would be twice as wide.
 """
 
 from __future__ import annotations
@@ -50,36 +54,54 @@ class Reference:
     confidence: float = 0.95
     warmup: float = 0.25
     looks: int = 4
+    others: tuple[tuple[Point, ...], ...] = ()  # more of the champion's runs: for the spread only, not the level
 
     def steps(self) -> list[float]:
         """Where a run is looked at: `looks` steps evenly spaced from `warmup` of the way along the champion's
         runs to their (median) end."""
-        first = min(c[0][0] for c in self.curves)
-        last = statistics.median(c[-1][0] for c in self.curves)
+        every = self.curves + self.others
+        first = min(c[0][0] for c in every)
+        last = statistics.median(c[-1][0] for c in every)
         start = first + self.warmup * (last - first)
         return [start + i * (last - start) / self.looks for i in range(self.looks)]
 
     def behind(self, step: float, value: float) -> str:
         """Why `value` at `step` is clearly worse than the champion there, at one look, or ''."""
         here = [v for c in self.curves if (v := _at(c, step)) is not None]
-        if len(here) < MIN_RUNS:
+        there = [v for c in self.others if (v := _at(c, step)) is not None]
+        if len(here) < 2 or len(here) + len(there) < MIN_RUNS:
             return ""
-        mean, sd, n = statistics.fmean(here), statistics.stdev(here), len(here)
-        bound = _t(1 - (1 - self.confidence) / self.looks, n - 1) * sd * math.sqrt(1 + 1 / n)
+        mean, n = statistics.fmean(here), len(here)
+        squares, dof = sum((v - mean) ** 2 for v in here), n - 1
+        if len(there) >= 2:  # pooled: each group around its own mean
+            middle = statistics.fmean(there)
+            squares, dof = squares + sum((v - middle) ** 2 for v in there), dof + len(there) - 1
+        if dof < MIN_RUNS - 1:
+            return ""
+        sd = math.sqrt(squares / dof)
+        bound = _t(1 - (1 - self.confidence) / self.looks, dof) * sd * math.sqrt(1 + 1 / n)
         worse = value - mean if self.goal == "minimize" else mean - value
         if worse <= bound or worse <= 1e-12 * max(1.0, abs(mean)):  # identical runs: only a real gap counts
             return ""
-        return f"at step {step:g} its value {value:.5g} is behind the champion's {mean:.5g} (+-{bound:.3g}, {n} runs)"
+        champion = f"the champion's {mean:.5g} (+-{bound:.3g}, {n + len(there)} runs)"
+        return f"at step {step:g} its value {value:.5g} is behind {champion}"
 
 
 def reference(
-    curves: Sequence[Sequence[Point]], goal: str, confidence: float, warmup: float, looks: int
+    curves: Sequence[Sequence[Point]],
+    goal: str,
+    confidence: float,
+    warmup: float,
+    looks: int,
+    others: Sequence[Sequence[Point]] = (),
 ) -> Reference | None:
-    """A reference from the champion's recorded trajectories, or None when too few runs reported progress."""
-    kept = tuple(tuple(sorted(c)) for c in curves if len(c) >= 2)
-    if len(kept) < MIN_RUNS:
+    """A reference from the champion's recorded trajectories (`others`: runs for the spread only), or None when
+    too few runs reported progress."""
+    level = tuple(tuple(sorted(c)) for c in curves if len(c) >= 2)
+    spread = tuple(tuple(sorted(c)) for c in others if len(c) >= 2)
+    if len(level) < 2 or len(level) + (len(spread) if len(spread) >= 2 else 0) < MIN_RUNS:
         return None
-    return Reference(kept, goal, confidence, warmup, looks)
+    return Reference(level, goal, confidence, warmup, looks, spread)
 
 
 @dataclass
