@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import MakeTask, git
+from conftest import MakeTask, commit_all, git
 from test_workers import kept_chain_is_measured
 
 from rsi.config import load_config
@@ -177,3 +177,18 @@ def test_runs_stay_on_one_kind_of_node_and_their_logs_come_back(
     cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"node_kind": "big"})})
     with pytest.raises(UserError, match="measured on 'small'"):
         Research(root, cfg, lambda ws, start: KnobsProposer({}, cfg.knobs, cfg.metric.goal), tag="ray")
+
+
+@pytest.mark.slow
+def test_a_setup_that_fails_on_the_node_is_a_crash_that_shows_why(make_task: MakeTask, cluster: Path) -> None:
+    root = make_task(extra_toml='[executor]\nkind = "ray"\n')
+    toml = (root / "rsi.toml").read_text()
+    broken = "[task]\nsetup = \"sh -c 'echo no corpus here >&2; exit 3'\"\n"
+    (root / "rsi.toml").write_text(toml.replace("[task]\n", broken, 1))
+    commit_all(root, "a setup that fails")
+    with pytest.raises(UserError, match=r"the baseline gave no metric .*the setup command failed on this node"):
+        research(root, Limits(max_experiments=1))
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    runs = [r for e in ledger.experiments() for r in e.runs]
+    assert runs and all(r.status == "crash" and "on the Ray node" in r.reason for r in runs)
+    assert all("setup command failed" in r.stderr_tail for r in runs), runs[0].stderr_tail

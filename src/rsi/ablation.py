@@ -34,12 +34,14 @@ from rsi.config import Config
 from rsi.errors import UserError
 from rsi.judge import pooled_noise
 from rsi.ledger import Experiment, Ledger
-from rsi.measure import FRESH, SubprocessMeasurer, fresh_seed
+from rsi.measure import FRESH, SubprocessMeasurer
 from rsi.runner import kill_orphan
 from rsi.workspace import Workspace, lock
 
 FILE = "ablation.sqlite"
 SIMPLIFIED = "simplified"  # the proposer name of the simplified champion's row
+SEEDS = 4_000_000_000  # the first ablation seed: above every research seed (experiment i owns 10000*i + k, so
+# up to experiment 399999), below 2**32 (numpy's limit)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def _ablate(
     measurer = SubprocessMeasurer(ws, cfg, ledger, frozen, logs="ablation-logs")  # apart from the research's
     tag = research.get("tag") or ""
     variants = _variants(ws, ledger, kept, champion, tag)
-    seeds = [fresh_seed(9, 9000 + j) for j in range(repeats)]  # new to the research: its seeds stay below
+    seeds = [SEEDS + j for j in range(repeats)]
     say(f"ablation of {len(kept)} kept change(s) on {champion[:10]}, {repeats} runs each on shared fresh seeds")
     _measure(ws, ledger, measurer, [0, *variants], seeds, say)
     rows = results(research, ledger)

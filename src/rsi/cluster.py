@@ -215,7 +215,11 @@ class RayMeasurer:
                 failed = str(e).strip().splitlines()
                 record = {"node": "", "env": {}, "run": {k: None for k in RUN_FIELDS}}
                 record["run"].update(
-                    status="crash", progress="[]", reason=f"on the Ray node: {failed[-1] if failed else e}"
+                    status="crash",
+                    progress="[]",
+                    stdout_tail="",
+                    stderr_tail="\n".join(failed[-40:]),  # the node's traceback: what `rsi show` prints
+                    reason=f"on the Ray node: {failed[-1] if failed else e}",
                 )
             except ray.exceptions.RayError as e:  # the worker or its node died: the run is lost, not failed
                 lost.append(f"{type(e).__name__}")
