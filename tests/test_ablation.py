@@ -160,6 +160,10 @@ def test_a_killed_ablation_leaves_no_run_behind_and_resumes(make_task: MakeTask,
     assert not alive(pid)
     ablation = Ledger(path, readonly=True)
     assert ablation.interrupted_runs() == [] and all(len(e.runs) == 2 for e in ablation.experiments())
+    git(root, "branch", "rsi/t-simplified", "HEAD")  # left by an ablation whose labels have changed since
+    simplify = rsi("ablate", str(root), "--repeats", "2", "--simplify")
+    assert simplify.returncode == 0 and "removed" in simplify.stderr, simplify.stderr
+    assert "rsi/t-simplified" not in git(root, "branch", "--list")
 
 
 def alive(pid: int) -> bool:

@@ -102,6 +102,11 @@ def _ablate(
         simple = _simplified(ws, ledger, kept, drop, champion, tag)
         if simple is not None:
             _measure(ws, ledger, measurer, [0, simple], seeds, say)
+    elif simplify:
+        branch = f"refs/heads/rsi/{tag}-{SIMPLIFIED}"
+        if ws.ref(branch) is not None:  # made from labels that have changed since: it would mislead
+            ws.git("update-ref", "-d", branch)
+            say(f"every change matters now: branch rsi/{tag}-{SIMPLIFIED}, made from earlier labels, removed")
     rows = results(research, ledger)
     ledger.close()
     return rows
