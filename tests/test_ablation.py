@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import MakeTask, git, rsi
 
-from rsi.ablation import revert, undo
+from rsi.ablation import _label, revert, undo
 from rsi.ledger import Ledger
 from rsi.workspace import Workspace
 
@@ -172,3 +172,11 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_change_is_redundant_only_when_shown_to_deliver_under_half_its_gain() -> None:
+    assert _label(0.3, 0.1, 0.3) == "matters" and _label(-0.3, 0.1, 0.3) == "hurts"
+    assert _label(0.01, 0.05, 0.3) == "redundant"  # at most 0.06 now, of the 0.3 it gained: under half
+    assert _label(0.095, 0.1, 0.0785) == "unclear"  # could still be all of its gain: more runs are needed
+    assert _label(0.0, 0.05, None) == "unclear"  # no gain recorded to compare with
+    assert _label(None, None, 0.3).startswith("not measured")

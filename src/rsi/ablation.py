@@ -7,7 +7,9 @@ on the same seeds (paired), signed so that positive means the change helps; it i
 the spread of those differences (pooled over every variant), at the judge's confidence split among the
 variants:
 - matters: the champion is worse without it;
-- redundant: no difference this many runs can detect (the interval says how small it must be);
+- redundant: shown to deliver less than half of what it gained when it was kept (the whole interval is below
+  that), and not shown to hurt;
+- unclear: none of these at this many runs (more `--repeats` add runs to those recorded);
 - hurts: the champion is better without it (it hurts in combination with the others);
 - overwritten: a later keep rewrote every line it changed, so reverting it changes nothing.
 
@@ -53,7 +55,7 @@ class Row:
     gain_when_kept: float | None  # its improvement over its champion when it was kept (positive is better)
     contribution: float | None  # champion without it, minus champion (positive: the change helps)
     half_width: float | None  # of the interval around the contribution
-    label: str  # matters | redundant | hurts | overwritten | not measured (why)
+    label: str  # matters | redundant | hurts | unclear | overwritten | not measured (why)
 
 
 def ablate(
@@ -106,7 +108,7 @@ def _ablate(
         branch = f"refs/heads/rsi/{tag}-{SIMPLIFIED}"
         if ws.ref(branch) is not None:  # made from labels that have changed since: it would mislead
             ws.git("update-ref", "-d", branch)
-            say(f"every change matters now: branch rsi/{tag}-{SIMPLIFIED}, made from earlier labels, removed")
+            say(f"nothing to simplify now: branch rsi/{tag}-{SIMPLIFIED}, made from earlier labels, removed")
     rows = results(research, ledger)
     ledger.close()
     return rows
@@ -242,7 +244,7 @@ def _differences(ledger: Ledger, exp_id: int) -> list[float]:
 
 def _contribution(ledger: Ledger, exp_id: int) -> tuple[float | None, float | None]:
     """(the mean paired difference; the half-width of its two-sided interval). The spread of the differences
-    is pooled over every measured row, and the confidence is split among the rows (Bonferroni): with several
+    is pooled over every measured variant, and the confidence is split among them (Bonferroni): with several
     kept changes labelled at once, the chance that any label is wrong stays within the judge's confidence."""
     diffs = _differences(ledger, exp_id)
     if not diffs:
@@ -257,13 +259,13 @@ def _contribution(ledger: Ledger, exp_id: int) -> tuple[float | None, float | No
 
 
 def _measured(ledger: Ledger) -> list[Experiment]:
-    """The rows measured against the champion: every variant, and the latest simplified champion."""
-    rows = [row for row in ledger.experiments("id > 0") if row.commit_sha is not None]
-    simplified = [row for row in rows if row.proposer == SIMPLIFIED]
-    return [row for row in rows if row.proposer != SIMPLIFIED] + simplified[-1:]
+    """The variants measured against the champion. The simplified champion is left out of the spread and of
+    the split: measuring it must not change the labels it was made from."""
+    return [row for row in ledger.experiments("id > 0") if row.commit_sha is not None and row.proposer != SIMPLIFIED]
 
 
-def _label(contribution: float | None, half: float | None) -> str:
+def _label(contribution: float | None, half: float | None, gained: float | None) -> str:
+    """What a change's contribution now says, against what it `gained` when it was kept."""
     if contribution is None:
         return "not measured: no valid run"
     if half is None:
@@ -272,7 +274,9 @@ def _label(contribution: float | None, half: float | None) -> str:
         return "matters"
     if contribution < -half:
         return "hurts"
-    return "redundant"
+    if gained is not None and gained > 0 and contribution + half < gained / 2:
+        return "redundant"
+    return "unclear"
 
 
 def results(research: Ledger, ledger: Ledger) -> list[Row]:
@@ -294,14 +298,14 @@ def results(research: Ledger, ledger: Ledger) -> list[Row]:
             rows.append(Row(exp.id, exp.hypothesis, gained, None, None, label))
             continue
         contribution, half = _contribution(ledger, row.id)
-        rows.append(Row(exp.id, exp.hypothesis, gained, contribution, half, _label(contribution, half)))
+        rows.append(Row(exp.id, exp.hypothesis, gained, contribution, half, _label(contribution, half, gained)))
     drop = [r.exp_id for r in rows if r.label in ("redundant", "hurts")]
     for row in simplified:
         if row.params.get("without") != drop or row.commit_sha is None:
             continue
         contribution, half = _contribution(ledger, row.id)
-        label = _label(contribution, half)
-        words = {"matters": "worse than the champion", "redundant": "as good", "hurts": "better than the champion"}
+        label = _label(contribution, half, None)
+        words = {"matters": "worse than the champion", "unclear": "as good", "hurts": "better than the champion"}
         label = f"{words.get(label, label)}: branch rsi/{research.get('tag') or ''}-{SIMPLIFIED}"
         rows.append(Row(0, f"simplified champion, {row.hypothesis}", None, contribution, half, label))
     return rows
