@@ -14,7 +14,7 @@ LLM_WEIGHT = 1.0  # rsi: range(0.0, 1.0)
 # The knobs proposer's sampler and its parameters.
 SAMPLER = "tpe"  # rsi: choice("tpe", "cmaes", "random")
 STARTUP = 8  # rsi: range(2, 30)
-PER_CANDIDATE = 2  # rsi: range(1, 4)
+PER_CANDIDATE = 2  # rsi: range(1, 8)
 LOCAL = 0.0  # rsi: range(0.0, 0.9)
 LOCAL_SCALE = 0.2  # rsi: log-range(0.02, 0.5)
 
