@@ -1,22 +1,26 @@
-"""Does rsi improve its own research program? The default program against the one `rsi meta` found.
+"""Does rsi improve its own research program? The original program against the one `rsi meta` found.
 
-1. `rsi meta` researches the shipped default program (the real command: a git repository, the engine, the
-   knobs proposer tuning the program's values, the sequential judge), scored by inner research on the
-   training families of synthetic tasks.
-2. `rsi meta report` re-scores the starting program and the champion on the held-out families (generators
-   the meta-research never saw) with fresh seeds: the mean meta-utility of each (the fraction of the gap
-   from start to optimum that inner research closed, from the noise-free objective), 95% intervals over
-   seeds, the ratio, and a paired t-test.
+1. `rsi meta` researches the original program (`programs/original.py`, the first default, frozen: every meta
+   benchmark compares against it) with the real command: a git repository, the engine, the knobs proposer
+   tuning the program's values, the sequential judge, scored by inner research on the training families of
+   synthetic tasks.
+2. `rsi meta report` re-scores the original and the champion on the held-out families (generators the
+   meta-research never saw) with fresh seeds: the mean meta-utility of each (the fraction of the gap from start
+   to optimum that inner research closed, from the noise-free objective), 95% intervals over seeds, the
+   ratio, and a paired t-test. `--found FILE` skips the meta-research and scores FILE (the shipped default,
+   say) against the original the same way.
 3. With `--tinygpt MIN`, both programs research `examples/tinygpt` for MIN minutes each (`rsi run
    --program`), one after the other, and the held-out gain (`test_bpb`) of each is reported.
 
-Target: on held-out tasks the improved program's meta-utility is at least 1.2x the default's, with p < 0.05;
+Target: on held-out tasks the improved program's meta-utility is at least 1.2x the original's, with p < 0.05;
 on tinygpt at equal budget the improved program is not worse.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import subprocess
 import sys
@@ -26,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from rsi.demo import create
+from rsi.meta import Scale, compare
+from rsi.program import original_text, parse_program
 
 
 def rsi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -35,11 +41,10 @@ def rsi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     return done
 
 
-def tinygpt(program: Path | None, minutes: float, where: Path) -> dict[str, Any]:
-    """One research of a fresh copy of examples/tinygpt with `program` (None: the shipped default)."""
+def tinygpt(program: Path, minutes: float, where: Path) -> dict[str, Any]:
+    """One research of a fresh copy of examples/tinygpt with `program`."""
     root = create("tinygpt", where)
-    extra = ["--program", str(program)] if program else []
-    rsi("run", str(root), "--time-budget", f"{minutes}m", *extra)
+    rsi("run", str(root), "--time-budget", f"{minutes}m", "--program", str(program))
     status = json.loads(rsi("status", str(root), "--json").stdout)
     return {
         "experiments": len(status["experiments"]),
@@ -59,22 +64,48 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=60, help="runs per inner research")
     parser.add_argument("--dir", type=Path, default=None, help="keep the meta-task here (default: a temp dir)")
     parser.add_argument("--tinygpt", type=float, default=0.0, help="minutes of tinygpt research per program")
+    parser.add_argument(
+        "--found", type=Path, default=None, help="skip the meta-research: compare this program with the original"
+    )
     args = parser.parse_args()
     experiments = args.experiments or (8 if args.quick else 40)
     seeds = args.seeds or (3 if args.quick else 10)
     sizes = (3, 1, 40) if args.quick else (args.tasks, args.inner_seeds, args.budget)
-    scale = [f"--{k}={v}" for k, v in zip(("tasks", "seeds", "budget"), sizes, strict=True)]
     tmp = Path(tempfile.mkdtemp(prefix="rsi-meta-bench-"))
-    where = args.dir or tmp / "meta"
-    started = time.monotonic()
-    rsi("meta", "--dir", str(where), "--max-experiments", str(experiments), "--workers", str(args.workers), *scale)
-    searched = time.monotonic() - started
-    found = json.loads(rsi("meta", "report", "--dir", str(where), "--seeds", str(seeds), "--json").stdout)
+    original = tmp / "original.py"
+    original.write_text(original_text(), encoding="utf-8")
+    if args.found is not None:
+        improved_text = args.found.read_text(encoding="utf-8")
+        found = compare(
+            parse_program(original_text()),
+            parse_program(improved_text),
+            "heldout",
+            Scale(*sizes),
+            range(900_001, 900_001 + seeds),
+        )
+        found["scale"] = dataclasses.asdict(Scale(*sizes))
+        found["diff"] = "".join(
+            difflib.unified_diff(
+                original_text().splitlines(True), improved_text.splitlines(True), "a/program.py", "b/program.py"
+            )
+        )
+        print(f"\n{args.found} against the original program; held-out: {found['scale']}")
+    else:  # the meta-research starts from the frozen original: every meta benchmark compares against it
+        scale = [f"--{k}={v}" for k, v in zip(("tasks", "seeds", "budget"), sizes, strict=True)]
+        where = args.dir or tmp / "meta"
+        started = time.monotonic()
+        limits = ["--max-experiments", str(experiments), "--workers", str(args.workers)]
+        rsi("meta", "--dir", str(where), "--program", str(original), *limits, *scale)
+        searched = time.monotonic() - started
+        found = json.loads(rsi("meta", "report", "--dir", str(where), "--seeds", str(seeds), "--json").stdout)
+        improved_text = subprocess.run(
+            ["git", "show", f"{found['commit']}:program.py"], cwd=where, capture_output=True, text=True, check=True
+        ).stdout
+        print(f"\nmeta-research: {experiments} experiments in {searched / 60:.1f} min; held-out: {found['scale']}")
     d, i = found["default"], found["improved"]
     ratio = found["ratio"]
-    print(f"\nmeta-research: {experiments} experiments in {searched / 60:.1f} min; held-out: {found['scale']}")
     print(f"{'program':10s} {'held-out meta-utility':>22s} {'95% interval':>20s}")
-    for name, row in (("default", d), ("improved", i)):
+    for name, row in (("original", d), ("improved", i)):
         lo, hi = row["ci95"]
         print(f"{name:10s} {row['mean']:22.4f} {f'[{lo:.3f}, {hi:.3f}]':>20s}")
     met = ratio is not None and ratio >= 1.2 and found["p_value"] < 0.05
@@ -83,16 +114,12 @@ def main() -> None:
         f"ratio {shown} (target >= 1.2x), paired t-test p = {found['p_value']:.3g} (target < 0.05): "
         f"{'met' if met else 'NOT met'}"
     )
-    print("\nthe program's diff:\n" + (found["diff"] or "(none: the default stayed the champion)"))
+    print("\nthe program's diff:\n" + (found["diff"] or "(none: the original stayed the champion)"))
     if args.tinygpt > 0:
         improved = tmp / "improved.py"
-        improved.write_text(
-            subprocess.run(
-                ["git", "show", f"{found['commit']}:program.py"], cwd=where, capture_output=True, text=True, check=True
-            ).stdout
-        )
+        improved.write_text(improved_text, encoding="utf-8")
         rows = {
-            "default": tinygpt(None, args.tinygpt, tmp / "tinygpt-default"),
+            "original": tinygpt(original, args.tinygpt, tmp / "tinygpt-original"),
             "improved": tinygpt(improved, args.tinygpt, tmp / "tinygpt-improved"),
         }
         print(f"\ntinygpt, {args.tinygpt:g} min each (held-out test_bpb gain, positive is better)")
@@ -101,7 +128,7 @@ def main() -> None:
             sel = "-" if row["selection_gain"] is None else f"{row['selection_gain']:.4f}"
             held = "-" if row["holdout_gain"] is None else f"{row['holdout_gain']:.4f}"
             print(f"{name:10s} {row['experiments']:12d} {sel:>15s} {held:>14s}")
-        a, b = rows["default"]["holdout_gain"] or 0.0, rows["improved"]["holdout_gain"] or 0.0
+        a, b = rows["original"]["holdout_gain"] or 0.0, rows["improved"]["holdout_gain"] or 0.0
         print(f"improved not worse on tinygpt: {'met' if b >= a else 'NOT met'} ({b:.4f} against {a:.4f})")
 
 

@@ -308,9 +308,43 @@ def test_a_metric_that_is_pure_noise_keeps_nothing(make_task: MakeTask) -> None:
     r.run(Limits(max_experiments=30))
     s = status_json(r.ledger)
     assert len(s["experiments"]) == 30
-    assert [e["id"] for e in s["experiments"] if e["verdict"] == "keep"] == []
-    assert s["best"]["commit"] == s["experiments"][0]["commit"]
-    assert git(root, "rev-parse", "rsi/" + s["tag"]).strip() == s["experiments"][0]["commit"]
+    # Each null candidate is kept with probability under 1% (measured 0.46% in the test below), so a research
+    # of 29 keeps nothing about 87% of the time and two or more under 1% of the time; any keep replicated.
+    keeps = [e for e in s["experiments"] if e["verdict"] == "keep"]
+    assert len(keeps) <= 1
+    assert all(e["reason"].startswith("replicated on 4 fresh seeds") for e in keeps)
+    best = keeps[-1]["commit"] if keeps else s["experiments"][0]["commit"]
+    assert git(root, "rev-parse", "rsi/" + s["tag"]).strip() == s["best"]["commit"] == best
+
+
+def test_pure_noise_researches_keep_under_one_percent_of_their_candidates() -> None:
+    """Forty in-process researches of a task whose metric ignores the code, 30 experiments each, with the
+    shipped program: at a true rate of 1% the 1,160 null candidates would give about 12 keeps."""
+    import functools
+    import hashlib
+    import random
+
+    from rsi.engine import default_judge, in_process
+    from rsi.meta import inner_config
+    from rsi.program import default_program
+
+    files = {"p.py": "lr = 0.5  # rsi: range(0.01, 1.0)\nwidth = 64  # rsi: range(8, 256)\ndrop = 0.1\n"}
+
+    def noise(salt: int, files: dict[str, str], seed: int) -> float:
+        key = hashlib.sha256(f"{files['p.py']}|{seed}|{salt}".encode()).digest()
+        return 1.0 + 0.05 * random.Random(key).gauss(0.0, 1.0)
+
+    cfg = inner_config(default_program(), editable="p.py")
+    keeps = candidates = 0
+    for salt in range(40):
+        proposer = KnobsProposer(files, cfg.knobs, "minimize", seed=salt)
+        found = in_process(cfg, files, functools.partial(noise, salt), proposer, judge=default_judge(cfg))
+        found.run(Limits(max_experiments=30))
+        exps = found.ledger.experiments()
+        candidates += len(exps) - 1
+        keeps += sum(e.verdict == "keep" for e in exps)
+    assert candidates == 40 * 29
+    assert keeps < 0.01 * candidates, f"{keeps} of {candidates} null candidates kept"
 
 
 def test_a_second_orchestrator_on_the_same_task_is_refused(make_task: MakeTask) -> None:

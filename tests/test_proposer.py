@@ -63,9 +63,11 @@ def test_proposals_change_at_most_per_candidate_knobs_of_the_champion(sampler: s
     assert states.count("FAIL") == 4 and states.count("COMPLETE") >= 8
 
 
-def test_tpe_moves_towards_better_values(ledger: Ledger) -> None:
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_the_sampler_moves_towards_better_values(sampler: str, ledger: Ledger) -> None:
     src = "x = 1.0\ny = 1.0\n"
-    p = KnobsProposer({"f.py": src}, KnobsConfig(per_candidate=2), "minimize", seed=0)
+    cfg = KnobsConfig.model_validate({"sampler": sampler, "per_candidate": 2, "local": 0.0, "restart_after": 0})
+    p = KnobsProposer({"f.py": src}, cfg, "minimize", seed=0)
     best = None
     base = experiment(0, {}, 100.0)
     p.observe(base)

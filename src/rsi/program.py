@@ -16,6 +16,7 @@ from rsi.config import Config
 from rsi.errors import UserError
 
 DEFAULT_FILE = "programs/default.py"
+ORIGINAL_FILE = "programs/original.py"  # the first default, frozen: what every meta benchmark compares against
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,17 +24,19 @@ class Program:
     proposer: str = "knobs"
     knobs_weight: float = 1.0
     llm_weight: float = 1.0
-    sampler: str = "tpe"
+    sampler: str = "cmaes"
     startup: int = 8
-    per_candidate: int = 2
-    local: float = 0.0
+    per_candidate: int = 5
+    local: float = 0.49
     local_scale: float = 0.2
     baseline_repeats: int = 5
     confidence: float = 0.99
     max_repeats: int = 8
     min_delta: float = 0.0
     replicate: int = 4
-    restart_after: int = 0
+    restart_after: int = 23
+    multivariate: bool = True
+    candidates: int = 24
     prompt: str = ""
 
 
@@ -52,12 +55,18 @@ _CHECKS: dict[str, tuple[type, Any, Any]] = {  # name -> (type, low, high); choi
     "min_delta": (float, 0.0, None),
     "replicate": (int, 0, 100),
     "restart_after": (int, 0, None),
+    "multivariate": (bool, None, None),
+    "candidates": (int, 1, 10_000),
     "prompt": (str, None, None),
 }
 
 
 def default_text() -> str:
     return resources.files("rsi").joinpath(DEFAULT_FILE).read_text(encoding="utf-8")
+
+
+def original_text() -> str:
+    return resources.files("rsi").joinpath(ORIGINAL_FILE).read_text(encoding="utf-8")
 
 
 def parse_program(text: str, where: str = "the program") -> Program:
@@ -78,7 +87,7 @@ def parse_program(text: str, where: str = "the program") -> Program:
         kind, low, high = _CHECKS[field.name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise UserError(f"{path.name}: {name} must be {kind.__name__}, not {value!r}")
         if kind is str and isinstance(low, tuple) and value not in low:
             raise UserError(f"{path.name}: {name} = {value!r}: choose one of {', '.join(low)}")
@@ -117,6 +126,8 @@ def apply_program(cfg: Config, p: Program) -> Config:
             "local": p.local,
             "local_scale": p.local_scale,
             "restart_after": p.restart_after,
+            "multivariate": p.multivariate,
+            "candidates": p.candidates,
         },
     )
     judge = fill(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from ast import literal_eval
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,12 @@ class KnobsProposer:
             return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
         if self.cfg.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.cfg.startup)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=self.cfg.startup,
+            multivariate=self.cfg.multivariate,
+            n_ei_candidates=self.cfg.candidates,
+        )
 
     def _values(self, files: Mapping[str, str]) -> dict[str, Any]:
         """Current values of the knobs in the champion's files (they change as knobs are kept)."""
@@ -123,7 +130,9 @@ class KnobsProposer:
             chosen = set(rng.sample(sorted(self.knobs), min(self.cfg.per_candidate, len(self.knobs))))
             fixed = {key: _clip(current[key], self.dists[key]) for key in self.knobs if key not in chosen}
             if rng.random() < self.cfg.local:  # a step near the champion instead of the sampler's choice
-                fixed.update({key: _near(current[key], self.dists[key], self.cfg.local_scale, rng) for key in chosen})
+                fixed.update(
+                    {key: _near(current[key], self.dists[key], self.cfg.local_scale, rng) for key in sorted(chosen)}
+                )
             self.study.enqueue_trial(fixed, skip_if_exists=False)
             trial = self.study.ask(dict(self.dists))
             # What is measured is what the file says: the literal as written (3 significant digits).

@@ -4,6 +4,10 @@
 copy of it the editable file of a research one level up, where the knobs proposer (and an LLM proposer, when
 there is one) changes these values and keeps a change only if inner research with it achieves more on a suite
 of tasks, checked on tasks it never saw. The `# rsi:` hints are that search's ranges.
+
+rsi found these values itself: `rsi meta` researched the original program (programs/original.py, frozen) and
+changed SAMPLER, PER_CANDIDATE, LOCAL and RESTART_AFTER; on held-out task families inner research with this
+program closes 1.22x the original's share of the gap to the optimum (p < 1e-5). The README has the evidence.
 """
 
 # Proposers: which one proposes, and the share of each in a swarm (a weight of 0 leaves it out).
@@ -11,12 +15,15 @@ PROPOSER = "knobs"  # rsi: fixed
 KNOBS_WEIGHT = 1.0  # rsi: range(0.0, 1.0)
 LLM_WEIGHT = 1.0  # rsi: range(0.0, 1.0)
 
-# The knobs proposer's sampler and its parameters.
-SAMPLER = "tpe"  # rsi: choice("tpe", "cmaes", "random")
+# The knobs proposer's sampler and its parameters. MULTIVARIATE and CANDIDATES tune TPE: knobs modelled jointly
+# (interactions) or one by one, and its draws per proposal, of which it proposes the most promising.
+SAMPLER = "cmaes"  # rsi: choice("tpe", "cmaes", "random")
 STARTUP = 8  # rsi: range(2, 30)
-PER_CANDIDATE = 2  # rsi: range(1, 8)
-LOCAL = 0.0  # rsi: range(0.0, 0.9)
+PER_CANDIDATE = 5  # rsi: range(1, 8)
+LOCAL = 0.49  # rsi: range(0.0, 0.9)
 LOCAL_SCALE = 0.2  # rsi: log-range(0.02, 0.5)
+MULTIVARIATE = True  # rsi: choice(False, True)
+CANDIDATES = 24  # rsi: log-range(4, 256)
 
 # The judge: what a keep can be trusted to mean, so not a knob of the meta search. A cheaper judge buys
 # exploration with verdicts that mean less; the meta-utility counts only the first (a search over these found
@@ -29,7 +36,7 @@ MIN_DELTA = 0.0  # rsi: fixed
 REPLICATE = 4  # rsi: fixed
 
 # Strategy: start the sampler over after this many experiments without a keep (0: never).
-RESTART_AFTER = 0  # rsi: range(0, 40)
+RESTART_AFTER = 23  # rsi: range(0, 40)
 
 # What an LLM proposer is told about how to research, before the task's own program.md.
 PROMPT = """\
