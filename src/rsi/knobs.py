@@ -32,6 +32,7 @@ Default ranges, when there is no hint:
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import math
 import re
@@ -153,8 +154,10 @@ def _parse(file: str, source: str) -> ast.Module:
         raise UserError(f"{file}:{exc.lineno}: cannot parse Python source: {exc.msg}") from None
 
 
-def _sites(file: str, source: str) -> list[_Site]:
-    """First module-level literal assignment of each name, in source order, with its hint if any."""
+@functools.lru_cache(maxsize=256)
+def _sites(file: str, source: str) -> tuple[_Site, ...]:
+    """First module-level literal assignment of each name, in source order, with its hint if any. Cached: a
+    research parses the same champion text for every proposal (nothing here is mutated)."""
     tree = _parse(file, source)  # first: tokenize's errors are less helpful
     hints = _hints(file, source)
     seen: set[str] = set()
@@ -180,7 +183,7 @@ def _sites(file: str, source: str) -> list[_Site]:
     for hint in hints.values():
         if hint.kind != "fixed":
             raise hint.error(file, "a hint belongs on the first module-level `NAME = literal` of a name")
-    return sites
+    return tuple(sites)
 
 
 def _reassigned(tree: ast.Module) -> set[str]:
@@ -239,6 +242,11 @@ def _hinted_knob(file: str, site: _Site, hint: _Hint) -> Knob:
 
 def find_knobs(file: str, source: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Knob]:
     """The knobs of one file, in source order. Raises UserError for a malformed hint or unparsable source."""
+    return list(_knobs(file, source, tuple(include), tuple(exclude)))
+
+
+@functools.lru_cache(maxsize=256)
+def _knobs(file: str, source: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> tuple[Knob, ...]:
     knobs: list[Knob] = []
     state = _reassigned(_parse(file, source))
     for site in _sites(file, source):
@@ -256,7 +264,7 @@ def find_knobs(file: str, source: str, include: Sequence[str] = (), exclude: Seq
         if hint is None and name in state:
             continue
         knobs.append(knob)
-    return knobs
+    return tuple(knobs)
 
 
 def _quote(text: str, like: str | None) -> str:

@@ -153,10 +153,10 @@ class KnobsProposer:
         params: dict[str, Any],
         changed: dict[str, Any],
     ) -> Proposal:
-        edits: dict[str, str] = {}
+        by_file: dict[str, dict[str, Any]] = {}
         for key, value in changed.items():
-            k = self.knobs[key]
-            edits[k.file] = apply_values(edits.get(k.file, files[k.file]), {k.name: value})
+            by_file.setdefault(self.knobs[key].file, {})[self.knobs[key].name] = value
+        edits = {path: apply_values(files[path], values) for path, values in by_file.items()}
         hypothesis = describe({key: current[key] for key in changed}, changed)
         return Proposal(edits=edits, hypothesis=hypothesis, params=params)
 

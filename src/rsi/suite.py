@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -100,8 +101,9 @@ class SyntheticTask:
         return max(-1.0, min(1.0, (start - self.true(files)) / gap)) if gap > 0 else 0.0
 
 
+@functools.lru_cache(maxsize=1024)
 def _assignments(text: str) -> dict[str, object]:
-    """`NAME = literal` lines of a params file (fast: no tokenizer)."""
+    """`NAME = literal` lines of a params file (fast: no tokenizer; cached, and never changed by a caller)."""
     found: dict[str, object] = {}
     for line in text.splitlines():
         name, eq, rest = line.partition("=")
