@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rsi.demo import create
-from rsi.meta import Scale, compare
+from rsi.meta import Scale, compare, program_diff
 from rsi.program import original_text, parse_program
 
 
@@ -84,11 +83,7 @@ def main() -> None:
             range(900_001, 900_001 + seeds),
         )
         found["scale"] = dataclasses.asdict(Scale(*sizes))
-        found["diff"] = "".join(
-            difflib.unified_diff(
-                original_text().splitlines(True), improved_text.splitlines(True), "a/program.py", "b/program.py"
-            )
-        )
+        found["diff"] = program_diff(original_text(), improved_text)
         print(f"\n{args.found} against the original program; held-out: {found['scale']}")
     else:  # the meta-research starts from the frozen original: every meta benchmark compares against it
         scale = [f"--{k}={v}" for k, v in zip(("tasks", "seeds", "budget"), sizes, strict=True)]

@@ -196,9 +196,14 @@ def report(root: Path, seeds: int) -> dict[str, Any]:
         raise UserError("rsi meta report compares level-1 programs; a level-2 research is read with rsi status")
     before, after, commit = champion_text(root)
     found = compare(parse_program(before), parse_program(after), "heldout", scale, range(900_001, 900_001 + seeds))
-    lines = difflib.unified_diff(before.splitlines(True), after.splitlines(True), "a/program.py", "b/program.py")
-    diff = "".join(lines)
-    return {**found, "commit": commit, "diff": diff, "scale": dataclasses.asdict(scale)}
+    return {**found, "commit": commit, "diff": program_diff(before, after), "scale": dataclasses.asdict(scale)}
+
+
+def program_diff(before: str, after: str) -> str:
+    """A unified diff of two programs' texts."""
+    return "".join(
+        difflib.unified_diff(before.splitlines(True), after.splitlines(True), "a/program.py", "b/program.py")
+    )
 
 
 def champion_text(root: Path) -> tuple[str, str, str]:
