@@ -78,3 +78,77 @@ def test_a_reader_never_sees_a_half_made_ledger(tmp_path: Path) -> None:
                 seen += 1
         writer.join()
         assert not path.with_name(path.name + ".new").exists()
+
+
+def _experiment(ledger: Ledger, exp_id: int) -> None:
+    ledger.add_experiment(
+        exp_id=exp_id,
+        parent=None,
+        parent_commit=None,
+        commit_sha="c",
+        proposer="knobs",
+        hypothesis="h",
+        params={"lr": 1},
+        diff="",
+    )
+
+
+def _run(ledger: Ledger, exp_id: int, metric: float) -> int:
+    run_id = ledger.start_run(exp_id, "screen", 1, {})
+    with ledger.transaction():
+        ledger.finish_run(run_id, status="ok", metric=metric)
+    return run_id
+
+
+def test_what_the_ledger_caches_follows_every_write(tmp_path: Path) -> None:
+    """Experiments and select metrics are read once and then served from a cache: it must follow this
+    connection's writes, another connection's commits (another thread or process) and rolled-back writes."""
+    path = tmp_path / "ledger.sqlite"
+    ledger, other = Ledger(path), Ledger(path)
+    _experiment(ledger, 1)
+    _run(ledger, 1, 2.0)
+    first = ledger.experiment(1)
+    assert first is not None and [r.metric for r in first.runs] == [2.0]
+    assert dict(ledger.select_metrics()) == {1: [2.0]}
+
+    _run(ledger, 1, 3.0)  # this connection's own write
+    again = ledger.experiment(1)
+    assert again is not None and [r.metric for r in again.runs] == [2.0, 3.0]
+    assert dict(ledger.select_metrics()) == {1: [2.0, 3.0]}
+    assert [r.metric for r in first.runs] == [2.0]  # a copy read earlier is the caller's own
+
+    _run(other, 1, 4.0)  # another connection's commit
+    other.update_experiment(1, verdict="keep", reason="by the other")
+    seen = ledger.experiment(1)
+    assert seen is not None and [r.metric for r in seen.runs] == [2.0, 3.0, 4.0]
+    assert (seen.verdict, seen.reason) == ("keep", "by the other")
+    assert dict(ledger.select_metrics()) == {1: [2.0, 3.0, 4.0]}
+
+    with pytest.raises(RuntimeError), ledger.transaction():  # a write that never lands
+        ledger.update_experiment(1, reason="rolled back")
+        inside = ledger.experiment(1)
+        assert inside is not None and inside.reason == "rolled back"
+        raise RuntimeError("abandon")
+    after = ledger.experiment(1)
+    assert after is not None and after.reason == "by the other"
+
+    seen.runs.clear()
+    seen.params["lr"] = 99  # what a caller does to its copy stays there
+    kept = ledger.experiment(1)
+    assert kept is not None and len(kept.runs) == 3 and kept.params == {"lr": 1}
+    assert ledger.experiment(2) is None
+    _experiment(other, 2)
+    assert ledger.experiment(2) is not None
+
+
+def test_the_cache_of_an_in_memory_ledger_is_shared_by_its_threads() -> None:
+    ledger = Ledger(Path(":memory:"))
+    _experiment(ledger, 1)
+    empty = ledger.experiment(1)
+    assert empty is not None and not empty.runs
+    worker = threading.Thread(target=_run, args=(ledger, 1, 5.0))
+    worker.start()
+    worker.join()
+    seen = ledger.experiment(1)
+    assert seen is not None and [r.metric for r in seen.runs] == [5.0]
+    assert dict(ledger.select_metrics()) == {1: [5.0]}

@@ -319,6 +319,13 @@ def format_value(value: Value, like: str | None = None) -> str:
     raise TypeError(f"a knob value must be a float, int, bool or str, not {type(value).__name__}")
 
 
+def as_written(value: Value) -> Value:
+    """The value a file holds once `value` is written: floats keep 3 significant digits, the rest is exact."""
+    if isinstance(value, float):
+        return float(_format_float(value, None))
+    return value
+
+
 def _coerce(site: _Site, value: object) -> Value:
     """The value to write in place of site's literal; ValueError if it does not fit."""
     old, name = site.value, site.name

@@ -7,11 +7,13 @@ their own; a run still `running` when the orchestrator died is deleted on resume
 
 from __future__ import annotations
 
+import bisect
+import copy
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +137,26 @@ class Experiment:
         return sum(v) / len(v) if v else None
 
 
+# the columns of Experiment and Run, in the order of their fields
+_EXPERIMENT_COLUMNS = (
+    "id, parent, parent_commit, commit_sha, kept_commit, proposer, hypothesis, params, diff, state, status, verdict,"
+    " reason, interrupts, reverted, ci_low, ci_high, created, finished"
+)
+_RUN_COLUMNS = (
+    "id, experiment, kind, seed, state, status, metric, reason, duration_s, peak_memory_mb, stdout_tail, stderr_tail"
+)
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.version = -1  # SQLite's data_version when it was filled
+        self.by_id: dict[int, Experiment] = {}
+        self.metrics: dict[int, list[float]] | None = None  # select_metrics()
+
+    def clear(self) -> None:
+        self.by_id, self.metrics = {}, None
+
+
 def _create(path: Path) -> None:
     """Write an empty ledger beside `path` and rename it into place, so that a reader (`rsi status`) never
     sees a half-made file: the ledger either does not exist yet or has its whole schema."""
@@ -162,6 +184,7 @@ class Ledger:
         self.readonly = readonly
         self._local = threading.local()
         self._memory = str(path) == ":memory:"
+        self._memory_cache: _Cache | None = None  # see _cache; on disk, each thread's connection has its own
         if readonly:
             if not path.exists():
                 raise UserError(f"no research here yet: {path} does not exist (start one with `rsi run`)")
@@ -234,6 +257,35 @@ class Ledger:
         if conn is not None:
             conn.close()
             self._local.db = None
+            self._local.cache = None
+
+    def _cache(self) -> _Cache:
+        """The experiments this connection has read, kept while no other connection has committed (SQLite's
+        data_version says so) and forgotten one by one as this ledger's own writes touch them."""
+        cache = self._held()
+        if cache is None:
+            cache = _Cache()
+            if self._memory:
+                self._memory_cache = cache
+            else:
+                self._local.cache = cache
+        version = int(self.db.execute("PRAGMA data_version").fetchone()[0])
+        if version != cache.version:
+            cache.version = version
+            cache.clear()
+        return cache
+
+    def _held(self) -> _Cache | None:
+        if self._memory:  # an in-memory ledger's one connection serves every thread
+            return self._memory_cache
+        cache: _Cache | None = getattr(self._local, "cache", None)
+        return cache
+
+    def _forget(self, *exp_ids: int) -> None:
+        cache = self._held()
+        if cache is not None:
+            for exp_id in exp_ids:
+                cache.by_id.pop(exp_id, None)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -242,6 +294,7 @@ class Ledger:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._cache().clear()  # what was read inside it may never have been committed
             raise
         self.db.execute("COMMIT")
 
@@ -281,6 +334,7 @@ class Ledger:
         verdict: str | None = None,
         reason: str = "",
     ) -> None:
+        self._forget(exp_id)
         self.db.execute(
             "INSERT INTO experiments (id, parent, parent_commit, commit_sha, proposer, hypothesis, params, diff,"
             " state, status, verdict, reason, created, finished)"
@@ -307,59 +361,56 @@ class Ledger:
         if "state" in fields and fields["state"] == "done":
             fields.setdefault("finished", time.time())
         cols = ", ".join(f"{k} = ?" for k in fields)
+        self._forget(exp_id)
         self.db.execute(f"UPDATE experiments SET {cols} WHERE id = ?", (*fields.values(), exp_id))
 
     def experiment(self, exp_id: int) -> Experiment | None:
-        rows = self.experiments(where="id = ?", args=(exp_id,))
-        return rows[0] if rows else None
+        """One experiment with its finished runs: read once, then from the cache until something changes it
+        (the engine asks for the same few experiments many times per candidate)."""
+        cache = self._cache()
+        found = cache.by_id.get(exp_id)
+        if found is None:
+            rows = self.experiments(where="id = ?", args=(exp_id,))
+            if not rows:
+                return None
+            found = cache.by_id[exp_id] = rows[0]
+        clone = copy.copy(found)  # the caller's own copy: runs are shared, never changed once read
+        clone.params, clone.runs = dict(found.params), list(found.runs)
+        return clone
 
     def experiments(self, where: str = "1", args: Sequence[Any] = ()) -> list[Experiment]:
+        rows = self.db.execute(f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE {where} ORDER BY id", tuple(args))
         exps = [
             Experiment(
-                id=r["id"],
-                parent=r["parent"],
-                parent_commit=r["parent_commit"],
-                commit_sha=r["commit_sha"],
-                kept_commit=r["kept_commit"],
-                proposer=r["proposer"],
-                hypothesis=r["hypothesis"],
-                params=json.loads(r["params"]),
-                diff=r["diff"],
-                state=r["state"],
-                status=r["status"],
-                verdict=r["verdict"],
-                reason=r["reason"],
-                interrupts=r["interrupts"],
-                reverted=bool(r["reverted"]),
-                ci=None if r["ci_low"] is None else (r["ci_low"], r["ci_high"]),
-                created=r["created"],
-                finished=r["finished"],
+                id=r[0],
+                parent=r[1],
+                parent_commit=r[2],
+                commit_sha=r[3],
+                kept_commit=r[4],
+                proposer=r[5],
+                hypothesis=r[6],
+                params=json.loads(r[7]),
+                diff=r[8],
+                state=r[9],
+                status=r[10],
+                verdict=r[11],
+                reason=r[12],
+                interrupts=r[13],
+                reverted=bool(r[14]),
+                ci=None if r[15] is None else (r[15], r[16]),
+                created=r[17],
+                finished=r[18],
             )
-            for r in self.db.execute(f"SELECT * FROM experiments WHERE {where} ORDER BY id", tuple(args))
+            for r in rows
         ]
         by_id = {e.id: e for e in exps}
         if by_id:
             marks = ",".join("?" * len(by_id))
             for r in self.db.execute(
-                f"SELECT * FROM runs WHERE experiment IN ({marks}) AND state = 'done' ORDER BY id",
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE experiment IN ({marks}) AND state = 'done' ORDER BY id",
                 tuple(by_id),
             ):
-                by_id[r["experiment"]].runs.append(
-                    Run(
-                        id=r["id"],
-                        experiment=r["experiment"],
-                        kind=r["kind"],
-                        seed=r["seed"],
-                        state=r["state"],
-                        status=r["status"],
-                        metric=r["metric"],
-                        reason=r["reason"],
-                        duration_s=r["duration_s"],
-                        peak_memory_mb=r["peak_memory_mb"],
-                        stdout_tail=r["stdout_tail"],
-                        stderr_tail=r["stderr_tail"],
-                    )
-                )
+                by_id[r[1]].runs.append(Run(*r))
         return exps
 
     # steering: notes and flags a person leaves for a running research (rsi idea, rsi pause)
@@ -380,16 +431,19 @@ class Ledger:
         """Changes whenever the ledger does: by this thread's connection, or by any other."""
         return int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes
 
-    def select_metrics(self) -> dict[int, list[float]]:
-        """Valid metrics of every experiment's runs of the task's command: the noise estimate pools them."""
-        out: dict[int, list[float]] = {}
-        rows = self.db.execute(
-            "SELECT experiment, metric FROM runs WHERE state = 'done' AND status = 'ok' AND metric IS NOT NULL"
-            " AND kind IN ('screen', 'confirm', 'fresh') ORDER BY id"
-        )
-        for exp_id, metric in rows:
-            out.setdefault(int(exp_id), []).append(float(metric))
-        return out
+    def select_metrics(self) -> Mapping[int, Sequence[float]]:
+        """Valid metrics of every experiment's runs of the task's command: the noise estimate pools them. Read
+        it at once: it is the cache's own, and grows as runs finish."""
+        cache = self._cache()
+        if cache.metrics is None:
+            cache.metrics = {}
+            rows = self.db.execute(
+                "SELECT experiment, metric FROM runs WHERE state = 'done' AND status = 'ok' AND metric IS NOT NULL"
+                " AND kind IN ('screen', 'confirm', 'fresh') ORDER BY id"
+            )
+            for exp_id, metric in rows:
+                cache.metrics.setdefault(int(exp_id), []).append(float(metric))
+        return cache.metrics
 
     # runs
     def trajectories(self, exp_id: int, kinds: Sequence[str] = SELECT_KINDS) -> list[list[tuple[float, float]]]:
@@ -417,10 +471,24 @@ class Ledger:
         fields["finished"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in fields)
         self.db.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
-        self.db.execute(
-            "UPDATE experiments SET interrupts = 0 WHERE id = (SELECT experiment FROM runs WHERE id = ?)",
-            (run_id,),
-        )
+        row = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is not None:
+            run = Run(*row)
+            self.db.execute("UPDATE experiments SET interrupts = 0 WHERE id = ?", (run.experiment,))
+            self._finished(run)
+
+    def _finished(self, run: Run) -> None:
+        """A finished run joins what the cache holds (reading it all again would cost more than the run itself
+        on the in-process path)."""
+        cache = self._held()
+        if cache is None:
+            return
+        exp = cache.by_id.get(run.experiment)
+        if exp is not None:
+            exp.interrupts = 0
+            bisect.insort(exp.runs, run, key=lambda r: r.id)
+        if cache.metrics is not None and run.kind in SELECT_KINDS and run.status == "ok" and run.metric is not None:
+            cache.metrics.setdefault(run.experiment, []).append(float(run.metric))
 
     # model calls
     def add_call(
@@ -462,5 +530,6 @@ class Ledger:
     def drop_interrupted(self, runs: Sequence[tuple[int, int, int | None, float | None]]) -> None:
         """Forget unfinished runs (they are run again) and count the interruption against their experiment."""
         for run_id, exp_id, _, _ in runs:
+            self._forget(exp_id)
             self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             self.db.execute("UPDATE experiments SET interrupts = interrupts + 1 WHERE id = ?", (exp_id,))

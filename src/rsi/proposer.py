@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from ast import literal_eval
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,7 +18,7 @@ import optuna
 from rsi.config import KnobsConfig
 from rsi.errors import UserError
 from rsi.judge import Goal
-from rsi.knobs import Knob, apply_values, describe, find_knobs, format_value
+from rsi.knobs import Knob, apply_values, as_written, describe, find_knobs
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED
 
@@ -136,7 +135,7 @@ class KnobsProposer:
             self.study.enqueue_trial(fixed, skip_if_exists=False)
             trial = self.study.ask(dict(self.dists))
             # What is measured is what the file says: the literal as written (3 significant digits).
-            params = {key: literal_eval(format_value(v)) for key, v in trial.params.items()}
+            params = {key: as_written(v) for key, v in trial.params.items()}
             changed = {key: v for key, v in params.items() if v != current[key]}
             signature = tuple(params[key] for key in self.knobs)
             if changed and signature not in self.tried:
