@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from rsi.config import Config
 from rsi.engine import Limits, in_process
-from rsi.judge import Noise, SequentialJudge, looks, pooled_noise
+from rsi.judge import Noise, NoisePool, SequentialJudge, looks, pooled_noise
 from rsi.ledger import Experiment
 from rsi.proposer import Context, Proposal
 from rsi.status import status_json
@@ -99,3 +99,15 @@ def test_screening_decisions_and_bounds() -> None:
     detectable = judge.detectable(8, noise)
     assert detectable is not None and 1.0 < detectable < 2.5
     assert pooled_noise([[1.0, 3.0], [2.0]]) == Noise(2**0.5, 1)
+
+
+def test_the_incremental_noise_pool_gives_the_same_figure_to_the_bit() -> None:
+    """The engine asks for the pooled noise after every run: NoisePool recomputes only experiments with new
+    runs, and must agree exactly with pooled_noise over everything, however the runs arrive."""
+    rng = random.Random(5)
+    pool, samples = NoisePool(), {}
+    for _ in range(400):
+        exp_id = rng.randrange(12)
+        samples.setdefault(exp_id, []).append(rng.lognormvariate(0, 2))
+        assert pool(samples) == pooled_noise(list(samples.values()))
+    assert pool(samples) is not None

@@ -16,7 +16,7 @@ from scipy import stats
 from rsi import slots
 from rsi.config import Config, ConstraintConfig
 from rsi.errors import UserError
-from rsi.judge import Decision, Judge, Noise, pooled_noise
+from rsi.judge import Decision, Judge, Noise, NoisePool
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.pruning import PRUNED, Reference, reference
@@ -41,6 +41,7 @@ class Experimenter:
         self.lock = threading.RLock()
         self._remeasuring: dict[int, set[int]] = {}  # champion id -> seeds of its re-measurements in flight
         self._noise: dict[int, tuple[tuple[int, int], Noise | None]] = {}  # per thread: ledger version, noise
+        self._pools: dict[int, NoisePool] = {}  # per thread
 
     def champion_worktree(self) -> str:
         """Where this thread measures the champion: one checkout per slot, so workers never share one."""
@@ -67,7 +68,8 @@ class Experimenter:
         version = self.ledger.version()
         cached = self._noise.get(threading.get_ident())
         if cached is None or cached[0] != version:
-            cached = (version, pooled_noise(list(self.ledger.select_metrics().values())))
+            pool = self._pools.setdefault(threading.get_ident(), NoisePool())
+            cached = (version, pool(self.ledger.select_metrics()))
             self._noise[threading.get_ident()] = cached
         return cached[1]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -69,12 +69,35 @@ def pooled_noise(samples: Sequence[Sequence[float]]) -> Noise | None:
     """Pooled within-experiment sd of repeated runs of the same code (one sequence per experiment)."""
     num, dof = 0.0, 0
     for runs in samples:
-        n = len(runs)
-        if n >= 2:
-            mean = math.fsum(runs) / n
-            num += math.fsum((x - mean) ** 2 for x in runs)  # floats: statistics.variance is exact and slow
-            dof += n - 1
+        if len(runs) >= 2:
+            num += _squares(runs)
+            dof += len(runs) - 1
     return Noise(math.sqrt(num / dof), dof) if dof else None
+
+
+def _squares(runs: Sequence[float]) -> float:
+    mean = math.fsum(runs) / len(runs)
+    return math.fsum((x - mean) ** 2 for x in runs)  # floats: statistics.variance is exact and slow
+
+
+class NoisePool:
+    """`pooled_noise` of experiments whose runs only ever grow in number, called again and again as they do:
+    an experiment's sum of squares is computed again only when it has new runs. Same figure, to the bit."""
+
+    def __init__(self) -> None:
+        self._squares: dict[int, tuple[int, float]] = {}  # experiment -> (runs, sum of squared deviations)
+
+    def __call__(self, samples: Mapping[int, Sequence[float]]) -> Noise | None:
+        num, dof = 0.0, 0
+        for exp_id, runs in samples.items():
+            n = len(runs)
+            if n >= 2:
+                seen = self._squares.get(exp_id)
+                if seen is None or seen[0] != n:
+                    seen = self._squares[exp_id] = (n, _squares(runs))
+                num += seen[1]
+                dof += n - 1
+        return Noise(math.sqrt(num / dof), dof) if dof else None
 
 
 def looks(max_repeats: int) -> list[int]:

@@ -269,7 +269,8 @@ class Ledger:
                 self._memory_cache = cache
             else:
                 self._local.cache = cache
-        version = int(self.db.execute("PRAGMA data_version").fetchone()[0])
+        # an in-memory ledger has no other connection: nothing but its own writes, followed one by one, changes it
+        version = 0 if self._memory else int(self.db.execute("PRAGMA data_version").fetchone()[0])
         if version != cache.version:
             cache.version = version
             cache.clear()
