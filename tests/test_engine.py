@@ -312,7 +312,7 @@ def test_a_metric_that_is_pure_noise_keeps_nothing(make_task: MakeTask) -> None:
     # of 29 keeps nothing about 87% of the time and two or more under 1% of the time; any keep replicated.
     keeps = [e for e in s["experiments"] if e["verdict"] == "keep"]
     assert len(keeps) <= 1
-    assert all(e["reason"].startswith("replicated on 4 fresh seeds") for e in keeps)
+    assert all(e["reason"].startswith("replicated on ") for e in keeps)
     best = keeps[-1]["commit"] if keeps else s["experiments"][0]["commit"]
     assert git(root, "rev-parse", "rsi/" + s["tag"]).strip() == s["best"]["commit"] == best
 

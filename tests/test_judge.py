@@ -111,3 +111,18 @@ def test_the_incremental_noise_pool_gives_the_same_figure_to_the_bit() -> None:
         samples.setdefault(exp_id, []).append(rng.lognormvariate(0, 2))
         assert pool(samples) == pooled_noise(list(samples.values()))
     assert pool(samples) is not None
+
+
+def test_replication_keeps_a_large_effect_after_one_pair_and_waits_for_the_rest_otherwise() -> None:
+    judge, noise = SequentialJudge(), Noise(1.0, 40)
+    huge = judge.confirm([0.0], [10.0], "minimize", noise)  # ten noise sds better on the first fresh pair
+    assert huge.verdict == "keep" and huge.reason.startswith("replicated on 1 fresh seed:")
+    assert judge.confirm([0.0], [2.0], "minimize", noise).verdict == "more"  # 2 sds on one pair: not enough yet
+    assert judge.confirm([0.0, 0.1], [2.0, 2.1], "minimize", noise).verdict == "more"  # no look at 2 of 4
+    four = judge.confirm([0.0, 0.1, 0.0, 0.1], [2.0, 2.1, 2.0, 2.1], "minimize", noise)
+    assert four.verdict == "keep" and four.reason.startswith("replicated on 4 fresh seeds")
+    assert judge.confirm([0.0, 0.1, 0.0, 0.1], [0.1, 0.0, 0.1, 0.0], "minimize", noise).verdict == "discard"
+    # the first look spends a tenth of alpha_c: 3 sds on one pair (se 1.41) is below its bound, 3.5 is above
+    assert judge.confirm([0.0], [3.0], "minimize", noise).verdict == "more"
+    assert judge.confirm([0.0], [3.5], "minimize", noise).verdict == "keep"
+    assert judge.confirm([None], [1.0], "minimize", noise).verdict == "discard"

@@ -190,20 +190,25 @@ class Experimenter:
         return self._reload(champion)
 
     def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
-        """Candidate and champion on the same fresh seeds, new to both; the champion runs first so that the
-        candidate's own run is the last one in its worktree (the holdout reads what it produced)."""
+        """Candidate and champion on the same fresh seeds, new to both, a pair at a time until the judge
+        decides; the champion runs first so that the candidate's own run is the last one in its worktree (the
+        holdout reads what it produced)."""
         assert champion.commit_sha is not None and exp.commit_sha is not None
         champ_wt = self.store.checkout(self.champion_worktree(), champion.commit_sha)
-        seeds = [fresh_seed(exp.id, j) for j in range(1, self.judge.replicate + 1)]
-        for seed in seeds:
+        seeds: list[int] = []
+        confirmed = Decision("more", "")
+        for seed in (fresh_seed(exp.id, j) for j in range(1, max(self.judge.replicate, 1) + 1)):
             if not _has_run(champion, FRESH, seed):
                 self.measurer.measure(champ_wt, champion.id, champion.commit_sha, FRESH, seed)
             if not _has_run(exp, CONFIRM, seed):
                 self.measurer.measure(wt, exp.id, exp.commit_sha, CONFIRM, seed)
             exp, champion = self._reload(exp), self._reload(champion)
-        cand = [_metric_at(exp, seed, CONFIRM) for seed in seeds]
-        champ = [_metric_at(champion, seed) for seed in seeds]
-        confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise(), _deletes_code(exp.diff))
+            seeds.append(seed)
+            cand = [_metric_at(exp, s, CONFIRM) for s in seeds]
+            champ = [_metric_at(champion, s) for s in seeds]
+            confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise(), _deletes_code(exp.diff))
+            if confirmed.verdict != "more":
+                break
         if confirmed.verdict != "keep":
             self.ledger.update_experiment(exp.id, reverted=1)
             return Decision("discard", f"screening kept it, but it {confirmed.reason}", confirmed.ci)

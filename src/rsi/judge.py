@@ -11,7 +11,10 @@ research branch:
    smallest effect the design can detect, or below `min_delta`. Otherwise it runs again; at `max_repeats` it
    is inconclusive.
 2. Replication. A candidate that passed and the champion both run `replicate` fresh seeds (the same seeds for
-   both, new to both); it is kept only if that fresh comparison alone clears level alpha_c.
+   both, new to both); it is kept only if that fresh comparison alone clears level alpha_c. It is looked at
+   twice: after the first pair at a tenth of alpha_c, where an effect many noise sds large is kept at once
+   (early tuning, where most of a budget would otherwise go to replicating the obvious), and after the last
+   at the rest.
 
 The stages use disjoint runs, so a candidate with no real effect is kept with probability at most
 alpha_s * alpha_c = 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for 0.99). Over a night
@@ -37,6 +40,7 @@ POWER = 0.8  # the power at which the smallest detectable effect is quoted
 SIMPLER_RUNS = 4  # runs before the simplicity rule may keep a deletion
 FUTILITY = 1.0  # discard when the optimistic bound is below this fraction of the smallest detectable effect
 FIRST_LOOK = 0.9  # ... an optimistic bound at this level after one run: one run discards only the clearly worse
+EARLY_CONFIRM = 0.1  # the share of replication's alpha spent after its first pair: a large effect lands at once
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,8 @@ class Judge(Protocol):
         noise: Noise | None,
         deletes_code: bool = False,
     ) -> Decision:
-        """Replication on fresh seeds, both arms on the same seeds: keep or discard."""
+        """Replication on fresh seeds, both arms on the same seeds, the pairs so far: keep, discard, or more
+        (another pair first; never once `replicate` pairs are in)."""
         ...
 
     def detectable(self, champion_runs: int, noise: Noise | None) -> float | None:
@@ -275,14 +280,24 @@ class SequentialJudge:
         pairs = [(c, h) for c, h in zip(candidate, champion, strict=False) if c is not None and h is not None]
         if len(pairs) < len(candidate) or not pairs:
             return Decision("discard", "a replication run failed")
+        n, final = len(pairs), len(pairs) >= self.replicate
+        if not final and n > 1:  # looks after the first pair and after the last only
+            return Decision("more", f"{n} of {self.replicate} fresh pairs")
+        seeds = f"{n} fresh seed{'s' if n > 1 else ''}"
         gain = improvement(statistics.fmean(c for c, _ in pairs), statistics.fmean(h for _, h in pairs), goal)
         if noise is None or noise.sd == 0:
+            if not final:
+                return Decision("more", f"{n} of {self.replicate} fresh pairs, no noise estimate")
             ok = gain > self.min_delta
             return Decision("keep" if ok else "discard", f"replicated improvement {gain:.4g}", (gain, gain))
-        se = noise.sd * math.sqrt(2 / len(pairs))
-        if deletes_code and self.simplicity and gain - self._quantile(POWER, noise.dof) * se > -noise.sd:
-            return Decision("keep", f"deletes code; on {len(pairs)} fresh seeds within one noise sd ({gain:+.4g})")
-        low = gain - self._quantile(1 - self.alpha_stage, noise.dof) * se
+        se = noise.sd * math.sqrt(2 / n)
+        if final and deletes_code and self.simplicity and gain - self._quantile(POWER, noise.dof) * se > -noise.sd:
+            return Decision("keep", f"deletes code; on {seeds} within one noise sd ({gain:+.4g})")
+        early = self.alpha_stage * EARLY_CONFIRM
+        level = 1 - (self.alpha_stage - early if final else early)
+        low = gain - self._quantile(level, noise.dof) * se
         if low > self.min_delta:
-            return Decision("keep", f"replicated on {len(pairs)} fresh seeds: {gain:.4g}, bound {low:.4g}", (low, gain))
-        return Decision("discard", f"did not replicate on {len(pairs)} fresh seeds: {gain:.4g}, bound {low:.4g}")
+            return Decision("keep", f"replicated on {seeds}: {gain:.4g}, bound {low:.4g}", (low, gain))
+        if not final:
+            return Decision("more", f"1 of {self.replicate} fresh pairs: {gain:.4g}, bound {low:.4g}")
+        return Decision("discard", f"did not replicate on {seeds}: {gain:.4g}, bound {low:.4g}")
