@@ -155,12 +155,15 @@ def research(judge_name: str, noise: str, candidates: int, seed: int, program: P
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer candidates (about a minute)")
+    ap.add_argument("--tasks", type=int, help="researches of 1000 candidates per judge and noise (default 6)")
     ap.add_argument("--program", type=Path, help="rsi's judge settings from this research program (default: shipped)")
     args = ap.parse_args()
     program = load_program(args.program) if args.program else default_program()
     candidates, tasks = (300, 3) if args.quick else (1000, 6)
+    tasks = args.tasks or tasks
     figures: dict[str, dict[str, dict[str, float]]] = {}
-    print(f"{'noise':8}{'judge':14}{'false keeps':>12}{'2sd kept':>10}{'1sd kept':>10}{'runs/cand':>11}{'nulls':>8}")
+    heads = f"{'false keeps':>12}{'2sd kept':>10}{'+-':>6}{'1sd kept':>10}{'runs/cand':>11}{'nulls':>8}{'2sd':>6}"
+    print(f"{'noise':8}{'judge':14}{heads}")
     for noise in ("gauss", "t3"):
         figures[noise] = {}
         for name in ("rsi", "autoresearch", "two-sigma"):
@@ -174,10 +177,12 @@ def main() -> None:
                 "runs_per_candidate": statistics.fmean(r["runs_per_candidate"] for r in rows),
                 "null_candidates": nulls,
             }
+            rate = fig["keep_rate_2sd"]
+            fig["keep_rate_2sd_se"] = (rate * (1 - rate) / gains) ** 0.5  # its sampling error, binomial
             figures[noise][name] = {k: round(v, 4) for k, v in fig.items()}
             print(
-                f"{noise:8}{name:14}{fig['false_keep_rate']:12.2%}{fig['keep_rate_2sd']:10.1%}"
-                f"{fig['keep_rate_1sd']:10.1%}{fig['runs_per_candidate']:11.2f}{nulls:8d}",
+                f"{noise:8}{name:14}{fig['false_keep_rate']:12.2%}{rate:10.1%}{fig['keep_rate_2sd_se']:6.1%}"
+                f"{fig['keep_rate_1sd']:10.1%}{fig['runs_per_candidate']:11.2f}{nulls:8d}{gains:6d}",
                 flush=True,
             )
     met = all(
