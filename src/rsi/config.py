@@ -165,7 +165,7 @@ class JudgeConfig(_Section):
     confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
     max_repeats: int = Field(default=8, ge=1, le=100)
     min_delta: float = Field(default=0.0, ge=0.0)
-    replicate: int = Field(default=4, ge=0, le=100)  # fresh runs per arm before a keep lands
+    replicate: int = Field(default=4, ge=0, le=100)  # fresh runs per arm before a keep lands (a big effect: 1)
 
 
 class KnobsConfig(_Section):

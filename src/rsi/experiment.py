@@ -27,7 +27,6 @@ RETEST = "retest"  # the proposer of an experiment `rsi retest` asked for
 SUPERSEDED = "superseded:"  # the reason of a winner whose champion was replaced while it ran
 CHAMPION_RUNS = 8  # fresh runs the champion is brought up to, one per candidate (see _remeasure)
 NOISE_DOF = 30  # ... and for as long as the noise estimate has fewer degrees of freedom
-EARLY_DOF = 12  # below this, the champion is re-measured for every candidate, decided at once or not
 
 
 class Experimenter:
@@ -89,9 +88,6 @@ class Experimenter:
         """Screening runs, paired with the champion's fresh seeds, until the judge decides; then replication."""
         assert exp.commit_sha is not None
         champion = self.champion()
-        noise = self.noise()
-        if self.judge.replicate and (noise is None or noise.dof < EARLY_DOF):  # the noise floor is still rough
-            champion = self._remeasure(champion)
         deletes = _deletes_code(exp.diff)
         remeasured = False
         judge, most = self.judge, self.cfg.judge.max_repeats
