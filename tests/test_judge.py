@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
+import pytest
+
 from rsi.config import Config
 from rsi.engine import Limits, in_process
 from rsi.judge import Noise, NoisePool, SequentialJudge, looks, pooled_noise
@@ -126,3 +128,37 @@ def test_replication_keeps_a_large_effect_after_one_pair_and_waits_for_the_rest_
     assert judge.confirm([0.0], [3.0], "minimize", noise).verdict == "more"
     assert judge.confirm([0.0], [3.5], "minimize", noise).verdict == "keep"
     assert judge.confirm([None], [1.0], "minimize", noise).verdict == "discard"
+
+
+def test_a_keep_lands_before_its_top_up_and_a_cut_top_up_is_finished_first() -> None:
+    """A deadline or a kill during the new champion's top-up must not lose a replicated keep: the keep lands
+    (branch and ledger) right after replication and the holdout, the top-up comes after, and a top-up cut short
+    is finished before the next candidate is compared with the champion."""
+    from rsi.measure import fresh_seed
+
+    class Cut(BaseException):  # what a hard deadline raises in the middle of a run
+        pass
+
+    first_top_up = fresh_seed(1, SequentialJudge().replicate + 1)
+    cut = [True]
+
+    def task(files: Mapping[str, str], seed: int) -> float:
+        if cut[0] and seed == first_top_up:
+            raise Cut
+        return noisy(files, seed)
+
+    proposer = Scripted(["loss = 0.3\n", "loss = 0.29\n"])
+    r = in_process(config(), {"f.py": "loss = 1.0\n"}, task, proposer, holdout=noisy)
+    with pytest.raises(Cut):  # the top-up was reached, and cut
+        r.run(Limits(max_experiments=2))
+    kept = r.ledger.experiment(1)
+    assert kept is not None and kept.verdict == "keep" and kept.kept_commit is not None
+    assert r.experimenter.branch_head() == kept.kept_commit
+    assert [run.kind for run in kept.runs if run.kind in ("holdout", "fresh")] == ["holdout"]  # cut before any
+    cut[0] = False
+    r.run(Limits(max_experiments=3))
+    champion = r.ledger.experiment(1)
+    assert champion is not None and sum(run.kind == "fresh" for run in champion.runs) == 5
+    first_fresh = min(run.id for run in champion.runs if run.kind == "fresh")
+    nxt = r.ledger.experiment(2)
+    assert nxt is not None and nxt.state == "done" and all(run.id > first_fresh for run in nxt.runs)

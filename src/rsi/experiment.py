@@ -87,7 +87,8 @@ class Experimenter:
     def candidate(self, exp: Experiment, wt: Path) -> None:
         """Screening runs, paired with the champion's fresh seeds, until the judge decides; then replication."""
         assert exp.commit_sha is not None
-        champion = self.champion()
+        # a keep's top-up cut short (a kill, a deadline) is finished before anything is compared with it
+        champion = self._top_up(self.champion(), None, self._top_up_runs())
         deletes = _deletes_code(exp.diff)
         remeasured = False
         judge, most = self.judge, self.cfg.judge.max_repeats
@@ -127,9 +128,10 @@ class Experimenter:
             decision = self._replicate(exp, wt, champion)
             if decision.verdict == "keep":
                 decision = self._within_constraints(self._reload(exp), decision)
-        if decision.verdict == "keep":
-            self._top_up(exp, wt, self.cfg.judge.baseline_repeats if self.judge.replicate else 0)
-        self._finish(self._reload(exp), decision.verdict, decision, champion)
+        if decision.verdict == "keep":  # the holdout after its last run, whose output it may read
+            self._holdout_last(self._reload(exp), wt)
+        if self._finish(self._reload(exp), decision.verdict, decision, champion) == "keep":
+            self._top_up(exp, wt, self._top_up_runs())  # after the keep landed: a deadline now cannot lose it
 
     def _reference(self, champion: Experiment) -> Reference | None:
         """What a screening run is stopped early against, with `[pruning]` on: the champion's level from its
@@ -210,25 +212,44 @@ class Experimenter:
             return Decision("discard", f"screening kept it, but it {confirmed.reason}", confirmed.ci)
         return confirmed
 
-    def _top_up(self, exp: Experiment, wt: Path, runs: int) -> None:
+    def _top_up_runs(self) -> int:
+        return self.cfg.judge.baseline_repeats if self.judge.replicate else 0
+
+    def _top_up(self, exp: Experiment, wt: Path | None, runs: int) -> Experiment:
         """A new champion gets baseline_repeats fresh runs, used in no decision about itself: what later
         candidates are compared with, free of the winner's curse of the runs that kept it (its screening and
-        confirmation runs were selected for being good). Its last run is followed by the holdout."""
+        confirmation runs were selected for being good). Run right after the keep lands, and finished by the
+        next candidate if that was cut short; workers doing it at once each take a seed of their own."""
         commit = exp.commit_sha
-        assert commit is not None
-        exp = self._reload(exp)
+        if commit is None:
+            return exp
         k = self.judge.replicate
-        while sum(1 for r in exp.runs if r.kind == FRESH) < runs:
-            k += 1
-            if _has_run(exp, FRESH, fresh_seed(exp.id, k)):  # done before an interruption: resumed, not repeated
-                continue
-            self.measurer.measure(wt, exp.id, commit, FRESH, fresh_seed(exp.id, k))
-            exp = self._reload(exp)
-        last = max((r for r in exp.runs if r.kind in SELECT_KINDS), key=lambda r: r.id)
-        if last.status == "ok":
+        while True:
+            with self.lock:
+                exp = self._reload(exp)
+                running = self._remeasuring.setdefault(exp.id, set())
+                done = {r.seed for r in exp.runs if r.kind == FRESH}
+                if len(done) + len(running) >= runs:
+                    return exp
+                k += 1
+                while fresh_seed(exp.id, k) in done | running:  # run before an interruption: resumed, not repeated
+                    k += 1
+                seed = fresh_seed(exp.id, k)
+                running.add(seed)
+            try:
+                wt = wt or self.store.checkout(self.champion_worktree(), commit)
+                self.measurer.measure(wt, exp.id, commit, FRESH, seed)
+            finally:
+                with self.lock:
+                    running.discard(seed)
+
+    def _holdout_last(self, exp: Experiment, wt: Path) -> None:
+        last = max((r for r in exp.runs if r.kind in SELECT_KINDS), key=lambda r: r.id, default=None)
+        if last is not None and last.status == "ok" and not _has_run(exp, HOLDOUT, last.seed):
             self._holdout(wt, exp, last.seed)
 
-    def _finish(self, exp: Experiment, verdict: str, decision: Decision, champion: Experiment | None = None) -> None:
+    def _finish(self, exp: Experiment, verdict: str, decision: Decision, champion: Experiment | None = None) -> str:
+        """Records the verdict (a keep lands on the branch here) and returns it: a keep may become a discard."""
         # a pruned run was stopped for being behind, not for failing: the verdict's reason says so
         failed = (r.status for r in exp.runs if r.kind in SELECT_KINDS and r.status not in ("ok", PRUNED))
         status = next(failed, "ok") or "ok"
@@ -269,6 +290,7 @@ class Experimenter:
                 )
             if kept_commit:
                 self.store.set_branch(self.tag, kept_commit)
+        return verdict
 
     def _holdout(self, wt: Path, exp: Experiment, seed: int) -> None:
         if self.measurer.has_holdout and exp.commit_sha:
