@@ -71,12 +71,7 @@ def t_quantile(level: float, dof: int) -> float:
 
 def pooled_noise(samples: Sequence[Sequence[float]]) -> Noise | None:
     """Pooled within-experiment sd of repeated runs of the same code (one sequence per experiment)."""
-    num, dof = 0.0, 0
-    for runs in samples:
-        if len(runs) >= 2:
-            num += _squares(runs)
-            dof += len(runs) - 1
-    return Noise(math.sqrt(num / dof), dof) if dof else None
+    return NoisePool()(dict(enumerate(samples)))
 
 
 def _squares(runs: Sequence[float]) -> float:
