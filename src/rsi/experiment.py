@@ -9,6 +9,7 @@ import dataclasses
 import math
 import statistics
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from scipy import stats
@@ -164,28 +165,39 @@ class Experimenter:
         NOISE_DOF degrees of freedom. Precision is bought where a decision needs it: a few runs per keep."""
         if not self.judge.replicate or champion.commit_sha is None:
             return champion
-        with self.lock:  # other workers may be re-measuring it right now: each takes a seed of its own
-            champion = self._reload(champion)
-            running = self._remeasuring.setdefault(champion.id, set())
-            recorded = {r.seed for r in champion.runs if r.kind == FRESH}
-            fresh = len(recorded) + len(running)
+
+        def enough(fresh: int) -> bool:
             noise = self.noise()
-            if fresh >= CHAMPION_RUNS and noise is not None and noise.dof >= NOISE_DOF:
-                return champion
-            k = 5000
-            while fresh_seed(champion.id, k) in recorded | running:  # a seed no run of it has, nor is taking
-                k += 1
-            seed = fresh_seed(champion.id, k)
-            running.add(seed)
-        commit = champion.commit_sha
+            return fresh >= CHAMPION_RUNS and noise is not None and noise.dof >= NOISE_DOF
+
+        self._fresh_run(champion, None, 5000, enough)
+        return self._reload(champion)
+
+    def _fresh_run(self, exp: Experiment, wt: Path | None, first: int, enough: Callable[[int], bool]) -> bool:
+        """One more fresh run of `exp`, unless `enough` says its fresh runs (recorded and in flight) suffice;
+        whether it ran one. Its seed is the first from `first` on that no run of it has or is taking, so workers
+        doing this at once each take their own, and a run made before an interruption is not repeated."""
+        commit = exp.commit_sha
         assert commit is not None
+        with self.lock:
+            exp = self._reload(exp)
+            running = self._remeasuring.setdefault(exp.id, set())
+            taken = {r.seed for r in exp.runs if r.kind == FRESH}
+            if enough(len(taken) + len(running)):
+                return False
+            taken |= running
+            k = first
+            while fresh_seed(exp.id, k) in taken:
+                k += 1
+            seed = fresh_seed(exp.id, k)
+            running.add(seed)
         try:
-            wt = self.store.checkout(self.champion_worktree(), commit)
-            self.measurer.measure(wt, champion.id, commit, FRESH, seed)
+            wt = wt or self.store.checkout(self.champion_worktree(), commit)
+            self.measurer.measure(wt, exp.id, commit, FRESH, seed)
         finally:
             with self.lock:
                 running.discard(seed)
-        return self._reload(champion)
+        return True
 
     def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
         """Candidate and champion on the same fresh seeds, new to both, a pair at a time until the judge
@@ -220,28 +232,11 @@ class Experimenter:
         candidates are compared with, free of the winner's curse of the runs that kept it (its screening and
         confirmation runs were selected for being good). Run right after the keep lands, and finished by the
         next candidate if that was cut short; workers doing it at once each take a seed of their own."""
-        commit = exp.commit_sha
-        if commit is None:
+        if exp.commit_sha is None:
             return exp
-        k = self.judge.replicate
-        while True:
-            with self.lock:
-                exp = self._reload(exp)
-                running = self._remeasuring.setdefault(exp.id, set())
-                done = {r.seed for r in exp.runs if r.kind == FRESH}
-                if len(done) + len(running) >= runs:
-                    return exp
-                k += 1
-                while fresh_seed(exp.id, k) in done | running:  # run before an interruption: resumed, not repeated
-                    k += 1
-                seed = fresh_seed(exp.id, k)
-                running.add(seed)
-            try:
-                wt = wt or self.store.checkout(self.champion_worktree(), commit)
-                self.measurer.measure(wt, exp.id, commit, FRESH, seed)
-            finally:
-                with self.lock:
-                    running.discard(seed)
+        while self._fresh_run(exp, wt, self.judge.replicate + 1, lambda fresh: fresh >= runs):
+            pass
+        return self._reload(exp)
 
     def _holdout_last(self, exp: Experiment, wt: Path) -> None:
         last = max((r for r in exp.runs if r.kind in SELECT_KINDS), key=lambda r: r.id, default=None)
