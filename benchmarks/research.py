@@ -232,11 +232,12 @@ def research(task: Task, budget: float, autoresearch: bool) -> Outcome:
     ledger = Ledger(Workspace(task.root).state / "ledger.sqlite", readonly=True)
     try:
         status = status_json(ledger)
-        done = ledger.experiments("state = 'done'")
+        every = ledger.experiments()
     finally:
         ledger.close()
-    out.experiments = len(done)
-    out.runs = sum(1 for e in done for r in e.runs if r.kind in SELECT_KINDS and r.status is not None)
+    out.experiments = sum(e.state == "done" for e in every)
+    # every run that finished, also those of an experiment the deadline cut (a keep's unfinished replication)
+    out.runs = sum(1 for e in every for r in e.runs if r.kind in SELECT_KINDS and r.status is not None)
     out.baseline, out.best = status["baseline"]["metric"], status["best"]["metric"]
     ws = Workspace(task.root)
     commit = status["best"]["commit"] or ws.head()  # no baseline recorded yet: the pick is the start
