@@ -173,10 +173,11 @@ class Experimenter:
         self._fresh_run(champion, None, 5000, enough)
         return self._reload(champion)
 
-    def _fresh_run(self, exp: Experiment, wt: Path | None, first: int, enough: Callable[[int], bool]) -> bool:
+    def _fresh_run(self, exp: Experiment, wt: Path | None, first: int, enough: Callable[[int], bool]) -> Path | None:
         """One more fresh run of `exp`, unless `enough` says its fresh runs (recorded and in flight) suffice;
-        whether it ran one. Its seed is the first from `first` on that no run of it has or is taking, so workers
-        doing this at once each take their own, and a run made before an interruption is not repeated."""
+        the worktree it ran in (checked out when `wt` is None), or None when it ran none. Its seed is the first
+        from `first` on that no run of it has or is taking, so workers doing this at once each take their own,
+        and a run made before an interruption is not repeated."""
         commit = exp.commit_sha
         assert commit is not None
         with self.lock:
@@ -184,7 +185,7 @@ class Experimenter:
             running = self._remeasuring.setdefault(exp.id, set())
             taken = {r.seed for r in exp.runs if r.kind == FRESH}
             if enough(len(taken) + len(running)):
-                return False
+                return None
             taken |= running
             k = first
             while fresh_seed(exp.id, k) in taken:
@@ -197,7 +198,7 @@ class Experimenter:
         finally:
             with self.lock:
                 running.discard(seed)
-        return True
+        return wt
 
     def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
         """Candidate and champion on the same fresh seeds, new to both, a pair at a time until the judge
@@ -234,8 +235,8 @@ class Experimenter:
         next candidate if that was cut short; workers doing it at once each take a seed of their own."""
         if exp.commit_sha is None:
             return exp
-        while self._fresh_run(exp, wt, self.judge.replicate + 1, lambda fresh: fresh >= runs):
-            pass
+        while (used := self._fresh_run(exp, wt, self.judge.replicate + 1, lambda fresh: fresh >= runs)) is not None:
+            wt = used  # checked out once, not for every run
         return self._reload(exp)
 
     def _holdout_last(self, exp: Experiment, wt: Path) -> None:
