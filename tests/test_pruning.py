@@ -127,6 +127,35 @@ def test_false_stops_of_a_run_no_worse_than_the_champion_stay_under_one_minus_co
     assert stopped / trials <= 0.05 + 2 * (0.05 * 0.95 / trials) ** 0.5, stopped
 
 
+def test_with_a_lead_runs_that_reach_it_are_spared_and_runs_on_par_are_stopped_more_often() -> None:
+    """Held to the smallest detectable gain (`lead` spreads): a run that is in truth that much better than the
+    champion is still stopped at most 1 - confidence of the time; one on par is now often stopped (the judge
+    would discard it after its one run anyway); one ahead of the champion's level never is."""
+    import random
+
+    rng = random.Random(11)
+
+    def curve(shift: float) -> list[tuple[float, float]]:
+        return [(float(s), rng.gauss(1.0 - shift, 0.05)) for s in range(1, 41)]
+
+    def stop_rate(shift: float, lead: float, trials: int = 400) -> float:
+        stopped = 0
+        for _ in range(trials):
+            ref = reference([curve(0.0) for _ in range(6)], "minimize", 0.95, 0.25, 4, lead=lead)
+            assert ref is not None
+            watch = Watch(against=ref)
+            watch.feed(b"".join(f"rsi-progress {s} {v}\n".encode() for s, v in curve(shift)), 0)
+            stopped += watch.stop.is_set()
+        return stopped / trials
+
+    margin = 2 * (0.05 * 0.95 / 400) ** 0.5
+    assert stop_rate(2 * 0.05, lead=2.0) <= 0.05 + margin  # a real gain of the lead: still spared
+    on_par, par_rule = stop_rate(0.0, lead=2.0), stop_rate(0.0, lead=0.0)
+    assert on_par > 0.3 and par_rule <= 0.05 + margin, (on_par, par_rule)
+    far = Reference(flat(1.0).curves, "minimize", lead=50.0)  # a lead wider than the interval
+    assert far.behind(10.0, 0.999) == "" and "by more than 0," in far.behind(10.0, 1.001)
+
+
 def test_a_watch_reads_both_formats_split_across_chunks() -> None:
     watch = Watch(re.compile(rb"it (\d+) .*loss=(\S+)"))
     for chunk in (b"rsi-progress 1 0.5\nrsi-prog", b"ress 2 0.4\nnoise\nit 3 | loss=0.3\n", b"rsi-progress x y\n"):

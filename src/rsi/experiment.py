@@ -141,10 +141,14 @@ class Experimenter:
         rule = self.cfg.pruning
         if not rule.enabled:
             return None
+        lead, noise = 0.0, self.noise()
+        if rule.spare == "detectable" and noise is not None and noise.sd > 0:
+            runs = sum(1 for r in _pool(champion) if r.metric is not None)
+            lead = (self.judge.detectable(runs, noise) or 0.0) / noise.sd
         args = (self.cfg.metric.goal, rule.confidence, rule.warmup, rule.looks)
         level, spread = (self.ledger.trajectories(champion.id, kinds) for kinds in ((FRESH,), (SCREEN, CONFIRM)))
-        fresh = reference(level, *args, spread)
-        return fresh or reference(self.ledger.trajectories(champion.id), *args)
+        fresh = reference(level, *args, spread, lead)
+        return fresh or reference(self.ledger.trajectories(champion.id), *args, lead=lead)
 
     def _within_constraints(self, exp: Experiment, decision: Decision) -> Decision:
         """The decision, or a discard naming the first `[[constraints]]` bound the candidate breaks (its mean

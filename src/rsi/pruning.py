@@ -8,9 +8,13 @@ number: an iteration, an epoch, or the seconds spent when the training budget is
 "Clearly behind" uses the noise the champion's own runs show at that step. A run is looked at `looks` times,
 at steps evenly spaced from `warmup` (a fraction of the champion's trajectory) to its end; at each look its
 value must lie beyond the interval that holds one more run of the champion with probability
-1 - (1 - confidence) / looks (a prediction interval from the champion's runs there). By the union bound, a
-run that is in truth no worse than the champion's is stopped with probability at most 1 - `confidence`,
-however many reports it prints. Too few champion runs reach a look's step: no verdict there, the run goes on.
+1 - (1 - confidence) / looks (a prediction interval from the champion's runs there), moved towards the
+champion by `lead` times their spread. `lead` is the smallest gain the judge detects, in noise sds: a run
+that could not show that gain would be discarded after its one run anyway, so what pruning must spare is a
+run that will. By the union bound, a run that is in truth `lead` spreads better than the champion's (with
+`lead` 0: no worse) is stopped with probability at most 1 - `confidence`, however many reports it prints;
+a run ahead of the champion's level is never stopped. Too few champion runs reach a look's step: no verdict
+there, the run goes on.
 
 The champion's level comes from its unbiased runs (the fresh ones, made after it was kept); the spread around
 it is pooled with the spread of its other runs (from when it was a candidate) around their own mean: selection
@@ -55,6 +59,7 @@ class Reference:
     warmup: float = 0.25
     looks: int = 4
     others: tuple[tuple[Point, ...], ...] = ()  # more of the champion's runs: for the spread only, not the level
+    lead: float = 0.0  # the gain over the champion, in its spreads, that a run must be unlikely to reach
 
     def steps(self) -> list[float]:
         """Where a run is looked at: `looks` steps evenly spaced from `warmup` of the way along the champion's
@@ -80,10 +85,10 @@ class Reference:
             return ""
         sd = math.sqrt(squares / dof)
         bound = _t(1 - (1 - self.confidence) / self.looks, dof) * sd * math.sqrt(1 + 1 / n)
-        worse = value - mean if self.goal == "minimize" else mean - value
-        if worse <= bound or worse <= 1e-12 * max(1.0, abs(mean)):  # identical runs: only a real gap counts
+        worse, limit = value - mean if self.goal == "minimize" else mean - value, max(bound - self.lead * sd, 0.0)
+        if worse <= limit or worse <= 1e-12 * max(1.0, abs(mean)):  # identical runs: only a real gap counts
             return ""
-        champion = f"the champion's {mean:.5g} (+-{bound:.3g}, {n + len(there)} runs)"
+        champion = f"the champion's {mean:.5g} (by more than {limit:.3g}, {n + len(there)} runs)"
         return f"at step {step:g} its value {value:.5g} is behind {champion}"
 
 
@@ -94,6 +99,7 @@ def reference(
     warmup: float,
     looks: int,
     others: Sequence[Sequence[Point]] = (),
+    lead: float = 0.0,
 ) -> Reference | None:
     """A reference from the champion's recorded trajectories (`others`: runs for the spread only), or None when
     too few runs reported progress."""
@@ -101,7 +107,7 @@ def reference(
     spread = tuple(tuple(sorted(c)) for c in others if len(c) >= 2)
     if len(level) < 2 or len(level) + (len(spread) if len(spread) >= 2 else 0) < MIN_RUNS:
         return None
-    return Reference(level, goal, confidence, warmup, looks, spread)
+    return Reference(level, goal, confidence, warmup, looks, spread, max(lead, 0.0))
 
 
 @dataclass
