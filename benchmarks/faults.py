@@ -41,26 +41,26 @@ print(f"loss: {(lr - 0.12) ** 2 * 10 + 0.1 * (DEPTH - 7) ** 2 + random.gauss(0, 
 
 
 def attacks(sandbox: bool) -> list[dict[str, object]]:
-    rows = []
+    rows: list[dict[str, object]] = []
     for attack in ATTACKS:
         with tempfile.TemporaryDirectory() as d:
             o = run_attack(attack, Path(d), sandbox, cli)
+        statuses, changes = "/".join(o.statuses) or "-", ", ".join(o.outside_changes) or "no"
         rows.append(
             {
                 "attack": attack.name,
                 "sandbox": "bubblewrap" if sandbox else "none",
-                "statuses": "/".join(o.statuses) or "-",
+                "statuses": statuses,
                 "leaked": o.leaked,
-                "outside_changes": ", ".join(o.outside_changes) or "no",
+                "outside_changes": changes,
                 "orchestrator_alive": o.alive,
                 "left_running": o.left_running,
                 "contained": o.contained,
             }
         )
-        r = rows[-1]
         print(
-            f"{r['sandbox']:11}{attack.name[:62]:63}{r['statuses']:20}{'yes' if o.leaked else 'no':7}"
-            f"{r['outside_changes'][:24]:25}{'yes' if o.alive else 'NO':6}{o.left_running:5}"
+            f"{'bubblewrap' if sandbox else 'none':11}{attack.name[:62]:63}{statuses:20}{'yes' if o.leaked else 'no':7}"
+            f"{changes[:24]:25}{'yes' if o.alive else 'NO':6}{o.left_running:5}"
             f"{'yes' if o.contained else 'NO':>9}",
             flush=True,
         )

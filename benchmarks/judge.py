@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import statistics
 import sys
@@ -43,7 +44,7 @@ def noise_draw(kind: str, key: str) -> float:
     if kind == "gauss":
         return rng.gauss(0.0, 1.0)
     z, chi2 = rng.gauss(0.0, 1.0), sum(rng.gauss(0.0, 1.0) ** 2 for _ in range(3))
-    return z / (chi2 / 3) ** 0.5 / 3**0.5  # t(3) has variance 3
+    return z / math.sqrt(chi2 / 3) / math.sqrt(3)  # t(3) has variance 3
 
 
 def quality(files: Mapping[str, str]) -> float:
