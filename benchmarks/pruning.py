@@ -3,6 +3,13 @@
 Each arm researches its own fresh copy of tinygpt for the same wall-clock budget, with the same seeded knobs
 proposer and the default judge, one arm at a time so that they never compete for the CPU.
 
+The proposer samples at random (the program's sampler, `--sampler`, otherwise): a random sampler does not
+learn from results, so until one arm keeps something the other does not, both are offered the same candidates
+in the same order, and the difference in candidates evaluated is pruning's alone. With an adaptive sampler
+the two arms drift apart after the first pruned trial (a sampler learns differently from a pruned trial than
+from a complete one), and one arm's luck decides the figure: in a run with CMA-ES, the arm with pruning met
+three near-misses whose extra runs took 600 s of its 900, and evaluated fewer candidates than the arm without.
+
 Both arms start warm: Optuna first tunes tinygpt's knobs directly (`--warm-minutes`, one run per trial, as
 benchmarks/research.py runs it; not counted), and both arms continue from its best trial. That is the state
 most of a night is spent in: the easy gains are taken, keeps are rare, and most candidates lose. From a cold
@@ -65,13 +72,14 @@ from rsi.workspace import Workspace
 TARGET = "pruning: >= 1.5x candidates, held-out gain not worse, wrongly pruned < 5%"
 
 
-def arm(task: Task, budget: float, pruning: bool, seed: int) -> dict[str, Any]:
+def arm(task: Task, budget: float, pruning: bool, seed: int, sampler: str | None) -> dict[str, Any]:
     """One research of `budget` seconds; its figures and its final champion's files."""
     cfg = task.cfg.model_copy(update={"pruning": task.cfg.pruning.model_copy(update={"enabled": pruning})})
+    knobs = cfg.knobs if sampler is None else cfg.knobs.model_copy(update={"sampler": sampler})
 
     def factory(code: Code, start: str) -> Proposer:
         files = {p: code.read(start, p) for p in code.files(start, cfg.task.editable)}
-        return KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=seed)
+        return KnobsProposer(files, knobs, cfg.metric.goal, seed=seed)
 
     engine: Research | None = None
     started = time.monotonic()
@@ -172,6 +180,12 @@ def main() -> None:
     ap.add_argument("--sample", type=int, help="pruned candidates run to the end (default 20; --quick 2)")
     ap.add_argument("--holdout-seeds", type=int, help="held-out re-measurements per pick (default 3; --quick 1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the knobs proposer, the same in both arms")
+    ap.add_argument(
+        "--sampler",
+        default="random",
+        choices=["random", "tpe", "cmaes", "program"],
+        help="the knobs proposer's sampler in both arms (default random; program: the program's)",
+    )
     ap.add_argument("--dir", type=Path, help="keep the copies here (default: a temporary folder, removed)")
     args = ap.parse_args()
     budget = 60 * (args.minutes or (0.75 if args.quick else 15.0))
@@ -190,7 +204,7 @@ def main() -> None:
         arms: dict[str, dict[str, Any]] = {}
         for name, task in tasks.items():
             log(f"tinygpt, pruning {name}: {budget:.0f} s ...")
-            arms[name] = arm(task, budget, name == "on", args.seed)
+            arms[name] = arm(task, budget, name == "on", args.seed, None if args.sampler == "program" else args.sampler)
             log(f"  {arms[name]['candidates']} candidates, {arms[name]['pruned']} pruned")
         log(f"held-out re-measurement ({seeds} seed(s) per pick) ...")
         holdout = Holdout(prepare("tinygpt", work / "holdout", train), seeds)
