@@ -46,10 +46,11 @@ def attacks(sandbox: bool) -> list[dict[str, object]]:
         with tempfile.TemporaryDirectory() as d:
             o = run_attack(attack, Path(d), sandbox, cli)
         statuses, changes = "/".join(o.statuses) or "-", ", ".join(o.outside_changes) or "no"
+        box = "bubblewrap" if sandbox else "none"
         rows.append(
             {
                 "attack": attack.name,
-                "sandbox": "bubblewrap" if sandbox else "none",
+                "sandbox": box,
                 "statuses": statuses,
                 "leaked": o.leaked,
                 "outside_changes": changes,
@@ -59,7 +60,7 @@ def attacks(sandbox: bool) -> list[dict[str, object]]:
             }
         )
         print(
-            f"{'bubblewrap' if sandbox else 'none':11}{attack.name[:62]:63}{statuses:20}{'yes' if o.leaked else 'no':7}"
+            f"{box:11}{attack.name[:62]:63}{statuses:20}{'yes' if o.leaked else 'no':7}"
             f"{changes[:24]:25}{'yes' if o.alive else 'NO':6}{o.left_running:5}"
             f"{'yes' if o.contained else 'NO':>9}",
             flush=True,

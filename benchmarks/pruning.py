@@ -24,8 +24,9 @@ proposals aside), the held-out gain of its final champion (re-measured outside t
 as benchmarks/research.py does), the runs pruned and the run time they took against what full runs take.
 
 Wrongly pruned: a sample of the pruned candidates is run to the end, outside the budgets, on the seed of the
-run that was stopped, and then judged as the research would have judged it: against the runs of the champion
-it was compared with and the arm's noise estimate, with more runs on the champion's next seeds for as long as
+run that was stopped, and then judged about as the research would have judged it: against the runs of the
+champion it was compared with and the arm's noise estimate, both as they stand at the end of the arm (so a
+little more precise than the research had them), with more runs on the champion's next seeds for as long as
 the judge asks for them. A pruned candidate counts as wrong when the judge keeps it. That keep is before
 replication, which would reject some of them, so the rate is an upper bound on the keeps pruning cost. Beside
 it the table gives a looser figure still: how many of those full runs beat the champion's mean on their own.
@@ -152,11 +153,12 @@ def wrongly_pruned(
         for path, text in files.items():
             (task.root / path).write_text(text)
         level = [r.metric for r in pool if r.metric is not None]
+        mean = statistics.fmean(level)
         seeds = [seed] + [r.seed for r in pool if r.seed != seed]
         values = [select_run(task, seed)]
         checked += 1
         first = values[0]
-        if first is not None and improvement(first, statistics.fmean(level), goal) > 0:
+        if first is not None and improvement(first, mean, goal) > 0:
             beat += 1
         decision = judge.decide(values, level, goal, noise)
         while decision.verdict == "more" and len(values) < task.cfg.judge.max_repeats:
@@ -164,7 +166,7 @@ def wrongly_pruned(
             values.append(select_run(task, seeds[k] if k < len(seeds) else fresh_seed(exp.id, 100 + k)))
             decision = judge.decide(values, level, goal, noise)
         shown = ", ".join("failed" if v is None else f"{v:.4f}" for v in values)
-        log(f"  #{exp.id} {exp.hypothesis}: {shown} against {statistics.fmean(level):.4f}: {decision.verdict}")
+        log(f"  #{exp.id} {exp.hypothesis}: {shown} against {mean:.4f}: {decision.verdict}")
         kept += decision.verdict == "keep"
     return kept, beat, checked
 
@@ -176,7 +178,7 @@ def main() -> None:
     )
     ap.add_argument("--minutes", type=float, help="wall clock per arm (default 15)")
     ap.add_argument("--warm-minutes", type=float, help="Optuna's tuning both arms start from (default 12; --quick 0)")
-    ap.add_argument("--train-budget", help="tinygpt's training budget per run (default 15s; --quick 3s)")
+    ap.add_argument("--train-budget", help="tinygpt's training budget per run (default 15s; --quick 1s)")
     ap.add_argument("--sample", type=int, help="pruned candidates run to the end (default 20; --quick 2)")
     ap.add_argument("--holdout-seeds", type=int, help="held-out re-measurements per pick (default 3; --quick 1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the knobs proposer, the same in both arms")

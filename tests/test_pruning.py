@@ -129,8 +129,8 @@ def test_false_stops_of_a_run_no_worse_than_the_champion_stay_under_one_minus_co
 
 def test_with_a_lead_runs_that_reach_it_are_spared_and_runs_on_par_are_stopped_more_often() -> None:
     """Held to the smallest detectable gain (`lead` spreads): a run that is in truth that much better than the
-    champion is still stopped at most 1 - confidence of the time; one on par is now often stopped (the judge
-    would discard it after its one run anyway); one ahead of the champion's level never is."""
+    champion is still stopped at most 1 - confidence of the time; one on par is now often stopped; one ahead
+    of the champion's level never is, whichever the goal."""
     import random
 
     rng = random.Random(11)
@@ -154,6 +154,8 @@ def test_with_a_lead_runs_that_reach_it_are_spared_and_runs_on_par_are_stopped_m
     assert on_par > 0.3 and par_rule <= 0.05 + margin, (on_par, par_rule)
     far = Reference(flat(1.0).curves, "minimize", lead=50.0)  # a lead wider than the interval
     assert far.behind(10.0, 0.999) == "" and "by more than 0," in far.behind(10.0, 1.001)
+    up = Reference(flat(1.0).curves, "maximize", lead=50.0)
+    assert up.behind(10.0, 1.001) == "" and "by more than 0," in up.behind(10.0, 0.999)
 
 
 def test_a_watch_reads_both_formats_split_across_chunks() -> None:

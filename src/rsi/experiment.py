@@ -120,7 +120,7 @@ class Experimenter:
             seed = pool[k].seed if k < len(pool) else fresh_seed(exp.id, 100 + k)
             # only a first run may be stopped early: once the judge asks for more, the candidate is promising
             # and its runs go to the end (a stop there would throw away what its other runs showed)
-            against = self._reference(champion) if k == 0 else None
+            against = self._reference(champion, judge, deletes) if k == 0 else None
             self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed, against)
             exp = self._reload(exp)
         if decision.verdict == "keep":  # the bounds on secondary figures, before replication spends more runs
@@ -134,17 +134,19 @@ class Experimenter:
         if self._finish(self._reload(exp), decision.verdict, decision, champion) == "keep":
             self._top_up(exp, wt, self._top_up_runs())  # after the keep landed: a deadline now cannot lose it
 
-    def _reference(self, champion: Experiment) -> Reference | None:
+    def _reference(self, champion: Experiment, judge: Judge, deletes: bool) -> Reference | None:
         """What a screening run is stopped early against, with `[pruning]` on: the champion's level from its
         unbiased (fresh) runs, their spread pooled with its other runs'; from all of its runs where it has
-        under two fresh ones."""
+        under two fresh ones. Held to the smallest gain `judge` (the one deciding this candidate) detects,
+        unless the candidate deletes code: the simplicity rule keeps such a change on par, so it is held to
+        the champion's level only."""
         rule = self.cfg.pruning
         if not rule.enabled:
             return None
         lead, noise = 0.0, self.noise()
-        if rule.spare == "detectable" and noise is not None and noise.sd > 0:
-            runs = sum(1 for r in _pool(champion) if r.metric is not None)
-            lead = (self.judge.detectable(runs, noise) or 0.0) / noise.sd
+        simpler = deletes and getattr(judge, "simplicity", False)
+        if rule.spare == "detectable" and not simpler and noise is not None and noise.sd > 0:
+            lead = (judge.detectable(len(_pool(champion)), noise) or 0.0) / noise.sd
         args = (self.cfg.metric.goal, rule.confidence, rule.warmup, rule.looks)
         level, spread = (self.ledger.trajectories(champion.id, kinds) for kinds in ((FRESH,), (SCREEN, CONFIRM)))
         fresh = reference(level, *args, spread, lead)

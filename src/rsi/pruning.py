@@ -9,9 +9,9 @@ number: an iteration, an epoch, or the seconds spent when the training budget is
 at steps evenly spaced from `warmup` (a fraction of the champion's trajectory) to its end; at each look its
 value must lie beyond the interval that holds one more run of the champion with probability
 1 - (1 - confidence) / looks (a prediction interval from the champion's runs there), moved towards the
-champion by `lead` times their spread. `lead` is the smallest gain the judge detects, in noise sds: a run
-that could not show that gain would be discarded after its one run anyway, so what pruning must spare is a
-run that will. By the union bound, a run that is in truth `lead` spreads better than the champion's (with
+champion by `lead` times their spread. `lead` is the smallest gain the judge detects, in noise sds: a first
+run that falls this far short of that gain is one the judge discards after it, so what pruning must spare is a
+run that may reach it. By the union bound, a run that is in truth `lead` spreads better than the champion's (with
 `lead` 0: no worse) is stopped with probability at most 1 - `confidence`, however many reports it prints;
 a run ahead of the champion's level is never stopped. Too few champion runs reach a look's step: no verdict
 there, the run goes on.
