@@ -64,9 +64,9 @@ from research import (
 )
 
 from rsi.engine import Limits, Research, default_judge
+from rsi.experiment import champion_pool, screen_seed
 from rsi.judge import Noise, NoisePool, improvement
 from rsi.ledger import Experiment, Ledger
-from rsi.measure import FRESH, fresh_seed
 from rsi.proposer import KnobsProposer, Proposer
 from rsi.workspace import Workspace
 
@@ -146,7 +146,7 @@ def wrongly_pruned(
     ws, judge, goal = Workspace(ws_root), default_judge(task.cfg), task.cfg.metric.goal
     kept = beat = checked = 0
     for exp, seed, champion in sample:
-        pool = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None]
+        pool = champion_pool(champion)
         if exp.commit_sha is None or not pool:
             continue
         files = {p: ws.read(exp.commit_sha, p) for p in ws.files(exp.commit_sha, task.cfg.task.editable)}
@@ -154,16 +154,14 @@ def wrongly_pruned(
             (task.root / path).write_text(text)
         level = [r.metric for r in pool if r.metric is not None]
         mean = statistics.fmean(level)
-        seeds = [seed] + [r.seed for r in pool if r.seed != seed]
-        values = [select_run(task, seed)]
+        values = [select_run(task, seed)]  # the stopped run's seed: the champion's first, as in the research
         checked += 1
         first = values[0]
         if first is not None and improvement(first, mean, goal) > 0:
             beat += 1
         decision = judge.decide(values, level, goal, noise)
         while decision.verdict == "more" and len(values) < task.cfg.judge.max_repeats:
-            k = len(values)
-            values.append(select_run(task, seeds[k] if k < len(seeds) else fresh_seed(exp.id, 100 + k)))
+            values.append(select_run(task, screen_seed(pool, exp.id, len(values))))
             decision = judge.decide(values, level, goal, noise)
         shown = ", ".join("failed" if v is None else f"{v:.4f}" for v in values)
         log(f"  #{exp.id} {exp.hypothesis}: {shown} against {mean:.4f}: {decision.verdict}")

@@ -9,7 +9,7 @@ import dataclasses
 import math
 import statistics
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scipy import stats
@@ -98,7 +98,7 @@ class Experimenter:
             if dataclasses.is_dataclass(judge) and hasattr(judge, "max_repeats"):
                 judge = dataclasses.replace(judge, max_repeats=asked)
         while True:
-            pool = _pool(champion)
+            pool = champion_pool(champion)
             screened = [r for r in exp.runs if r.kind == SCREEN]
             stopped = next((r for r in screened if r.status == PRUNED), None)
             if stopped is not None:  # stopped early, clearly behind the champion (also when resumed after a kill)
@@ -115,9 +115,9 @@ class Experimenter:
                     break
                 if not remeasured:  # an undecided candidate: the champion's precision now matters
                     champion, remeasured = self._remeasure(champion), True
-                    pool = _pool(champion)
+                    pool = champion_pool(champion)
             k = len(screened)
-            seed = pool[k].seed if k < len(pool) else fresh_seed(exp.id, 100 + k)
+            seed = screen_seed(pool, exp.id, k)
             # only a first run may be stopped early: once the judge asks for more, the candidate is promising
             # and its runs go to the end (a stop there would throw away what its other runs showed)
             against = self._reference(champion, judge, deletes) if k == 0 else None
@@ -146,7 +146,7 @@ class Experimenter:
         lead, noise = 0.0, self.noise()
         simpler = deletes and getattr(judge, "simplicity", False)
         if rule.spare == "detectable" and not simpler and noise is not None and noise.sd > 0:
-            lead = (judge.detectable(len(_pool(champion)), noise) or 0.0) / noise.sd
+            lead = (judge.detectable(len(champion_pool(champion)), noise) or 0.0) / noise.sd
         args = (self.cfg.metric.goal, rule.confidence, rule.warmup, rule.looks)
         level, spread = (self.ledger.trajectories(champion.id, kinds) for kinds in ((FRESH,), (SCREEN, CONFIRM)))
         fresh = reference(level, *args, spread, lead)
@@ -343,11 +343,17 @@ class Experimenter:
         raise UserError(f"no experiment of this research has commit {commit}")
 
 
-def _pool(champion: Experiment) -> list[Run]:
+def champion_pool(champion: Experiment) -> list[Run]:
     """The champion's unbiased runs; a judge without replication (the autoresearch rule) has only its screening
     runs to offer."""
     fresh = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None]
     return fresh or [r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and r.metric is not None]
+
+
+def screen_seed(pool: Sequence[Run], exp_id: int, k: int) -> int:
+    """The seed of a candidate's screening run k (from 0): the champion's run k's, so that the two pair up;
+    past the champion's runs, a fresh one."""
+    return pool[k].seed if k < len(pool) else fresh_seed(exp_id, 100 + k)
 
 
 def _has_run(exp: Experiment, kind: str, seed: int) -> bool:
