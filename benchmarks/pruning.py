@@ -1,7 +1,14 @@
-"""Early stopping at equal wall clock: rsi on examples/tinygpt with `[pruning]` off, then on.
+"""Early stopping at equal wall clock: rsi on examples/tinygpt with `[pruning]` off, then on, in pairs.
 
-Each arm researches its own fresh copy of tinygpt for the same wall-clock budget, with the same seeded knobs
-proposer and the default judge, one arm at a time so that they never compete for the CPU.
+Each arm researches its own fresh copy of tinygpt for the same wall-clock budget, with the default judge and a
+seeded knobs proposer whose seed the two arms of a pair share, one arm at a time so that they never compete
+for the CPU. Each pair has its own seed and the order of its arms alternates from pair to pair.
+
+Why pairs: one arm is one research, and what it happens to meet decides its count of candidates more than
+pruning does. A keep costs about a dozen full runs (more screening runs, replication, top-ups, the held-out
+run), none of which pruning stops; tinygpt's budget is wall clock, so the same seed does not give the same run
+twice, and an arm that keeps a candidate its twin discarded (or the reverse) parts from it for good. The
+figure is the candidates of all arms with pruning against all arms without, with each pair's ratio beside it.
 
 The proposer samples at random (the program's sampler, `--sampler`, otherwise): a random sampler does not
 learn from results, so until one arm keeps something the other does not, both are offered the same candidates
@@ -125,7 +132,7 @@ def arm(task: Task, budget: float, pruning: bool, seed: int, sampler: str | None
     }
 
 
-def warm_start(tasks: dict[str, Task], files: dict[str, str]) -> dict[str, Task]:
+def warm_start(tasks: dict[tuple[str, int], Task], files: dict[str, str]) -> dict[tuple[str, int], Task]:
     """Each arm's copy, moved on to the warm tuning's best trial by one commit."""
     moved = {}
     for name, task in tasks.items():
@@ -174,63 +181,85 @@ def main() -> None:
     ap.add_argument(
         "--quick", action="store_true", help="a smoke test: 45 s per arm, 1 s training, 2 pruned candidates re-run"
     )
-    ap.add_argument("--minutes", type=float, help="wall clock per arm (default 15)")
-    ap.add_argument("--warm-minutes", type=float, help="Optuna's tuning both arms start from (default 12; --quick 0)")
+    ap.add_argument("--minutes", type=float, help="wall clock per arm (default 10)")
+    ap.add_argument("--pairs", type=int, help="pairs of arms, each with its own proposer seed (default 3; --quick 1)")
+    ap.add_argument("--warm-minutes", type=float, help="Optuna's tuning all arms start from (default 12; --quick 0)")
     ap.add_argument("--train-budget", help="tinygpt's training budget per run (default 15s; --quick 1s)")
     ap.add_argument("--sample", type=int, help="pruned candidates run to the end (default 20; --quick 2)")
     ap.add_argument("--holdout-seeds", type=int, help="held-out re-measurements per pick (default 3; --quick 1)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the knobs proposer, the same in both arms")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the knobs proposer in the first pair")
     ap.add_argument(
         "--sampler",
         default="random",
         choices=["random", "tpe", "cmaes", "program"],
-        help="the knobs proposer's sampler in both arms (default random; program: the program's)",
+        help="the knobs proposer's sampler in all arms (default random; program: the program's)",
     )
     ap.add_argument("--dir", type=Path, help="keep the copies here (default: a temporary folder, removed)")
     args = ap.parse_args()
-    budget = 60 * (args.minutes or (0.75 if args.quick else 15.0))
+    budget = 60 * (args.minutes or (0.75 if args.quick else 10.0))
+    pairs = args.pairs or (1 if args.quick else 3)
     train = args.train_budget or ("1s" if args.quick else "15s")
     sample_size = args.sample if args.sample is not None else (2 if args.quick else 20)
     seeds = args.holdout_seeds or (1 if args.quick else 3)
+    sampler = None if args.sampler == "program" else args.sampler
     work = args.dir or Path(tempfile.mkdtemp(prefix="rsi-bench-pruning-"))
+    arms: dict[tuple[str, int], dict[str, Any]] = {}
     try:
-        tasks = {name: prepare("tinygpt", work / name, train) for name in ("off", "on")}
+        names = [(name, i) for i in range(pairs) for name in ("off", "on")]
+        tasks = {key: prepare("tinygpt", work / f"{key[0]}{key[1]}", train) for key in names}
         warm = 60 * (args.warm_minutes if args.warm_minutes is not None else (0.0 if args.quick else 12.0))
         if warm > 0:
             log(f"tinygpt, warm start: {warm:.0f} s of Optuna ...")
             first = optuna_search(prepare("tinygpt", work / "warm", train), warm, args.seed + 1000)
-            log(f"  {first.runs} trials, best {first.best}: both arms start from it")
+            log(f"  {first.runs} trials, best {first.best}: all arms start from it")
             tasks = warm_start(tasks, first.pick)
-        arms: dict[str, dict[str, Any]] = {}
-        for name, task in tasks.items():
-            log(f"tinygpt, pruning {name}: {budget:.0f} s ...")
-            arms[name] = arm(task, budget, name == "on", args.seed, None if args.sampler == "program" else args.sampler)
-            log(f"  {arms[name]['candidates']} candidates, {arms[name]['pruned']} pruned")
+        for i in range(pairs):  # the order alternates, so that a machine growing busier favours neither arm
+            for name in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                log(f"tinygpt, pair {i + 1} (seed {args.seed + i}), pruning {name}: {budget:.0f} s ...")
+                arms[name, i] = arm(tasks[name, i], budget, name == "on", args.seed + i, sampler)
+                log(f"  {arms[name, i]['candidates']} candidates, {arms[name, i]['pruned']} pruned")
         log(f"held-out re-measurement ({seeds} seed(s) per pick) ...")
         holdout = Holdout(prepare("tinygpt", work / "holdout", train), seeds)
-        base = holdout.measure(tasks["off"].files)
-        goal = tasks["off"].cfg.metric.goal
+        base = holdout.measure(tasks["off", 0].files)
+        goal = tasks["off", 0].cfg.metric.goal
         for figures in arms.values():
             figures["holdout_gain"] = gain(holdout.measure(figures["_pick"]), base, goal)
-        pruned = arms["on"]["_pruned"]
+        pruned = [(i, item) for i in range(pairs) for item in arms["on", i]["_pruned"]]
         sample = random.Random(args.seed).sample(pruned, min(sample_size, len(pruned)))
         log(f"running {len(sample)} of {len(pruned)} pruned candidates to the end ...")
-        wrong, beat, checked = wrongly_pruned(holdout.task, arms["on"]["_root"], sample, arms["on"]["_noise"])
+        wrong = beat = checked = 0
+        for i in range(pairs):
+            on = arms["on", i]
+            mine = [item for j, item in sample if j == i]
+            w, b, c = wrongly_pruned(holdout.task, on["_root"], mine, on["_noise"])
+            wrong, beat, checked = wrong + w, beat + b, checked + c
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    off, on = arms["off"], arms["on"]
-    ratio = on["candidates"] / off["candidates"] if off["candidates"] else None
+    total = {name: sum(arms[name, i]["candidates"] for i in range(pairs)) for name in ("off", "on")}
+    ratio = total["on"] / total["off"] if total["off"] else None
     rate = wrong / checked if checked else None
     head = f"{'arm':8}{'candidates':>11}{'pruned':>8}{'kept':>6}{'full run s':>11}{'pruned run s':>13}"
     print(head + f"{'held-out gain':>15}")
-    for name, f in arms.items():
+    for (name, i), f in sorted(arms.items(), key=lambda kv: (kv[0][1], kv[0][0] == "on")):
         gain_text = "-" if f["holdout_gain"] is None else f"{f['holdout_gain']:+.4f}"
         print(
-            f"{name:8}{f['candidates']:>11}{f['pruned']:>8}{f['kept']:>6}{f['full_run_s'] or '-':>11}"
+            f"{f'{name} {i + 1}':8}{f['candidates']:>11}{f['pruned']:>8}{f['kept']:>6}{f['full_run_s'] or '-':>11}"
             f"{f['pruned_run_s'] or '-':>13}{gain_text:>15}"
         )
-    print(f"candidates, on / off: {ratio:.2f}x" if ratio else "candidates, on / off: -")
+    per_pair = [
+        f"{arms['on', i]['candidates'] / arms['off', i]['candidates']:.2f}x" if arms["off", i]["candidates"] else "-"
+        for i in range(pairs)
+    ]
+    shown = f"{ratio:.2f}x" if ratio else "-"
+    counts = f"{total['on']} / {total['off']} = {shown}"
+    print(f"candidates, on / off, all pairs: {counts} (per pair: {', '.join(per_pair)})")
+    held = {name: [arms[name, i]["holdout_gain"] for i in range(pairs)] for name in ("off", "on")}
+    mean_held = {name: statistics.fmean(v) if all(g is not None for g in v) else None for name, v in held.items()}
+    print(
+        "held-out gain, mean over pairs: "
+        + ", ".join(f"{name} {'-' if g is None else f'{g:+.4f}'}" for name, g in mean_held.items())
+    )
     print(
         f"wrongly pruned (kept by the judge): {wrong} of {checked} run to the end"
         + (f" ({rate:.0%})" if rate is not None else "")
@@ -241,14 +270,14 @@ def main() -> None:
         upper = 1.0 if wrong == checked else float(stats.beta.ppf(0.95, wrong + 1, checked - wrong))
         print(f"  95% upper bound on the rate of wrongly pruned candidates: {upper:.0%}")
     print(f"looser: their full run beat the champion's mean: {beat} of {checked}")
-    held_ok = on["holdout_gain"] is not None and (
-        off["holdout_gain"] is None or on["holdout_gain"] >= off["holdout_gain"]
-    )
+    held_ok = mean_held["on"] is not None and (mean_held["off"] is None or mean_held["on"] >= mean_held["off"])
     met = bool(ratio is not None and ratio >= 1.5 and held_ok and rate is not None and rate < 0.05)
-    public = {name: {k: v for k, v in f.items() if not k.startswith("_")} for name, f in arms.items()}
-    figures_out = {**{f"{name}_{k}": v for name, f in public.items() for k, v in f.items()}}
-    figures_out.update(candidates_ratio=ratio, wrongly_pruned=wrong, pruned_checked=checked, wrong_rate=rate)
-    figures_out.update(full_run_beat_champion=beat)
+    figures_out: dict[str, Any] = {
+        f"{name}{i + 1}_{k}": v for (name, i), f in arms.items() for k, v in f.items() if not k.startswith("_")
+    }
+    figures_out.update(candidates_on=total["on"], candidates_off=total["off"], candidates_ratio=ratio)
+    figures_out.update(holdout_gain_on=mean_held["on"], holdout_gain_off=mean_held["off"])
+    figures_out.update(wrongly_pruned=wrong, pruned_checked=checked, wrong_rate=rate, full_run_beat_champion=beat)
     print(json.dumps({"benchmark": "pruning", "figures": figures_out, "target": TARGET, "met": met}))
     sys.exit(0)
 
