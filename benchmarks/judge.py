@@ -103,8 +103,11 @@ class TwoSigmaJudge:
     ) -> Decision:
         return Decision("keep", "no replication")
 
-    def detectable(self, champion_runs: int, noise: Noise | None) -> float | None:
+    def detectable(self, champion_runs: int, noise: Noise | None, deletes_code: bool = False) -> float | None:
         return None
+
+    def with_repeats(self, most: int) -> Judge:
+        return self
 
 
 def config(baseline_repeats: int) -> Config:

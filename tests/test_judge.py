@@ -103,6 +103,28 @@ def test_screening_decisions_and_bounds() -> None:
     assert pooled_noise([[1.0, 3.0], [2.0]]) == Noise(2**0.5, 1)
 
 
+def test_what_the_judge_calls_detectable_it_keeps_about_80_percent_of_the_time() -> None:
+    judge, noise, rng = SequentialJudge(), Noise(1.0, 30), random.Random(3)
+    champion = [0.0, 0.3, -0.3, 0.0]  # mean 0, four runs
+
+    def kept(gain: float, deletes: bool, trials: int = 1000) -> float:
+        keeps = 0
+        for _ in range(trials):
+            runs: list[float | None] = []
+            while True:
+                runs.append(rng.gauss(gain, 1.0))
+                decision = judge.decide(runs, champion, "maximize", noise, deletes)
+                if decision.verdict != "more" or len(runs) >= judge.max_repeats:
+                    break
+            keeps += decision.verdict == "keep"
+        return keeps / trials
+
+    change, deletion = judge.detectable(4, noise), judge.detectable(4, noise, deletes_code=True)
+    assert change is not None and deletion is not None and deletion < change
+    assert 0.7 < kept(change, False) < 0.9 and kept(change - 1.0, False) < 0.35
+    assert kept(deletion, True) >= 0.75 and kept(deletion - 1.0, True) < 0.35  # the simplicity rule's level
+
+
 def test_the_incremental_noise_pool_gives_the_same_figure_to_the_bit() -> None:
     """The engine asks for the pooled noise after every run: NoisePool recomputes only experiments with new
     runs, and must agree exactly with pooled_noise over everything, however the runs arrive."""

@@ -12,9 +12,15 @@ from pathlib import Path
 
 from conftest import MakeTask, rsi
 
+from rsi.config import load_config
+from rsi.engine import Research
+from rsi.experiment import champion_pool
+from rsi.judge import SequentialJudge, ThresholdJudge
 from rsi.ledger import Ledger
+from rsi.proposer import KnobsProposer, Proposer
 from rsi.pruning import Reference, Watch, reference
 from rsi.runner import MetricSpec, RunSpec, run
+from rsi.store import Store
 
 # a curve that falls toward its final value; lr and DEPTH set where it ends, so the ordering at any step is the
 # ordering at the end, which lets the test know whether a pruned candidate could have won
@@ -232,3 +238,60 @@ def test_a_progress_pattern_needs_two_groups(make_task: MakeTask) -> None:
     (root / "rsi.toml").write_text(toml)
     failed = rsi("run", str(root), "--max-experiments", "1")
     assert failed.returncode == 2 and "two groups" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_the_experimenter_holds_each_candidate_to_the_gain_its_own_judge_keeps(make_task: MakeTask) -> None:
+    toml = "[judge]\nbaseline_repeats = 4\n[pruning]\nenabled = true\n"
+    root = make_task(train=CURVE, extra_toml=toml)
+    done = rsi("run", str(root), "--max-experiments", "1", "--tag", "p")  # the baseline's runs and progress
+    assert done.returncode == 0, done.stderr
+
+    cfg = load_config(root)
+
+    def knobs(store: Store, start: str) -> Proposer:  # built by the engine, asked for nothing here
+        files = {p: store.read(start, p) for p in store.files(start, cfg.task.editable)}
+        return KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=0)
+
+    refs: dict[tuple[str, str], Reference] = {}
+    for spare in ("detectable", "par"):
+        rule = cfg.pruning.model_copy(update={"spare": spare})
+        engine = Research(root, cfg.model_copy(update={"pruning": rule}), knobs)
+        try:
+            ex = engine.experimenter
+            champion, noise = ex.champion(), ex.noise()
+            assert noise is not None and noise.sd > 0
+            n = len(champion_pool(champion))
+            judge = engine.judge
+            assert isinstance(judge, SequentialJudge) and judge.simplicity
+            cases = {
+                "change": (judge, False),
+                "deletion": (judge, True),
+                "retest --repeats 2": (judge.with_repeats(2), False),
+                "threshold judge": (ThresholdJudge(), False),
+            }
+            for name, (j, deletes) in cases.items():
+                ref = ex.reference(champion, j, deletes)
+                assert ref is not None
+                refs[spare, name] = ref
+                expected = (j.detectable(n, noise, deletes) or 0.0) / noise.sd if spare == "detectable" else 0.0
+                assert abs(ref.lead - expected) < 1e-12, (spare, name, ref.lead, expected)
+        finally:
+            engine.ledger.close()
+    lead = {name: refs["detectable", name].lead for _, name in refs}
+    assert all(refs["par", name].lead == 0.0 for _, name in refs)
+    # a change must show a gain, a larger one with fewer runs (a retest with 2); a deletion is kept when it is
+    # no worse than about one sd (the simplicity rule), so the gain it must show is smaller (below zero once
+    # the noise estimate has enough degrees of freedom)
+    assert lead["retest --repeats 2"] > lead["change"] > lead["deletion"] and lead["threshold judge"] == 0.0
+
+    def first_stopped(ref: Reference) -> float:
+        """The best value (a loss: the lowest) that is stopped at the last look."""
+        at = ref.steps()[-1]
+        grid = [3.0 + i * 0.0005 for i in range(4000)]
+        return next(v for v in grid if ref.behind(at, v))
+
+    # what that means for a run: the farther behind a run must be to be stopped, the more the rule spares
+    stops = {key: first_stopped(ref) for key, ref in refs.items()}
+    assert stops["detectable", "retest --repeats 2"] <= stops["detectable", "change"] < stops["par", "change"]
+    assert stops["detectable", "change"] < stops["detectable", "deletion"]
+    assert stops["par", "change"] == stops["par", "deletion"] == stops["detectable", "threshold judge"]

@@ -5,7 +5,6 @@ it is worth, with the judge, and records each run in the ledger as it happens, s
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import threading
@@ -94,9 +93,8 @@ class Experimenter:
         remeasured = False
         judge, most = self.judge, self.cfg.judge.max_repeats
         if exp.proposer == RETEST and (asked := int(exp.params.get("max_repeats", 0))):
-            most = asked  # `rsi retest --repeats K`: its own sequential design, with up to K looks' worth of runs
-            if dataclasses.is_dataclass(judge) and hasattr(judge, "max_repeats"):
-                judge = dataclasses.replace(judge, max_repeats=asked)
+            # `rsi retest --repeats K`: its own sequential design, with up to K looks' worth of runs
+            most, judge = asked, judge.with_repeats(asked)
         while True:
             pool = champion_pool(champion)
             screened = [r for r in exp.runs if r.kind == SCREEN]
@@ -120,7 +118,7 @@ class Experimenter:
             seed = screen_seed(pool, exp.id, k)
             # only a first run may be stopped early: once the judge asks for more, the candidate is promising
             # and its runs go to the end (a stop there would throw away what its other runs showed)
-            against = self._reference(champion, judge, deletes) if k == 0 else None
+            against = self.reference(champion, judge, deletes) if k == 0 else None
             self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed, against)
             exp = self._reload(exp)
         if decision.verdict == "keep":  # the bounds on secondary figures, before replication spends more runs
@@ -134,19 +132,18 @@ class Experimenter:
         if self._finish(self._reload(exp), decision.verdict, decision, champion) == "keep":
             self._top_up(exp, wt, self._top_up_runs())  # after the keep landed: a deadline now cannot lose it
 
-    def _reference(self, champion: Experiment, judge: Judge, deletes: bool) -> Reference | None:
-        """What a screening run is stopped early against, with `[pruning]` on: the champion's level from its
-        unbiased (fresh) runs, their spread pooled with its other runs'; from all of its runs where it has
-        under two fresh ones. Held to the smallest gain `judge` (the one deciding this candidate) detects,
-        unless the candidate deletes code: the simplicity rule keeps such a change on par, so it is held to
-        the champion's level only."""
+    def reference(self, champion: Experiment, judge: Judge, deletes: bool) -> Reference | None:
+        """What a first screening run is stopped early against, with `[pruning]` on: the champion's level from
+        its unbiased (fresh) runs, their spread pooled with its other runs'; from all of its runs where it has
+        under two fresh ones. Held to the smallest gain `judge` (the one deciding this candidate) keeps 80% of
+        the time, for a candidate that deletes code or not (`spare = "detectable"`), or to the champion's
+        level (`spare = "par"`)."""
         rule = self.cfg.pruning
         if not rule.enabled:
             return None
         lead, noise = 0.0, self.noise()
-        simpler = deletes and getattr(judge, "simplicity", False)
-        if rule.spare == "detectable" and not simpler and noise is not None and noise.sd > 0:
-            lead = (judge.detectable(len(champion_pool(champion)), noise) or 0.0) / noise.sd
+        if rule.spare == "detectable" and noise is not None and noise.sd > 0:
+            lead = (judge.detectable(len(champion_pool(champion)), noise, deletes) or 0.0) / noise.sd
         args = (self.cfg.metric.goal, rule.confidence, rule.warmup, rule.looks)
         level, spread = (self.ledger.trajectories(champion.id, kinds) for kinds in ((FRESH,), (SCREEN, CONFIRM)))
         fresh = reference(level, *args, spread, lead)

@@ -25,6 +25,7 @@ candidate on a realistic mix, and at least 80% of true 2-sigma gains kept, under
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import statistics
@@ -137,8 +138,15 @@ class Judge(Protocol):
         (another pair first; never once `replicate` pairs are in)."""
         ...
 
-    def detectable(self, champion_runs: int, noise: Noise | None) -> float | None:
-        """The smallest improvement this judge keeps with 80% probability (None: noise unknown)."""
+    def detectable(self, champion_runs: int, noise: Noise | None, deletes_code: bool = False) -> float | None:
+        """The smallest improvement this judge keeps with 80% probability (None: noise unknown), for a candidate
+        that deletes code or not; below zero when it keeps some changes that are worse. (For a deletion under the
+        simplicity rule, an improvement kept at least 80% of the time: that rule has two looks that may keep.)"""
+        ...
+
+    def with_repeats(self, most: int) -> Judge:
+        """This judge with its own design for a candidate given up to `most` screening runs (`rsi retest
+        --repeats`)."""
         ...
 
 
@@ -176,8 +184,11 @@ class ThresholdJudge:
     ) -> Decision:
         return Decision("keep", "no replication stage")
 
-    def detectable(self, champion_runs: int, noise: Noise | None) -> float | None:
+    def detectable(self, champion_runs: int, noise: Noise | None, deletes_code: bool = False) -> float | None:
         return None
+
+    def with_repeats(self, most: int) -> ThresholdJudge:
+        return self  # one run decides, however many are allowed
 
 
 @dataclass(frozen=True)
@@ -196,12 +207,18 @@ class SequentialJudge:
     def _quantile(self, level: float, dof: int) -> float:
         return t_quantile(level, max(dof, 1))
 
-    def detectable(self, champion_runs: int, noise: Noise | None) -> float | None:
+    def detectable(self, champion_runs: int, noise: Noise | None, deletes_code: bool = False) -> float | None:
         if noise is None or champion_runs < 1:
             return None
+        se = noise.sd * math.sqrt(1 / self.max_repeats + 1 / champion_runs)
+        if deletes_code and self.simplicity:  # kept within one sd, with 80% confidence: 80% keeps start lower
+            return -noise.sd + 2 * self._quantile(POWER, noise.dof) * se
         k = len(looks(self.max_repeats))
         q = self._quantile(1 - self.alpha_stage / k, noise.dof) + self._quantile(POWER, noise.dof)
-        return self.min_delta + q * noise.sd * math.sqrt(1 / self.max_repeats + 1 / champion_runs)
+        return self.min_delta + q * se
+
+    def with_repeats(self, most: int) -> SequentialJudge:
+        return dataclasses.replace(self, max_repeats=most)
 
     def decide(
         self,

@@ -59,7 +59,9 @@ class Reference:
     warmup: float = 0.25
     looks: int = 4
     others: tuple[tuple[Point, ...], ...] = ()  # more of the champion's runs: for the spread only, not the level
-    lead: float = 0.0  # the gain over the champion, in its spreads, that a run must be unlikely to reach
+    # the gain over the champion, in its spreads, that a run must be unlikely to reach; below zero when the
+    # judge keeps some worse candidates (a deletion, under the simplicity rule)
+    lead: float = 0.0
 
     def steps(self) -> list[float]:
         """Where a run is looked at: `looks` steps evenly spaced from `warmup` of the way along the champion's
@@ -107,7 +109,7 @@ def reference(
     spread = tuple(tuple(sorted(c)) for c in others if len(c) >= 2)
     if len(level) < 2 or len(level) + (len(spread) if len(spread) >= 2 else 0) < MIN_RUNS:
         return None
-    return Reference(level, goal, confidence, warmup, looks, spread, max(lead, 0.0))
+    return Reference(level, goal, confidence, warmup, looks, spread, lead)
 
 
 @dataclass
