@@ -32,11 +32,11 @@ as benchmarks/research.py does), the runs pruned and the run time they took agai
 
 Wrongly pruned: a sample of the pruned candidates is run to the end, outside the budgets, on the seed of the
 run that was stopped, and then judged about as the research would have judged it: against the runs of the
-champion it was compared with and the arm's noise estimate, both as they stand at the end of the arm (so a
-little more precise than the research had them), with more runs on the champion's next seeds for as long as
-the judge asks for them. A pruned candidate counts as wrong when the judge keeps it. That keep is before
-replication, which would reject some of them, so the rate is an upper bound on the keeps pruning cost. Beside
-it the table gives a looser figure still: how many of those full runs beat the champion's mean on their own.
+champion it was compared with and the noise estimate, both as they stood when the run was stopped, with more
+runs on the champion's next seeds for as long as the judge asks for them. A pruned candidate counts as
+wrong when the judge keeps it. That keep is before replication, which would reject some of them, so the rate
+is an upper bound on the keeps pruning cost. Beside it the table gives a looser figure still: how many of
+those full runs beat the champion's mean on their own.
 
 Targets: pruning evaluates at least 1.5x the candidates, its held-out gain is not worse, and under 5% of the
 pruned candidates are wrong.
@@ -71,9 +71,9 @@ from research import (
 )
 
 from rsi.engine import Limits, Research, default_judge
-from rsi.experiment import champion_pool, screen_seed
+from rsi.experiment import champion_pool, deletes_code, screen_seed
 from rsi.judge import Noise, NoisePool, improvement
-from rsi.ledger import Experiment, Ledger
+from rsi.ledger import Experiment, Ledger, Run
 from rsi.proposer import KnobsProposer, Proposer
 from rsi.workspace import Workspace
 
@@ -105,7 +105,6 @@ def arm(task: Task, budget: float, pruning: bool, seed: int, sampler: str | None
     ledger = Ledger(Workspace(task.root).state / "ledger.sqlite", readonly=True)
     try:
         exps = ledger.experiments("state = 'done'")
-        noise = NoisePool()(ledger.select_metrics())
     finally:
         ledger.close()
     by_id = {e.id: e for e in exps}
@@ -126,8 +125,7 @@ def arm(task: Task, budget: float, pruning: bool, seed: int, sampler: str | None
         "full_run_s": round(statistics.fmean(full), 2) if full else None,
         "pruned_run_s": round(statistics.fmean(cut), 2) if cut else None,
         "_pick": {p: ws.read(commit, p) for p in ws.files(commit, cfg.task.editable)},
-        "_pruned": [(e, [r for r in e.runs if r.status == "pruned"][-1].seed, by_id[e.parent or 0]) for e in pruned],
-        "_noise": noise,
+        "_pruned": [(e, [r for r in e.runs if r.status == "pruned"][-1], by_id[e.parent or 0]) for e in pruned],
         "_root": task.root,
     }
 
@@ -145,31 +143,48 @@ def warm_start(tasks: dict[tuple[str, int], Task], files: dict[str, str]) -> dic
     return moved
 
 
-def wrongly_pruned(
-    task: Task, ws_root: Path, sample: list[tuple[Experiment, int, Experiment]], noise: Noise | None
-) -> tuple[int, int, int]:
+def noise_before(ledger_path: Path, run_id: int) -> Noise | None:
+    """The noise estimate as the research had it when run `run_id` started: from the runs recorded before it."""
+    ledger = Ledger(ledger_path, readonly=True)
+    try:
+        rows = ledger.db.execute(
+            "SELECT experiment, metric FROM runs WHERE state = 'done' AND status = 'ok' AND metric IS NOT NULL"
+            " AND kind IN ('screen', 'confirm', 'fresh') AND id < ? ORDER BY id",
+            (run_id,),
+        ).fetchall()
+    finally:
+        ledger.close()
+    metrics: dict[int, list[float]] = {}
+    for exp_id, metric in rows:
+        metrics.setdefault(int(exp_id), []).append(float(metric))
+    return NoisePool()(metrics)
+
+
+def wrongly_pruned(task: Task, ws_root: Path, sample: list[tuple[Experiment, Run, Experiment]]) -> tuple[int, int, int]:
     """Runs each sampled pruned candidate to the end on the seed it was stopped on, then on as long as the judge
-    asks: (kept by the judge, full runs that beat the champion's mean, candidates checked)."""
+    asks, against the champion's runs and the noise estimate as they stood when the run was stopped: (kept by
+    the judge, full runs that beat the champion's mean, candidates checked)."""
     ws, judge, goal = Workspace(ws_root), default_judge(task.cfg), task.cfg.metric.goal
     kept = beat = checked = 0
-    for exp, seed, champion in sample:
-        pool = champion_pool(champion)
+    for exp, stopped, champion in sample:
+        pool = [r for r in champion_pool(champion) if r.id < stopped.id]
         if exp.commit_sha is None or not pool:
             continue
+        noise = noise_before(ws.state / "ledger.sqlite", stopped.id)
         files = {p: ws.read(exp.commit_sha, p) for p in ws.files(exp.commit_sha, task.cfg.task.editable)}
         for path, text in files.items():
             (task.root / path).write_text(text)
         level = [r.metric for r in pool if r.metric is not None]
         mean = statistics.fmean(level)
-        values = [select_run(task, seed)]  # the stopped run's seed: the champion's first, as in the research
+        values = [select_run(task, stopped.seed)]  # the stopped run's seed: the champion's first, as in the research
         checked += 1
         first = values[0]
         if first is not None and improvement(first, mean, goal) > 0:
             beat += 1
-        decision = judge.decide(values, level, goal, noise)
+        decision = judge.decide(values, level, goal, noise, deletes_code(exp.diff))
         while decision.verdict == "more" and len(values) < task.cfg.judge.max_repeats:
             values.append(select_run(task, screen_seed(pool, exp.id, len(values))))
-            decision = judge.decide(values, level, goal, noise)
+            decision = judge.decide(values, level, goal, noise, deletes_code(exp.diff))
         shown = ", ".join("failed" if v is None else f"{v:.4f}" for v in values)
         log(f"  #{exp.id} {exp.hypothesis}: {shown} against {mean:.4f}: {decision.verdict}")
         kept += decision.verdict == "keep"
@@ -231,7 +246,7 @@ def main() -> None:
         for i in range(pairs):
             on = arms["on", i]
             mine = [item for j, item in sample if j == i]
-            w, b, c = wrongly_pruned(holdout.task, on["_root"], mine, on["_noise"])
+            w, b, c = wrongly_pruned(holdout.task, on["_root"], mine)
             wrong, beat, checked = wrong + w, beat + b, checked + c
     finally:
         if args.dir is None:

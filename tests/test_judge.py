@@ -9,7 +9,7 @@ import pytest
 
 from rsi.config import Config
 from rsi.engine import Limits, in_process
-from rsi.judge import Noise, NoisePool, SequentialJudge, looks, pooled_noise
+from rsi.judge import SIMPLER_RUNS, Noise, NoisePool, SequentialJudge, looks, pooled_noise
 from rsi.ledger import Experiment
 from rsi.proposer import Context, Proposal
 from rsi.status import status_json
@@ -123,6 +123,10 @@ def test_what_the_judge_calls_detectable_it_keeps_about_80_percent_of_the_time()
     assert change is not None and deletion is not None and deletion < change
     assert 0.7 < kept(change, False) < 0.9 and kept(change - 1.0, False) < 0.35
     assert kept(deletion, True) >= 0.75 and kept(deletion - 1.0, True) < 0.35  # the simplicity rule's level
+    assert deletion <= 0.0  # it keeps most deletions on par, so it never asks one to beat the champion
+    # with under SIMPLER_RUNS runs the simplicity rule never keeps: a deletion must show a gain like any change
+    short = judge.with_repeats(SIMPLER_RUNS - 1)
+    assert short.detectable(4, noise, deletes_code=True) == short.detectable(4, noise) > change
 
 
 def test_the_incremental_noise_pool_gives_the_same_figure_to_the_bit() -> None:

@@ -242,7 +242,7 @@ class PruningConfig(_Section):
     warmup: float = Field(default=0.25, ge=0.0, le=1.0)  # of the champion's trajectory, before the first look
     looks: int = Field(default=4, ge=1, le=100)  # times a run is compared, evenly spaced from warmup to the end
     # what a run must be unlikely to reach to be stopped: the smallest gain the judge detects over the champion
-    # (a first run that far short of it is discarded after it anyway), or the champion's level ("par")
+    # (at or below par for a deletion the simplicity rule may keep), or the champion's level ("par")
     spare: Literal["detectable", "par"] = "detectable"
 
 

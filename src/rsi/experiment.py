@@ -89,7 +89,7 @@ class Experimenter:
         assert exp.commit_sha is not None
         # a keep's top-up cut short (a kill, a deadline) is finished before anything is compared with it
         champion = self._top_up(self.champion(), None, self._top_up_runs())
-        deletes = _deletes_code(exp.diff)
+        deletes = deletes_code(exp.diff)
         remeasured = False
         judge, most = self.judge, self.cfg.judge.max_repeats
         if exp.proposer == RETEST and (asked := int(exp.params.get("max_repeats", 0))):
@@ -135,9 +135,9 @@ class Experimenter:
     def reference(self, champion: Experiment, judge: Judge, deletes: bool) -> Reference | None:
         """What a first screening run is stopped early against, with `[pruning]` on: the champion's level from
         its unbiased (fresh) runs, their spread pooled with its other runs'; from all of its runs where it has
-        under two fresh ones. Held to the smallest gain `judge` (the one deciding this candidate) keeps 80% of
-        the time, for a candidate that deletes code or not (`spare = "detectable"`), or to the champion's
-        level (`spare = "par"`)."""
+        under two fresh ones. Held to what `judge` (the one deciding this candidate) calls detectable for it
+        (`spare = "detectable"`): the smallest gain it keeps 80% of the time, or for a deletion under the
+        simplicity rule a level at or below the champion's; or to the champion's level (`spare = "par"`)."""
         rule = self.cfg.pruning
         if not rule.enabled:
             return None
@@ -220,7 +220,7 @@ class Experimenter:
             seeds.append(seed)
             cand = [_metric_at(exp, s, CONFIRM) for s in seeds]
             champ = [_metric_at(champion, s) for s in seeds]
-            confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise(), _deletes_code(exp.diff))
+            confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise(), deletes_code(exp.diff))
             if confirmed.verdict != "more":
                 break
         if confirmed.verdict != "keep":
@@ -361,7 +361,7 @@ def _metric_at(exp: Experiment, seed: int, kind: str = FRESH) -> float | None:
     return next((r.metric for r in exp.runs if r.kind == kind and r.seed == seed and r.status == "ok"), None)
 
 
-def _deletes_code(diff: str) -> bool:
+def deletes_code(diff: str) -> bool:
     """More lines removed than added (blank lines aside): the simplicity rule may keep it at no gain."""
     lines = diff.splitlines()
     added = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++") and x[1:].strip())

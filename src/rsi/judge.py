@@ -140,8 +140,8 @@ class Judge(Protocol):
 
     def detectable(self, champion_runs: int, noise: Noise | None, deletes_code: bool = False) -> float | None:
         """The smallest improvement this judge keeps with 80% probability (None: noise unknown), for a candidate
-        that deletes code or not; below zero when it keeps some changes that are worse. (For a deletion under the
-        simplicity rule, an improvement kept at least 80% of the time: that rule has two looks that may keep.)"""
+        that deletes code or not. A judge that keeps some worse deletions answers for a deletion with a level at
+        or below zero at which it keeps it most of the time (not exactly the smallest: its rule may differ)."""
         ...
 
     def with_repeats(self, most: int) -> Judge:
@@ -211,8 +211,10 @@ class SequentialJudge:
         if noise is None or champion_runs < 1:
             return None
         se = noise.sd * math.sqrt(1 / self.max_repeats + 1 / champion_runs)
-        if deletes_code and self.simplicity:  # kept within one sd, with 80% confidence: 80% keeps start lower
-            return -noise.sd + 2 * self._quantile(POWER, noise.dof) * se
+        if deletes_code and self.simplicity and self.max_repeats >= SIMPLER_RUNS:
+            # kept when, with 80% confidence, at most one sd worse: at 80% on its last look from this level
+            # (earlier looks keep too), and never asked to beat the champion, as it keeps most changes on par
+            return min(-noise.sd + 2 * self._quantile(POWER, noise.dof) * se, 0.0)
         k = len(looks(self.max_repeats))
         q = self._quantile(1 - self.alpha_stage / k, noise.dof) + self._quantile(POWER, noise.dof)
         return self.min_delta + q * se

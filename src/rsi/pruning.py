@@ -8,13 +8,13 @@ number: an iteration, an epoch, or the seconds spent when the training budget is
 "Clearly behind" uses the noise the champion's own runs show at that step. A run is looked at `looks` times,
 at steps evenly spaced from `warmup` (a fraction of the champion's trajectory) to its end; at each look its
 value must lie beyond the interval that holds one more run of the champion with probability
-1 - (1 - confidence) / looks (a prediction interval from the champion's runs there), moved towards the
-champion by `lead` times their spread. `lead` is the smallest gain the judge detects, in noise sds: a first
-run that falls this far short of that gain is one the judge discards after it, so what pruning must spare is a
-run that may reach it. By the union bound, a run that is in truth `lead` spreads better than the champion's (with
-`lead` 0: no worse) is stopped with probability at most 1 - `confidence`, however many reports it prints;
-a run ahead of the champion's level is never stopped. Too few champion runs reach a look's step: no verdict
-there, the run goes on.
+1 - (1 - confidence) / looks (a prediction interval from the champion's runs there), moved towards the champion by
+`lead` times their spread. `lead` is the smallest gain the judge detects, in noise sds (for a deletion the
+judge may keep on par or a little worse, a level at or below zero): a first run far short of it is one the
+judge discards soon after, so what pruning must spare is a run that may reach it. By the union bound, a run
+that is in truth `lead` spreads better than the champion's (with `lead` 0: no worse) is stopped with
+probability at most 1 - `confidence`, however many reports it prints; a run ahead of the champion's level is
+never stopped. Too few champion runs reach a look's step: no verdict there, the run goes on.
 
 The champion's level comes from its unbiased runs (the fresh ones, made after it was kept); the spread around
 it is pooled with the spread of its other runs (from when it was a candidate) around their own mean: selection
@@ -59,8 +59,8 @@ class Reference:
     warmup: float = 0.25
     looks: int = 4
     others: tuple[tuple[Point, ...], ...] = ()  # more of the champion's runs: for the spread only, not the level
-    # the gain over the champion, in its spreads, that a run must be unlikely to reach; below zero when the
-    # judge keeps some worse candidates (a deletion, under the simplicity rule)
+    # the gain over the champion, in its spreads, that a run must be unlikely to reach; below zero for a
+    # deletion the judge's simplicity rule may keep although worse
     lead: float = 0.0
 
     def steps(self) -> list[float]:
