@@ -5,10 +5,14 @@ a task whose metric is `quality + noise`: each candidate sets `quality` to the c
 effect drawn from a mix, in units of the noise sd: 60% nulls (0: seed-only changes, no-ops), 25% regressions
 (-1), 10% gains of +1 and 5% gains of +2. True gains are rare in real research (autoresearch's published runs
 kept 15 of 83 changes, noise keeps included). Noise is Gaussian or heavy-tailed (Student t, 3 dof, scaled to
-unit sd); the same code and seed give the same number, different code independent noise.
+unit sd); the same code and seed give the same number, different code independent noise. A third model,
+`seeded`, is Gaussian with 70% of its variance given by the seed to every code alike (as a seed's initial
+weights and data order would), so that runs of two commits on the same seed differ less than the sd says:
+what the judge gains by pairing seeds once its ledger shows that.
 
 Judges compared, each in the same loop:
 - rsi: the sequential judge (screening with Bonferroni looks and futility, replication on fresh seeds);
+- rsi unpaired: the same, with the seed's share of the noise never estimated (what it was before pairing);
 - autoresearch: one baseline run, one run per candidate, kept if strictly better than the champion's number;
 - two-sigma: five baseline runs for sigma, one run per candidate, kept if better by 2 sigma.
 Runs per candidate count every run after the baseline's first measurement, champion re-measurements included.
@@ -28,9 +32,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import rsi.judge as rsi_judge
 from rsi.config import Config
 from rsi.engine import Limits, in_process
-from rsi.judge import Decision, Goal, Judge, Noise, SequentialJudge, ThresholdJudge, improvement
+from rsi.judge import PAIRED_DOF, Decision, Goal, Judge, Noise, SequentialJudge, ThresholdJudge, improvement
 from rsi.ledger import Experiment
 from rsi.program import Program, default_program, load_program
 from rsi.proposer import Context, Proposal
@@ -38,8 +43,16 @@ from rsi.proposer import Context, Proposal
 MIX = {"null": (0.0, 0.60), "regression": (-1.0, 0.25), "gain_1sd": (1.0, 0.10), "gain_2sd": (2.0, 0.05)}
 
 
+SEEDED = 0.7  # the `seeded` model's share of the variance that comes with the seed
+
+
 def noise_draw(kind: str, key: str) -> float:
     """Deterministic noise for (code, seed): unit sd, Gaussian or Student t with 3 dof."""
+    if kind == "seeded":  # key is "task|code|seed": the seed's part leaves the code out
+        task, _, seed = key.split("|")
+        return math.sqrt(SEEDED) * noise_draw("gauss", f"{task}|{seed}") + math.sqrt(1 - SEEDED) * noise_draw(
+            "gauss", key
+        )
     rng = random.Random(hashlib.sha256(key.encode()).digest())
     if kind == "gauss":
         return rng.gauss(0.0, 1.0)
@@ -87,6 +100,7 @@ class TwoSigmaJudge:
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
+        paired: int = 0,
     ) -> Decision:
         if not candidate or candidate[-1] is None or not champion or noise is None:
             return Decision("discard", "no comparison possible")
@@ -127,10 +141,13 @@ def research(judge_name: str, noise: str, candidates: int, seed: int, program: P
     )
     judges: dict[str, tuple[Judge, int]] = {
         "rsi": (rsi, p.baseline_repeats),
+        "rsi unpaired": (rsi, p.baseline_repeats),
         "autoresearch": (ThresholdJudge(0.0), 1),
         "two-sigma": (TwoSigmaJudge(), 5),
     }
     judge, repeats = judges[judge_name]
+    # "rsi unpaired" is rsi with the seed's share of the noise never estimated: every comparison unpaired
+    rsi_judge.PAIRED_DOF = 10**9 if judge_name == "rsi unpaired" else PAIRED_DOF
 
     def task(files: Mapping[str, str], run_seed: int) -> float:
         return quality(files) + noise_draw(noise, f"{seed}|{files['task.py']}|{run_seed}")
@@ -167,10 +184,10 @@ def main() -> None:
     tasks = args.tasks or tasks
     figures: dict[str, dict[str, dict[str, float]]] = {}
     heads = f"{'false keeps':>12}{'2sd kept':>10}{'+-':>6}{'1sd kept':>10}{'runs/cand':>11}{'nulls':>8}{'2sd':>6}"
-    print(f"{'noise':8}{'judge':14}{heads}")
-    for noise in ("gauss", "t3"):
+    print(f"{'noise':8}{'judge':16}{heads}")
+    for noise in ("gauss", "t3", "seeded"):
         figures[noise] = {}
-        for name in ("rsi", "autoresearch", "two-sigma"):
+        for name in ("rsi", "rsi unpaired", "autoresearch", "two-sigma"):
             rows = [research(name, noise, candidates, seed, program) for seed in range(tasks)]
             nulls = sum(r["nulls"] for r in rows)
             gains = sum(r["gains_2sd"] for r in rows)
@@ -185,7 +202,7 @@ def main() -> None:
             fig["keep_rate_2sd_se"] = (rate * (1 - rate) / gains) ** 0.5  # its sampling error, binomial
             figures[noise][name] = {k: round(v, 4) for k, v in fig.items()}
             print(
-                f"{noise:8}{name:14}{fig['false_keep_rate']:12.2%}{rate:10.1%}{fig['keep_rate_2sd_se']:6.1%}"
+                f"{noise:8}{name:16}{fig['false_keep_rate']:12.2%}{rate:10.1%}{fig['keep_rate_2sd_se']:6.1%}"
                 f"{fig['keep_rate_1sd']:10.1%}{fig['runs_per_candidate']:11.2f}{nulls:8d}{gains:6d}",
                 flush=True,
             )

@@ -248,7 +248,8 @@ def status(
     noise = data["noise_sd"]
     out.print(
         f"baseline {data['baseline']['metric']}  best {data['best']['metric']} "
-        f"(experiment {data['best']['id']})  noise sd {noise if noise is None else f'{noise:.3g}'}",
+        f"(experiment {data['best']['id']})  noise sd {noise if noise is None else f'{noise:.3g}'}"
+        + (f", {data['noise_seed_share']:.0%} of it the seed's (runs paired)" if data["noise_seed_share"] else ""),
         highlight=False,
     )
     for who, b in data["proposers"].items():

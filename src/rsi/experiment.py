@@ -16,7 +16,7 @@ from scipy import stats
 from rsi import slots
 from rsi.config import Config, ConstraintConfig
 from rsi.errors import UserError
-from rsi.judge import Decision, Judge, Noise, NoisePool
+from rsi.judge import Decision, Judge, Noise, NoisePool, PairPool
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.pruning import PRUNED, Reference, reference
@@ -41,6 +41,7 @@ class Experimenter:
         self._remeasuring: dict[int, set[int]] = {}  # champion id -> seeds of its re-measurements in flight
         self._noise: dict[int, tuple[tuple[int, int], Noise | None]] = {}  # per thread: ledger version, noise
         self._pools: dict[int, NoisePool] = {}  # per thread
+        self._pairs: dict[int, PairPool] = {}
 
     def champion_worktree(self) -> str:
         """Where this thread measures the champion: one checkout per slot, so workers never share one."""
@@ -68,7 +69,8 @@ class Experimenter:
         cached = self._noise.get(threading.get_ident())
         if cached is None or cached[0] != version:
             pool = self._pools.setdefault(threading.get_ident(), NoisePool())
-            cached = (version, pool(self.ledger.select_metrics()))
+            pairs = self._pairs.setdefault(threading.get_ident(), PairPool())
+            cached = (version, pairs(pool(self.ledger.select_metrics()), *self.ledger.select_seeded()))
             self._noise[threading.get_ident()] = cached
         return cached[1]
 
@@ -105,7 +107,8 @@ class Experimenter:
             if screened:
                 metrics = [r.metric if r.status == "ok" else None for r in screened]
                 pool_metrics = [r.metric for r in pool if r.metric is not None]
-                decision = judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
+                paired = _paired(screened, pool)
+                decision = judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes, paired)
                 if decision.verdict != "more":
                     break
                 if len(screened) >= most:
@@ -345,6 +348,14 @@ def champion_pool(champion: Experiment) -> list[Run]:
     runs to offer."""
     fresh = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None]
     return fresh or [r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and r.metric is not None]
+
+
+def _paired(screened: Sequence[Run], pool: Sequence[Run]) -> int:
+    """How many of a candidate's first screening runs are on the seeds of the champion's first runs."""
+    same = 0
+    while same < min(len(screened), len(pool)) and screened[same].seed == pool[same].seed:
+        same += 1
+    return same
 
 
 def screen_seed(pool: Sequence[Run], exp_id: int, k: int) -> int:

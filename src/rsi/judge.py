@@ -53,10 +53,30 @@ class Decision:
 
 @dataclass(frozen=True)
 class Noise:
-    """The run-to-run standard deviation of the metric, pooled, with its degrees of freedom."""
+    """The run-to-run standard deviation of the metric, pooled, with its degrees of freedom; and the part of
+    its variance that comes with the seed, whatever the code (`shared`: 0 until paired runs show it, and then
+    a cautious estimate). Runs of two commits on the same seed then differ by less than two runs on different
+    seeds, and a judge that pairs them needs fewer runs."""
 
     sd: float
     dof: int
+    shared: float = 0.0
+
+    @property
+    def paired_sd(self) -> float:
+        """The sd of one run's difference to a run of other code on the same seed, over the square root of 2
+        (what an unshared part of the noise alone would give)."""
+        return math.sqrt(max(self.sd**2 - self.shared, 0.0))
+
+    def pairs_better(self) -> bool:
+        """Whether comparing runs on the same seeds only beats comparing all runs: when the seed explains more
+        of the noise than it leaves."""
+        return self.shared > self.sd**2 / 2
+
+    def se(self, n: int, m: int, paired: int = 0) -> float:
+        """The sd of mean(n candidate runs) - mean(m champion runs), of which `paired` share their seeds."""
+        var = self.sd**2 * (1 / n + 1 / m) - 2 * paired * self.shared / (n * m)
+        return math.sqrt(max(var, 0.0))
 
 
 def improvement(candidate: float, champion: float, goal: Goal) -> float:
@@ -100,6 +120,48 @@ class NoisePool:
         return Noise(math.sqrt(num / dof), dof) if dof else None
 
 
+PAIRED_DOF = 4  # pairs' degrees of freedom before the seed's share of the noise is estimated at all
+SHARED_LEVEL = 0.9  # the confidence that the unshared noise is at most what is then assumed
+
+
+class PairPool:
+    """The seed's share of the noise, from experiments' runs on the same seeds as their parent's: within one
+    experiment the differences to its parent on shared seeds vary only by the noise a seed does not explain.
+    Pooled over experiments, bounded at SHARED_LEVEL (the unshared part is overstated, not understated), and
+    given to the judge only when PAIRED_DOF degrees of freedom show it. Cached as NoisePool is."""
+
+    def __init__(self) -> None:
+        self._squares: dict[int, tuple[int, int, float, int]] = {}  # exp -> (its seeds, parent's, squares, dof)
+
+    def __call__(
+        self, noise: Noise | None, seeded: Mapping[int, Mapping[int, float]], parents: Mapping[int, int | None]
+    ) -> Noise | None:
+        if noise is None or noise.sd == 0:
+            return noise
+        num, dof = 0.0, 0
+        for exp_id, runs in seeded.items():
+            parent = parents.get(exp_id)
+            mine = seeded.get(parent) if parent is not None else None
+            if not mine or len(runs) < 2:
+                continue
+            seen = self._squares.get(exp_id)
+            if seen is None or seen[:2] != (len(runs), len(mine)):
+                diffs = [value - mine[seed] for seed, value in runs.items() if seed in mine]
+                squares = _squares(diffs) if len(diffs) >= 2 else 0.0
+                seen = self._squares[exp_id] = (len(runs), len(mine), squares, max(len(diffs) - 1, 0))
+            num, dof = num + seen[2], dof + seen[3]
+        if dof < PAIRED_DOF:
+            return noise
+        unshared = num / dof / 2 * dof / chi2_quantile(1 - SHARED_LEVEL, dof)  # a difference has two runs' noise
+        shared = max(noise.sd**2 - unshared, 0.0)
+        return dataclasses.replace(noise, dof=min(noise.dof, dof), shared=shared) if shared > 0 else noise
+
+
+@functools.lru_cache(maxsize=4096)
+def chi2_quantile(level: float, dof: int) -> float:
+    return float(stats.chi2.ppf(level, dof))
+
+
 def looks(max_repeats: int) -> list[int]:
     """Numbers of runs at which the screening decides: 1, 2, 4, ... and max_repeats."""
     points, n = [], 1
@@ -122,8 +184,10 @@ class Judge(Protocol):
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
+        paired: int = 0,
     ) -> Decision:
-        """Screening: `candidate` holds its runs so far (None for a failed run)."""
+        """Screening: `candidate` holds its runs so far (None for a failed run); its first `paired` runs are on
+        the seeds of the champion's first `paired`."""
         ...
 
     def confirm(
@@ -164,6 +228,7 @@ class ThresholdJudge:
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
+        paired: int = 0,
     ) -> Decision:
         if not candidate or any(m is None for m in candidate):
             return Decision("discard", "a run failed")
@@ -210,7 +275,12 @@ class SequentialJudge:
     def detectable(self, champion_runs: int, noise: Noise | None, deletes_code: bool = False) -> float | None:
         if noise is None or champion_runs < 1:
             return None
-        se = noise.sd * math.sqrt(1 / self.max_repeats + 1 / champion_runs)
+        most = self.max_repeats  # a candidate's runs pair with the champion's (the engine's design)
+        paired = min(most, champion_runs)
+        if noise.pairs_better() and champion_runs >= most:  # as decide() compares then
+            se = noise.se(most, most, most)
+        else:
+            se = noise.se(most, champion_runs, paired)
         if deletes_code and self.simplicity and self.max_repeats >= SIMPLER_RUNS:
             # kept when, with 80% confidence, at most one sd worse: at 80% on its last look from this level
             # (earlier looks keep too), and never asked to beat the champion, as it keeps most changes on par
@@ -229,6 +299,7 @@ class SequentialJudge:
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
+        paired: int = 0,
     ) -> Decision:
         n = len(candidate)
         if n == 0 or any(m is None for m in candidate):
@@ -237,8 +308,14 @@ class SequentialJudge:
             return Decision("discard", "the champion has no valid measurement to compare with")
         if noise is None or noise.sd == 0:
             return self._noiseless(candidate, champion, goal, noise)
-        gain = improvement(statistics.fmean(m for m in candidate if m is not None), statistics.fmean(champion), goal)
-        se = noise.sd * math.sqrt(1 / n + 1 / len(champion))
+        runs = [m for m in candidate if m is not None]
+        paired = min(paired, n, len(champion))
+        if paired == n and noise.pairs_better():  # the champion's runs on the candidate's seeds only
+            gain = improvement(statistics.fmean(runs), statistics.fmean(champion[:n]), goal)
+            se = noise.se(n, n, n)
+        else:
+            gain = improvement(statistics.fmean(runs), statistics.fmean(champion), goal)
+            se = noise.se(n, len(champion), paired)
         points = looks(self.max_repeats)
         if n not in points:
             return Decision("more", f"{n} run(s); next look at {min(p for p in points if p > n)}")
@@ -304,7 +381,7 @@ class SequentialJudge:
                 return Decision("more", f"{n} of {self.replicate} fresh pairs, no noise estimate")
             ok = gain > self.min_delta
             return Decision("keep" if ok else "discard", f"replicated improvement {gain:.4g}", (gain, gain))
-        se = noise.sd * math.sqrt(2 / n)
+        se = noise.se(n, n, n)  # both arms on the same seeds
         if final and deletes_code and self.simplicity and gain - self._quantile(POWER, noise.dof) * se > -noise.sd:
             return Decision("keep", f"deletes code; on {seeds} within one noise sd ({gain:+.4g})")
         early = self.alpha_stage * EARLY_CONFIRM

@@ -89,6 +89,8 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         },
         "noise_sd": noise.sd if noise else None,
         "noise_dof": noise.dof if noise else 0,
+        # the share of the noise's variance a seed gives every commit alike (runs on the same seeds are paired)
+        "noise_seed_share": noise.shared / noise.sd**2 if noise and noise.sd > 0 else 0.0,
         "detectable": float(detectable) if detectable else None,
         "selection_gain": _gain(best.mean(), base.mean(), goal) if best and base else None,
         "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,

@@ -67,6 +67,7 @@ class SyntheticTask:
     noise: float  # sd of the measurement noise
     live: tuple[str, ...] = ()  # the knobs that matter; the others do nothing
     heavy_tails: bool = False
+    shared: float = 0.0  # the share of the noise's variance that a seed gives every code alike
 
     def files(self) -> dict[str, str]:
         lines = [f'"""Knobs of the synthetic task {self.name} ({self.family})."""']
@@ -85,13 +86,19 @@ class SyntheticTask:
             return self.surface(self.point(self.files()))
 
     def measure(self, files: Mapping[str, str], seed: int, salt: int = 0) -> float:
-        """One noisy run: what the research sees. A crash region raises, as a diverged training would."""
+        """One noisy run: what the research sees. A crash region raises, as a diverged training would. Part of
+        the noise (`shared`, of its variance) comes with the seed whatever the code, as a seed's initial
+        weights and data order would; the rest changes with the code too."""
         value = self.surface(self.point(files))
-        rng = random.Random(f"{self.name}:{seed}:{salt}")  # str seeds are stable across processes
-        draw = rng.gauss(0.0, 1.0)
-        if self.heavy_tails:  # Student's t with 3 degrees of freedom, scaled to the same sd
-            draw = rng.gauss(0.0, 1.0) / math.sqrt(sum(rng.gauss(0.0, 1.0) ** 2 for _ in range(3)) / 3) / math.sqrt(3)
-        return value + self.noise * draw
+        same = self._draw(f"{self.name}:{seed}:{salt}")  # str seeds are stable across processes
+        own = self._draw(f"{self.name}:{seed}:{salt}:{files[FILE]}")
+        return value + self.noise * (math.sqrt(self.shared) * same + math.sqrt(1 - self.shared) * own)
+
+    def _draw(self, key: str) -> float:
+        rng = random.Random(key)
+        if self.heavy_tails:  # Student's t with 3 degrees of freedom, scaled to unit sd
+            return rng.gauss(0.0, 1.0) / math.sqrt(sum(rng.gauss(0.0, 1.0) ** 2 for _ in range(3)) / 3) / math.sqrt(3)
+        return rng.gauss(0.0, 1.0)
 
     def gap_closed(self, files: Mapping[str, str]) -> float:
         """How much of the way from the start to the optimum these files went: 1 at the optimum, 0 where it
@@ -184,6 +191,7 @@ def _finish(
         noise=rng.uniform(0.01, 0.04) * base,
         live=tuple(live),
         heavy_tails=heavy,
+        shared=rng.uniform(0.0, 0.8),
     )
 
 
