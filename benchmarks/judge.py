@@ -12,7 +12,7 @@ what the judge gains by pairing seeds once its ledger shows that.
 
 Judges compared, each in the same loop:
 - rsi: the sequential judge (screening with Bonferroni looks and futility, replication on fresh seeds);
-- rsi unpaired: the same, with the seed's share of the noise never estimated (what it was before pairing);
+- rsi unpaired: the same, never pairing replication's last look (what it was before);
 - autoresearch: one baseline run, one run per candidate, kept if strictly better than the champion's number;
 - two-sigma: five baseline runs for sigma, one run per candidate, kept if better by 2 sigma.
 Runs per candidate count every run after the baseline's first measurement, champion re-measurements included.
@@ -21,6 +21,7 @@ Runs per candidate count every run after the baseline's first measurement, champ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -32,10 +33,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import rsi.judge as rsi_judge
 from rsi.config import Config
 from rsi.engine import Limits, in_process
-from rsi.judge import PAIRED_DOF, Decision, Goal, Judge, Noise, SequentialJudge, ThresholdJudge, improvement
+from rsi.judge import Decision, Goal, Judge, Noise, SequentialJudge, ThresholdJudge, improvement
 from rsi.ledger import Experiment
 from rsi.program import Program, default_program, load_program
 from rsi.proposer import Context, Proposal
@@ -100,7 +100,6 @@ class TwoSigmaJudge:
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
-        paired: int = 0,
     ) -> Decision:
         if not candidate or candidate[-1] is None or not champion or noise is None:
             return Decision("discard", "no comparison possible")
@@ -141,13 +140,11 @@ def research(judge_name: str, noise: str, candidates: int, seed: int, program: P
     )
     judges: dict[str, tuple[Judge, int]] = {
         "rsi": (rsi, p.baseline_repeats),
-        "rsi unpaired": (rsi, p.baseline_repeats),
+        "rsi unpaired": (dataclasses.replace(rsi, paired=False), p.baseline_repeats),
         "autoresearch": (ThresholdJudge(0.0), 1),
         "two-sigma": (TwoSigmaJudge(), 5),
     }
     judge, repeats = judges[judge_name]
-    # "rsi unpaired" is rsi with the seed's share of the noise never estimated: every comparison unpaired
-    rsi_judge.PAIRED_DOF = 10**9 if judge_name == "rsi unpaired" else PAIRED_DOF
 
     def task(files: Mapping[str, str], run_seed: int) -> float:
         return quality(files) + noise_draw(noise, f"{seed}|{files['task.py']}|{run_seed}")

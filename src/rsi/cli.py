@@ -249,7 +249,7 @@ def status(
     out.print(
         f"baseline {data['baseline']['metric']}  best {data['best']['metric']} "
         f"(experiment {data['best']['id']})  noise sd {noise if noise is None else f'{noise:.3g}'}"
-        + (f", {data['noise_seed_share']:.0%} of it the seed's (runs paired)" if data["noise_seed_share"] else ""),
+        + (f", {data['noise_seed_share']:.0%} of it the seed's" if data["noise_seed_share"] else ""),
         highlight=False,
     )
     for who, b in data["proposers"].items():

@@ -62,17 +62,18 @@ class Experimenter:
         assert champion is not None
         return champion
 
-    def noise(self) -> Noise | None:
-        """Run-to-run noise pooled over every experiment measured more than once; computed again only when
-        the ledger changed (SQLite's count of changes, this connection's and the others')."""
+    def noise(self, leave_out: int | None = None) -> Noise | None:
+        """Run-to-run noise pooled over every experiment measured more than once, with the seed's share that
+        replication pairs show (those of `leave_out` left out); computed again only when the ledger changed
+        (SQLite's count of changes, this connection's and the others')."""
         version = self.ledger.version()
         cached = self._noise.get(threading.get_ident())
         if cached is None or cached[0] != version:
             pool = self._pools.setdefault(threading.get_ident(), NoisePool())
-            pairs = self._pairs.setdefault(threading.get_ident(), PairPool())
-            cached = (version, pairs(pool(self.ledger.select_metrics()), *self.ledger.select_seeded()))
+            cached = (version, pool(self.ledger.select_metrics()))
             self._noise[threading.get_ident()] = cached
-        return cached[1]
+        pairs = self._pairs.setdefault(threading.get_ident(), PairPool())
+        return pairs(cached[1], *self.ledger.replication_pairs(), leave_out=leave_out)
 
     def baseline(self, exp: Experiment, wt: Path) -> None:
         """Fresh runs on seeds 1..baseline_repeats, each followed by the holdout: the noise floor."""
@@ -107,8 +108,7 @@ class Experimenter:
             if screened:
                 metrics = [r.metric if r.status == "ok" else None for r in screened]
                 pool_metrics = [r.metric for r in pool if r.metric is not None]
-                paired = _paired(screened, pool)
-                decision = judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes, paired)
+                decision = judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
                 if decision.verdict != "more":
                     break
                 if len(screened) >= most:
@@ -223,7 +223,8 @@ class Experimenter:
             seeds.append(seed)
             cand = [_metric_at(exp, s, CONFIRM) for s in seeds]
             champ = [_metric_at(champion, s) for s in seeds]
-            confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, self.noise(), deletes_code(exp.diff))
+            noise = self.noise(leave_out=exp.id)  # its own pairs never choose how they are tested
+            confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, noise, deletes_code(exp.diff))
             if confirmed.verdict != "more":
                 break
         if confirmed.verdict != "keep":
@@ -348,14 +349,6 @@ def champion_pool(champion: Experiment) -> list[Run]:
     runs to offer."""
     fresh = [r for r in champion.runs if r.kind == FRESH and r.status == "ok" and r.metric is not None]
     return fresh or [r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and r.metric is not None]
-
-
-def _paired(screened: Sequence[Run], pool: Sequence[Run]) -> int:
-    """How many of a candidate's first screening runs are on the seeds of the champion's first runs."""
-    same = 0
-    while same < min(len(screened), len(pool)) and screened[same].seed == pool[same].seed:
-        same += 1
-    return same
 
 
 def screen_seed(pool: Sequence[Run], exp_id: int, k: int) -> int:

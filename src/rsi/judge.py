@@ -14,7 +14,8 @@ research branch:
    both, new to both); it is kept only if that fresh comparison alone clears level alpha_c. It is looked at
    twice: after the first pair at a tenth of alpha_c, where an effect many noise sds large is kept at once
    (early tuning, where most of a budget would otherwise go to replicating the obvious), and after the last
-   at the rest.
+   at the rest. The last look is a paired t test on the candidate's own pairs where earlier candidates' pairs
+   showed that the seed explains enough of the noise for that to be the more powerful test (PairPool).
 
 The stages use disjoint runs, so a candidate with no real effect is kept with probability at most
 alpha_s * alpha_c = 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for 0.99). Over a night
@@ -53,30 +54,12 @@ class Decision:
 
 @dataclass(frozen=True)
 class Noise:
-    """The run-to-run standard deviation of the metric, pooled, with its degrees of freedom; and the part of
-    its variance that comes with the seed, whatever the code (`shared`: 0 until paired runs show it, and then
-    a cautious estimate). Runs of two commits on the same seed then differ by less than two runs on different
-    seeds, and a judge that pairs them needs fewer runs."""
+    """The run-to-run standard deviation of the metric, pooled, with its degrees of freedom; and `shared`, the
+    part of its variance a seed gives every commit alike (0 until replication pairs show it; see PairPool)."""
 
     sd: float
     dof: int
     shared: float = 0.0
-
-    @property
-    def paired_sd(self) -> float:
-        """The sd of one run's difference to a run of other code on the same seed, over the square root of 2
-        (what an unshared part of the noise alone would give)."""
-        return math.sqrt(max(self.sd**2 - self.shared, 0.0))
-
-    def pairs_better(self) -> bool:
-        """Whether comparing runs on the same seeds only beats comparing all runs: when the seed explains more
-        of the noise than it leaves."""
-        return self.shared > self.sd**2 / 2
-
-    def se(self, n: int, m: int, paired: int = 0) -> float:
-        """The sd of mean(n candidate runs) - mean(m champion runs), of which `paired` share their seeds."""
-        var = self.sd**2 * (1 / n + 1 / m) - 2 * paired * self.shared / (n * m)
-        return math.sqrt(max(var, 0.0))
 
 
 def improvement(candidate: float, champion: float, goal: Goal) -> float:
@@ -120,41 +103,48 @@ class NoisePool:
         return Noise(math.sqrt(num / dof), dof) if dof else None
 
 
-PAIRED_DOF = 4  # pairs' degrees of freedom before the seed's share of the noise is estimated at all
-SHARED_LEVEL = 0.9  # the confidence that the unshared noise is at most what is then assumed
+PAIRED_DOF = 4  # replication pairs' degrees of freedom before the seed's share of the noise is estimated
+SHARED_LEVEL = 0.9  # the confidence that the noise a seed leaves unexplained is at most what is assumed
 
 
 class PairPool:
-    """The seed's share of the noise, from experiments' runs on the same seeds as their parent's: within one
-    experiment the differences to its parent on shared seeds vary only by the noise a seed does not explain.
-    Pooled over experiments, bounded at SHARED_LEVEL (the unshared part is overstated, not understated), and
-    given to the judge only when PAIRED_DOF degrees of freedom show it. Cached as NoisePool is."""
+    """The seed's share of the noise, from replication: a candidate's confirmation runs and its parent's fresh
+    runs on the same seeds (new to both, so no two candidates share a pair). Within one candidate the
+    differences vary by the noise the seed does not explain, and by how differently the two codes take the
+    seed. Pooled over candidates, with that unexplained part taken at its SHARED_LEVEL upper bound, once
+    PAIRED_DOF degrees of freedom show it. It only chooses a test: the judge pairs a candidate's replication
+    with its own pairs' spread, so a change that breaks what the seed does is judged by its own spread.
+    `leave_out`: the candidate being judged, so that its own pairs never choose its test."""
 
     def __init__(self) -> None:
-        self._squares: dict[int, tuple[int, int, float, int]] = {}  # exp -> (its seeds, parent's, squares, dof)
+        self._squares: dict[int, tuple[int, int, float, int]] = {}  # exp -> (its runs, parent's, squares, dof)
 
     def __call__(
-        self, noise: Noise | None, seeded: Mapping[int, Mapping[int, float]], parents: Mapping[int, int | None]
+        self,
+        noise: Noise | None,
+        confirm: Mapping[int, Mapping[int, float]],
+        fresh: Mapping[int, Mapping[int, float]],
+        parents: Mapping[int, int | None],
+        leave_out: int | None = None,
     ) -> Noise | None:
         if noise is None or noise.sd == 0:
             return noise
         num, dof = 0.0, 0
-        for exp_id, runs in seeded.items():
+        for exp_id, runs in confirm.items():
             parent = parents.get(exp_id)
-            mine = seeded.get(parent) if parent is not None else None
-            if not mine or len(runs) < 2:
+            theirs = fresh.get(parent) if parent is not None else None
+            if exp_id == leave_out or not theirs or len(runs) < 2:
                 continue
             seen = self._squares.get(exp_id)
-            if seen is None or seen[:2] != (len(runs), len(mine)):
-                diffs = [value - mine[seed] for seed, value in runs.items() if seed in mine]
+            if seen is None or seen[:2] != (len(runs), len(theirs)):
+                diffs = [value - theirs[seed] for seed, value in runs.items() if seed in theirs]
                 squares = _squares(diffs) if len(diffs) >= 2 else 0.0
-                seen = self._squares[exp_id] = (len(runs), len(mine), squares, max(len(diffs) - 1, 0))
+                seen = self._squares[exp_id] = (len(runs), len(theirs), squares, max(len(diffs) - 1, 0))
             num, dof = num + seen[2], dof + seen[3]
         if dof < PAIRED_DOF:
             return noise
-        unshared = num / dof / 2 * dof / chi2_quantile(1 - SHARED_LEVEL, dof)  # a difference has two runs' noise
-        shared = max(noise.sd**2 - unshared, 0.0)
-        return dataclasses.replace(noise, dof=min(noise.dof, dof), shared=shared) if shared > 0 else noise
+        unshared = num / 2 / chi2_quantile(1 - SHARED_LEVEL, dof)  # a difference holds two runs' unshared noise
+        return dataclasses.replace(noise, shared=max(noise.sd**2 - unshared, 0.0))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -184,10 +174,8 @@ class Judge(Protocol):
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
-        paired: int = 0,
     ) -> Decision:
-        """Screening: `candidate` holds its runs so far (None for a failed run); its first `paired` runs are on
-        the seeds of the champion's first `paired`."""
+        """Screening: `candidate` holds its runs so far (None for a failed run)."""
         ...
 
     def confirm(
@@ -228,7 +216,6 @@ class ThresholdJudge:
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
-        paired: int = 0,
     ) -> Decision:
         if not candidate or any(m is None for m in candidate):
             return Decision("discard", "a run failed")
@@ -264,6 +251,7 @@ class SequentialJudge:
     replicate: int = 4
     simplicity: bool = True
     futility: float = FUTILITY
+    paired: bool = True  # replication's last look may be a paired test, where other candidates showed it pays
 
     @property
     def alpha_stage(self) -> float:
@@ -275,12 +263,7 @@ class SequentialJudge:
     def detectable(self, champion_runs: int, noise: Noise | None, deletes_code: bool = False) -> float | None:
         if noise is None or champion_runs < 1:
             return None
-        most = self.max_repeats  # a candidate's runs pair with the champion's (the engine's design)
-        paired = min(most, champion_runs)
-        if noise.pairs_better() and champion_runs >= most:  # as decide() compares then
-            se = noise.se(most, most, most)
-        else:
-            se = noise.se(most, champion_runs, paired)
+        se = noise.sd * math.sqrt(1 / self.max_repeats + 1 / champion_runs)
         if deletes_code and self.simplicity and self.max_repeats >= SIMPLER_RUNS:
             # kept when, with 80% confidence, at most one sd worse: at 80% on its last look from this level
             # (earlier looks keep too), and never asked to beat the champion, as it keeps most changes on par
@@ -299,7 +282,6 @@ class SequentialJudge:
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
-        paired: int = 0,
     ) -> Decision:
         n = len(candidate)
         if n == 0 or any(m is None for m in candidate):
@@ -308,14 +290,8 @@ class SequentialJudge:
             return Decision("discard", "the champion has no valid measurement to compare with")
         if noise is None or noise.sd == 0:
             return self._noiseless(candidate, champion, goal, noise)
-        runs = [m for m in candidate if m is not None]
-        paired = min(paired, n, len(champion))
-        if paired == n and noise.pairs_better():  # the champion's runs on the candidate's seeds only
-            gain = improvement(statistics.fmean(runs), statistics.fmean(champion[:n]), goal)
-            se = noise.se(n, n, n)
-        else:
-            gain = improvement(statistics.fmean(runs), statistics.fmean(champion), goal)
-            se = noise.se(n, len(champion), paired)
+        gain = improvement(statistics.fmean(m for m in candidate if m is not None), statistics.fmean(champion), goal)
+        se = noise.sd * math.sqrt(1 / n + 1 / len(champion))
         points = looks(self.max_repeats)
         if n not in points:
             return Decision("more", f"{n} run(s); next look at {min(p for p in points if p > n)}")
@@ -337,6 +313,15 @@ class SequentialJudge:
         if n >= self.max_repeats:
             return Decision("inconclusive", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}] after {n} runs", ci)
         return Decision("more", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}]: promising, run more", ci)
+
+    def _pairs_better(self, n: int, level: float, noise: Noise) -> bool:
+        """Whether replication's last look is more likely to keep a real gain as a paired t test on the
+        candidate's own n pairs (n - 1 degrees of freedom) than unpaired on the pooled noise: chosen from the
+        seed's share that other candidates showed, never from this one's runs."""
+        if not self.paired or n < 3 or noise.shared <= 0:
+            return False
+        unshared = max(noise.sd**2 - noise.shared, 0.0)
+        return self._quantile(level, n - 1) * math.sqrt(unshared) < self._quantile(level, noise.dof) * noise.sd
 
     def _simpler(self, gain: float, se: float, n: int, noise: Noise, ci: tuple[float, float]) -> Decision:
         """The simplicity rule: less code that is, with 80% confidence, at most one noise sd worse."""
@@ -381,12 +366,16 @@ class SequentialJudge:
                 return Decision("more", f"{n} of {self.replicate} fresh pairs, no noise estimate")
             ok = gain > self.min_delta
             return Decision("keep" if ok else "discard", f"replicated improvement {gain:.4g}", (gain, gain))
-        se = noise.se(n, n, n)  # both arms on the same seeds
+        se = noise.sd * math.sqrt(2 / n)
         if final and deletes_code and self.simplicity and gain - self._quantile(POWER, noise.dof) * se > -noise.sd:
             return Decision("keep", f"deletes code; on {seeds} within one noise sd ({gain:+.4g})")
         early = self.alpha_stage * EARLY_CONFIRM
         level = 1 - (self.alpha_stage - early if final else early)
         low = gain - self._quantile(level, noise.dof) * se
+        if final and self._pairs_better(n, level, noise):  # a paired t test on its own pairs' spread
+            diffs = [improvement(c, h, goal) for c, h in pairs]
+            gain, seeds = statistics.fmean(diffs), f"{seeds}, paired"
+            low = gain - self._quantile(level, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
         if low > self.min_delta:
             return Decision("keep", f"replicated on {seeds}: {gain:.4g}, bound {low:.4g}", (low, gain))
         if not final:

@@ -152,7 +152,7 @@ class _Cache:
         self.version = -1  # SQLite's data_version when it was filled
         self.by_id: dict[int, Experiment] = {}
         self.metrics: dict[int, list[float]] | None = None  # select_metrics()
-        self.seeded: dict[int, dict[int, float]] | None = None  # select_seeded()
+        self.seeded: dict[str, dict[int, dict[int, float]]] | None = None  # replication_pairs(): kind -> exp -> seed
         self.parents: dict[int, int | None] = {}
 
     def clear(self) -> None:
@@ -448,24 +448,27 @@ class Ledger:
                 cache.metrics.setdefault(int(exp_id), []).append(float(metric))
         return cache.metrics
 
-    def select_seeded(self) -> tuple[Mapping[int, Mapping[int, float]], Mapping[int, int | None]]:
-        """The same runs by seed (the first valid run on a seed, per experiment), and each experiment's parent:
-        what the seed's share of the noise is estimated from. Read it at once, as select_metrics()."""
+    def replication_pairs(
+        self,
+    ) -> tuple[Mapping[int, Mapping[int, float]], Mapping[int, Mapping[int, float]], Mapping[int, int | None]]:
+        """Valid confirmation runs and fresh runs by experiment and seed, and each experiment's parent: a
+        candidate's replication pairs are its confirmation runs and its parent's fresh runs on the same seeds.
+        Read it at once, as select_metrics()."""
         cache = self._cache()
         if cache.seeded is None:
-            cache.seeded = {}
+            cache.seeded = {"confirm": {}, "fresh": {}}
             rows = self.db.execute(
-                "SELECT experiment, seed, metric FROM runs WHERE state = 'done' AND status = 'ok'"
-                " AND metric IS NOT NULL AND kind IN ('screen', 'confirm', 'fresh') ORDER BY id"
+                "SELECT experiment, kind, seed, metric FROM runs WHERE state = 'done' AND status = 'ok'"
+                " AND metric IS NOT NULL AND kind IN (?, ?) ORDER BY id",
+                ("confirm", "fresh"),
             )
-            for exp_id, seed, metric in rows:
-                cache.seeded.setdefault(int(exp_id), {}).setdefault(int(seed), float(metric))
+            for exp_id, kind, seed, metric in rows:
+                cache.seeded[kind].setdefault(int(exp_id), {}).setdefault(int(seed), float(metric))
             cache.parents = {int(i): p for i, p in self.db.execute("SELECT id, parent FROM experiments")}
-        missing = [i for i in cache.seeded if i not in cache.parents]
-        for exp_id in missing:  # made since, by this connection
+        for exp_id in [i for i in cache.seeded["confirm"] if i not in cache.parents]:  # made since, here
             row = self.db.execute("SELECT parent FROM experiments WHERE id = ?", (exp_id,)).fetchone()
             cache.parents[exp_id] = row[0] if row else None
-        return cache.seeded, cache.parents
+        return cache.seeded["confirm"], cache.seeded["fresh"], cache.parents
 
     # runs
     def trajectories(self, exp_id: int, kinds: Sequence[str] = SELECT_KINDS) -> list[list[tuple[float, float]]]:
@@ -511,8 +514,8 @@ class Ledger:
             bisect.insort(exp.runs, run, key=lambda r: r.id)
         if cache.metrics is not None and run.kind in SELECT_KINDS and run.status == "ok" and run.metric is not None:
             cache.metrics.setdefault(run.experiment, []).append(float(run.metric))
-        if cache.seeded is not None and run.kind in SELECT_KINDS and run.status == "ok" and run.metric is not None:
-            cache.seeded.setdefault(run.experiment, {}).setdefault(run.seed, float(run.metric))
+        if cache.seeded is not None and run.kind in cache.seeded and run.status == "ok" and run.metric is not None:
+            cache.seeded[run.kind].setdefault(run.experiment, {}).setdefault(run.seed, float(run.metric))
 
     # model calls
     def add_call(
