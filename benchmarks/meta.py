@@ -66,6 +66,12 @@ def main() -> None:
     parser.add_argument(
         "--found", type=Path, default=None, help="skip the meta-research: compare this program with the original"
     )
+    parser.add_argument(
+        "--budgets",
+        default="",
+        help="also compare both programs with these runs per inner research (e.g. 30,120): does the gain hold "
+        "at budgets the meta-research never saw?",
+    )
     args = parser.parse_args()
     experiments = args.experiments or (8 if args.quick else 40)
     seeds = args.seeds or (3 if args.quick else 10)
@@ -110,6 +116,23 @@ def main() -> None:
         f"{'met' if met else 'NOT met'}"
     )
     print("\nthe program's diff:\n" + (found["diff"] or "(none: the original stayed the champion)"))
+    budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+    if budgets:
+        print("\nthe same two programs with other inner budgets (held-out, same seeds)")
+        print(f"{'runs per inner research':>24s} {'original':>9s} {'improved':>9s} {'ratio':>7s} {'p':>8s}")
+        for budget in [sizes[2], *budgets]:
+            at = compare(
+                parse_program(original_text()),
+                parse_program(improved_text),
+                "heldout",
+                Scale(sizes[0], sizes[1], budget),
+                range(900_001, 900_001 + seeds),
+            )
+            mark = "" if budget != sizes[2] else "  (researched at)"
+            print(
+                f"{budget:24d} {at['default']['mean']:9.3f} {at['improved']['mean']:9.3f} "
+                f"{at['ratio'] or 0.0:6.3f}x {at['p_value']:8.2g}{mark}"
+            )
     if args.tinygpt > 0:
         improved = tmp / "improved.py"
         improved.write_text(improved_text, encoding="utf-8")
