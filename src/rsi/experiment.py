@@ -39,7 +39,8 @@ class Experimenter:
         # made, and the champion's re-measurements pick their seeds one at a time
         self.lock = threading.RLock()
         self._remeasuring: dict[int, set[int]] = {}  # champion id -> seeds of its re-measurements in flight
-        self._noise: dict[int, tuple[tuple[int, int], Noise | None]] = {}  # per thread: ledger version, noise
+        self._noise: dict[int, tuple[tuple[int, int], Noise | None, Noise | None]] = {}  # per thread: version,
+        # the pooled noise, and with the seed's share
         self._pools: dict[int, NoisePool] = {}  # per thread
         self._pairs: dict[int, PairPool] = {}
 
@@ -68,11 +69,14 @@ class Experimenter:
         (SQLite's count of changes, this connection's and the others')."""
         version = self.ledger.version()
         cached = self._noise.get(threading.get_ident())
+        pairs = self._pairs.setdefault(threading.get_ident(), PairPool())
         if cached is None or cached[0] != version:
             pool = self._pools.setdefault(threading.get_ident(), NoisePool())
-            cached = (version, pool(self.ledger.select_metrics()))
+            noise = pool(self.ledger.select_metrics())
+            cached = (version, noise, pairs(noise, *self.ledger.replication_pairs()))
             self._noise[threading.get_ident()] = cached
-        pairs = self._pairs.setdefault(threading.get_ident(), PairPool())
+        if leave_out is None:
+            return cached[2]
         return pairs(cached[1], *self.ledger.replication_pairs(), leave_out=leave_out)
 
     def baseline(self, exp: Experiment, wt: Path) -> None:
