@@ -192,29 +192,43 @@ def test_a_keep_lands_before_its_top_up_and_a_cut_top_up_is_finished_first() -> 
 
 
 # ---- paired seeds: where a seed moves every commit's metric alike, replication's pairs say so
-def _replications(share: float, candidates: int, rng: random.Random) -> dict[int, dict[int, float]]:
-    """Candidate i's 4 confirmation runs minus its parent's fresh runs on the same 4 seeds, new to both."""
-    out = {}
+def _replications(
+    share: float, candidates: int, rng: random.Random
+) -> tuple[dict[int, dict[int, float]], dict[int, dict[int, float]]]:
+    """Candidate i's 4 confirmation runs and the fresh runs of the champion that judged it (a different one
+    for each pair of candidates) on the same 4 seeds, new to both: (confirm by experiment, fresh by seed)."""
+    confirm: dict[int, dict[int, float]] = {}
+    fresh: dict[int, dict[int, float]] = {}
     for i in range(candidates):
-        seeds = [rng.gauss(0, share**0.5) for _ in range(4)]
-        out[i] = [s + rng.gauss(0, (1 - share) ** 0.5) - (s + rng.gauss(0, (1 - share) ** 0.5)) for s in seeds]
-    return {i: dict(enumerate(diffs)) for i, diffs in out.items()}
+        for k in range(4):
+            seed, effect = 10 * i + k, rng.gauss(0, share**0.5)
+            confirm.setdefault(i, {})[seed] = effect + rng.gauss(0, (1 - share) ** 0.5)
+            fresh[seed] = {1000 + i // 2: 5.0 + effect + rng.gauss(0, (1 - share) ** 0.5)}
+    return confirm, fresh
 
 
 def test_the_pair_pool_finds_the_seeds_share_cautiously_and_none_where_there_is_none() -> None:
     rng = random.Random(2)
-    parents = {i: 1000 for i in range(40)}
-    fresh = {1000: dict.fromkeys(range(4), 0.0)}  # the differences above are the candidates' runs, less 0
-    found = [PairPool()(Noise(1.0, 500), _replications(0.8, 10, rng), fresh, parents) for _ in range(100)]
+    found = [PairPool()(Noise(1.0, 500), *_replications(0.8, 10, rng)) for _ in range(100)]
     shares = [n.shared for n in found if n is not None]
     assert 0.55 < statistics.fmean(shares) < 0.8  # found, and under the truth: the unshared part is overstated
-    none = [PairPool()(Noise(1.0, 500), _replications(0.0, 10, rng), fresh, parents) for _ in range(400)]
+    none = [PairPool()(Noise(1.0, 500), *_replications(0.0, 10, rng)) for _ in range(400)]
     claimed = sum(n is not None and n.shared > 0 for n in none)
     assert claimed <= 0.1 * 400 * 1.5  # at most at 1 - SHARED_LEVEL, with room for sampling
-    one = _replications(0.8, 1, rng)  # 3 degrees of freedom: not enough
-    assert PairPool()(Noise(1.0, 500), one, fresh, parents) == Noise(1.0, 500)
-    two = _replications(0.8, 2, rng)
-    assert PairPool()(Noise(1.0, 500), two, fresh, parents, leave_out=1) == Noise(1.0, 500)  # its own left out
+    assert PairPool()(Noise(1.0, 500), *_replications(0.8, 1, rng)) == Noise(1.0, 500)  # 3 dof: not enough
+    confirm, fresh = _replications(0.8, 2, rng)
+    assert PairPool()(Noise(1.0, 500), confirm, fresh, leave_out=1) == Noise(1.0, 500)  # its own left out
+    fresh[10] = {1: 9.0, **fresh[10]}  # a fresh run of the candidate itself on its seed is not its pair
+    assert PairPool()(Noise(1.0, 500), confirm, fresh).shared > 0
+
+
+def test_the_last_look_pairs_only_where_its_threshold_is_lower() -> None:
+    judge = SequentialJudge()
+    pairs: tuple[list[float | None], list[float | None]] = ([1.0, 1.1, 0.9, 1.0], [0.0, 0.1, -0.1, 0.0])
+    assert "paired" in judge.confirm(*pairs, "maximize", Noise(1.0, 200, shared=0.8)).reason
+    assert "paired" not in judge.confirm(*pairs, "maximize", Noise(1.0, 200, shared=0.1)).reason
+    assert "paired" not in judge.confirm(*pairs, "maximize", Noise(1.0, 200)).reason
+    assert "paired" not in SequentialJudge(paired=False).confirm(*pairs, "maximize", Noise(1.0, 200, 0.8)).reason
 
 
 def test_a_paired_last_look_holds_its_error_rate_when_a_change_breaks_what_the_seed_does() -> None:

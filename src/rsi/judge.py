@@ -108,38 +108,38 @@ SHARED_LEVEL = 0.9  # the confidence that the noise a seed leaves unexplained is
 
 
 class PairPool:
-    """The seed's share of the noise, from replication: a candidate's confirmation runs and its parent's fresh
-    runs on the same seeds (new to both, so no two candidates share a pair). Within one candidate the
-    differences vary by the noise the seed does not explain, and by how differently the two codes take the
-    seed. Pooled over candidates, with that unexplained part taken at its SHARED_LEVEL upper bound, once
-    PAIRED_DOF degrees of freedom show it. It only chooses a test: the judge pairs a candidate's replication
-    with its own pairs' spread, so a change that breaks what the seed does is judged by its own spread.
-    `leave_out`: the candidate being judged, so that its own pairs never choose its test."""
+    """The seed's share of the noise, from replication: a candidate's confirmation runs and the fresh runs
+    of the champion that judged it on the same seeds (replication's seeds are the candidate's own, new to
+    both, so no two candidates share a pair). Within one candidate the differences vary by the noise the seed
+    does not explain, and by how differently the two codes take the seed. Pooled over candidates, with that
+    unexplained part taken at its SHARED_LEVEL upper bound (Gaussian: heavier tails claim a share more often),
+    once PAIRED_DOF degrees of freedom show it. It only chooses a test: the judge pairs a candidate's
+    replication on its own pairs' spread, so a change that takes the seed differently is judged by its own
+    spread. `leave_out`: the candidate being judged, whose own pairs are not pooled."""
 
     def __init__(self) -> None:
-        self._squares: dict[int, tuple[int, int, float, int]] = {}  # exp -> (its runs, parent's, squares, dof)
+        self._squares: dict[int, tuple[int, int, float, int]] = {}  # exp -> (its runs, pairs, squares, dof)
 
     def __call__(
         self,
         noise: Noise | None,
         confirm: Mapping[int, Mapping[int, float]],
         fresh: Mapping[int, Mapping[int, float]],
-        parents: Mapping[int, int | None],
         leave_out: int | None = None,
     ) -> Noise | None:
+        """`confirm`: experiment -> seed -> its confirmation run; `fresh`: seed -> experiment -> fresh run."""
         if noise is None or noise.sd == 0:
             return noise
         num, dof = 0.0, 0
         for exp_id, runs in confirm.items():
-            parent = parents.get(exp_id)
-            theirs = fresh.get(parent) if parent is not None else None
-            if exp_id == leave_out or not theirs or len(runs) < 2:
+            if exp_id == leave_out or len(runs) < 2:
                 continue
+            theirs = {s: next((v for e, v in fresh[s].items() if e != exp_id), None) for s in runs if s in fresh}
+            diffs = [runs[s] - v for s, v in theirs.items() if v is not None]
             seen = self._squares.get(exp_id)
-            if seen is None or seen[:2] != (len(runs), len(theirs)):
-                diffs = [value - theirs[seed] for seed, value in runs.items() if seed in theirs]
+            if seen is None or seen[:2] != (len(runs), len(diffs)):
                 squares = _squares(diffs) if len(diffs) >= 2 else 0.0
-                seen = self._squares[exp_id] = (len(runs), len(theirs), squares, max(len(diffs) - 1, 0))
+                seen = self._squares[exp_id] = (len(runs), len(diffs), squares, max(len(diffs) - 1, 0))
             num, dof = num + seen[2], dof + seen[3]
         if dof < PAIRED_DOF:
             return noise
@@ -315,9 +315,11 @@ class SequentialJudge:
         return Decision("more", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}]: promising, run more", ci)
 
     def _pairs_better(self, n: int, level: float, noise: Noise) -> bool:
-        """Whether replication's last look is more likely to keep a real gain as a paired t test on the
-        candidate's own n pairs (n - 1 degrees of freedom) than unpaired on the pooled noise: chosen from the
-        seed's share that other candidates showed, never from this one's runs."""
+        """Whether replication's last look has the lower threshold as a paired t test on the candidate's own
+        n pairs (n - 1 degrees of freedom, their spread expected from the seed's share other candidates showed)
+        than unpaired on the pooled noise. The candidate's own pairs do not choose; its runs are in the pooled
+        sd as in the unpaired test. A paired test with few degrees of freedom pays for estimating its spread:
+        at this threshold it keeps the large gains a little less often and the smaller ones more often."""
         if not self.paired or n < 3 or noise.shared <= 0:
             return False
         unshared = max(noise.sd**2 - noise.shared, 0.0)

@@ -152,11 +152,17 @@ class _Cache:
         self.version = -1  # SQLite's data_version when it was filled
         self.by_id: dict[int, Experiment] = {}
         self.metrics: dict[int, list[float]] | None = None  # select_metrics()
-        self.seeded: dict[str, dict[int, dict[int, float]]] | None = None  # replication_pairs(): kind -> exp -> seed
-        self.parents: dict[int, int | None] = {}
+        self.seeded: dict[str, dict[int, dict[int, float]]] | None = None  # replication_pairs()
 
     def clear(self) -> None:
-        self.by_id, self.metrics, self.seeded, self.parents = {}, None, None, {}
+        self.by_id, self.metrics, self.seeded = {}, None, None
+
+
+def _seeded(seeded: dict[str, dict[int, dict[int, float]]], kind: str, exp_id: int, seed: int, metric: float) -> None:
+    """A run into replication_pairs()'s maps: confirmation runs by experiment then seed, fresh runs by seed
+    then experiment; the first run of each."""
+    outer, inner = (exp_id, seed) if kind == "confirm" else (seed, exp_id)
+    seeded[kind].setdefault(outer, {}).setdefault(inner, metric)
 
 
 def _create(path: Path) -> None:
@@ -448,27 +454,20 @@ class Ledger:
                 cache.metrics.setdefault(int(exp_id), []).append(float(metric))
         return cache.metrics
 
-    def replication_pairs(
-        self,
-    ) -> tuple[Mapping[int, Mapping[int, float]], Mapping[int, Mapping[int, float]], Mapping[int, int | None]]:
-        """Valid confirmation runs and fresh runs by experiment and seed, and each experiment's parent: a
-        candidate's replication pairs are its confirmation runs and its parent's fresh runs on the same seeds.
-        Read it at once, as select_metrics()."""
+    def replication_pairs(self) -> tuple[Mapping[int, Mapping[int, float]], Mapping[int, Mapping[int, float]]]:
+        """Valid confirmation runs by experiment and seed, and fresh runs by seed and experiment (in the order
+        they were made): a candidate's replication pairs are its confirmation runs and the judging champion's
+        fresh runs on the same seeds. Read it at once, as select_metrics()."""
         cache = self._cache()
         if cache.seeded is None:
             cache.seeded = {"confirm": {}, "fresh": {}}
             rows = self.db.execute(
                 "SELECT experiment, kind, seed, metric FROM runs WHERE state = 'done' AND status = 'ok'"
-                " AND metric IS NOT NULL AND kind IN (?, ?) ORDER BY id",
-                ("confirm", "fresh"),
+                " AND metric IS NOT NULL AND kind IN ('confirm', 'fresh') ORDER BY id"
             )
             for exp_id, kind, seed, metric in rows:
-                cache.seeded[kind].setdefault(int(exp_id), {}).setdefault(int(seed), float(metric))
-            cache.parents = {int(i): p for i, p in self.db.execute("SELECT id, parent FROM experiments")}
-        for exp_id in [i for i in cache.seeded["confirm"] if i not in cache.parents]:  # made since, here
-            row = self.db.execute("SELECT parent FROM experiments WHERE id = ?", (exp_id,)).fetchone()
-            cache.parents[exp_id] = row[0] if row else None
-        return cache.seeded["confirm"], cache.seeded["fresh"], cache.parents
+                _seeded(cache.seeded, kind, int(exp_id), int(seed), float(metric))
+        return cache.seeded["confirm"], cache.seeded["fresh"]
 
     # runs
     def trajectories(self, exp_id: int, kinds: Sequence[str] = SELECT_KINDS) -> list[list[tuple[float, float]]]:
@@ -515,7 +514,7 @@ class Ledger:
         if cache.metrics is not None and run.kind in SELECT_KINDS and run.status == "ok" and run.metric is not None:
             cache.metrics.setdefault(run.experiment, []).append(float(run.metric))
         if cache.seeded is not None and run.kind in cache.seeded and run.status == "ok" and run.metric is not None:
-            cache.seeded[run.kind].setdefault(run.experiment, {}).setdefault(run.seed, float(run.metric))
+            _seeded(cache.seeded, run.kind, run.experiment, run.seed, float(run.metric))
 
     # model calls
     def add_call(
