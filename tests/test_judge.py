@@ -10,7 +10,7 @@ import pytest
 
 from rsi.config import Config
 from rsi.engine import Limits, in_process
-from rsi.judge import SIMPLER_RUNS, Noise, NoisePool, PairPool, SequentialJudge, looks, pooled_noise
+from rsi.judge import SIMPLER_RUNS, Noise, NoisePool, SequentialJudge, looks, pooled_noise, with_seed_share
 from rsi.ledger import Experiment
 from rsi.proposer import Context, Proposal
 from rsi.status import status_json
@@ -209,17 +209,17 @@ def _replications(
 
 def test_the_pair_pool_finds_the_seeds_share_cautiously_and_none_where_there_is_none() -> None:
     rng = random.Random(2)
-    found = [PairPool()(Noise(1.0, 500), *_replications(0.8, 10, rng)) for _ in range(100)]
+    found = [with_seed_share(Noise(1.0, 500), *_replications(0.8, 10, rng)) for _ in range(100)]
     shares = [n.shared for n in found if n is not None]
     assert 0.55 < statistics.fmean(shares) < 0.8  # found, and under the truth: the unshared part is overstated
-    none = [PairPool()(Noise(1.0, 500), *_replications(0.0, 10, rng)) for _ in range(400)]
+    none = [with_seed_share(Noise(1.0, 500), *_replications(0.0, 10, rng)) for _ in range(400)]
     claimed = sum(n is not None and n.shared > 0 for n in none)
     assert claimed <= 0.1 * 400 * 1.5  # at most at 1 - SHARED_LEVEL, with room for sampling
-    assert PairPool()(Noise(1.0, 500), *_replications(0.8, 1, rng)) == Noise(1.0, 500)  # 3 dof: not enough
+    assert with_seed_share(Noise(1.0, 500), *_replications(0.8, 1, rng)) == Noise(1.0, 500)  # 3 dof: not enough
     confirm, fresh = _replications(0.8, 2, rng)
-    assert PairPool()(Noise(1.0, 500), confirm, fresh, leave_out=1) == Noise(1.0, 500)  # its own left out
+    assert with_seed_share(Noise(1.0, 500), confirm, fresh, leave_out=1) == Noise(1.0, 500)  # its own left out
     fresh[10] = {1: 9.0, **fresh[10]}  # a fresh run of the candidate itself on its seed is not its pair
-    assert PairPool()(Noise(1.0, 500), confirm, fresh).shared > 0
+    assert with_seed_share(Noise(1.0, 500), confirm, fresh).shared > 0
 
 
 def test_the_last_look_pairs_only_where_its_threshold_is_lower() -> None:

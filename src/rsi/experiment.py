@@ -16,7 +16,7 @@ from scipy import stats
 from rsi import slots
 from rsi.config import Config, ConstraintConfig
 from rsi.errors import UserError
-from rsi.judge import Decision, Judge, Noise, NoisePool, PairPool
+from rsi.judge import Decision, Judge, Noise, NoisePool, with_seed_share
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.pruning import PRUNED, Reference, reference
@@ -42,7 +42,6 @@ class Experimenter:
         self._noise: dict[int, tuple[tuple[int, int], Noise | None, Noise | None]] = {}  # per thread: version,
         # the pooled noise, and with the seed's share
         self._pools: dict[int, NoisePool] = {}  # per thread
-        self._pairs: dict[int, PairPool] = {}
 
     def champion_worktree(self) -> str:
         """Where this thread measures the champion: one checkout per slot, so workers never share one."""
@@ -69,15 +68,14 @@ class Experimenter:
         (SQLite's count of changes, this connection's and the others')."""
         version = self.ledger.version()
         cached = self._noise.get(threading.get_ident())
-        pairs = self._pairs.setdefault(threading.get_ident(), PairPool())
         if cached is None or cached[0] != version:
             pool = self._pools.setdefault(threading.get_ident(), NoisePool())
             noise = pool(self.ledger.select_metrics())
-            cached = (version, noise, pairs(noise, *self.ledger.replication_pairs()))
+            cached = (version, noise, with_seed_share(noise, *self.ledger.replication_pairs()))
             self._noise[threading.get_ident()] = cached
         if leave_out is None:
             return cached[2]
-        return pairs(cached[1], *self.ledger.replication_pairs(), leave_out=leave_out)
+        return with_seed_share(cached[1], *self.ledger.replication_pairs(), leave_out=leave_out)
 
     def baseline(self, exp: Experiment, wt: Path) -> None:
         """Fresh runs on seeds 1..baseline_repeats, each followed by the holdout: the noise floor."""

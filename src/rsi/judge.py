@@ -15,7 +15,7 @@ research branch:
    twice: after the first pair at a tenth of alpha_c, where an effect many noise sds large is kept at once
    (early tuning, where most of a budget would otherwise go to replicating the obvious), and after the last
    at the rest. The last look is a paired t test on the candidate's own pairs where earlier candidates' pairs
-   showed that the seed explains enough of the noise for that to be the more powerful test (PairPool).
+   showed that the seed explains enough of the noise for that to be the more powerful test (with_seed_share).
 
 The stages use disjoint runs, so a candidate with no real effect is kept with probability at most
 alpha_s * alpha_c = 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for 0.99). Over a night
@@ -55,7 +55,7 @@ class Decision:
 @dataclass(frozen=True)
 class Noise:
     """The run-to-run standard deviation of the metric, pooled, with its degrees of freedom; and `shared`, the
-    part of its variance a seed gives every commit alike (0 until replication pairs show it; see PairPool)."""
+    part of its variance a seed gives every commit alike (0 until replication pairs show it; see with_seed_share)."""
 
     sd: float
     dof: int
@@ -107,44 +107,38 @@ PAIRED_DOF = 4  # replication pairs' degrees of freedom before the seed's share 
 SHARED_LEVEL = 0.9  # the confidence that the noise a seed leaves unexplained is at most what is assumed
 
 
-class PairPool:
-    """The seed's share of the noise, from replication: a candidate's confirmation runs and the fresh runs
-    of the champion that judged it on the same seeds (replication's seeds are the candidate's own, new to
-    both, so no two candidates share a pair). Within one candidate the differences vary by the noise the seed
-    does not explain, and by how differently the two codes take the seed. Pooled over candidates, with that
-    unexplained part taken at its SHARED_LEVEL upper bound (Gaussian: heavier tails claim a share more often),
-    once PAIRED_DOF degrees of freedom show it. It only chooses a test: the judge pairs a candidate's
-    replication on its own pairs' spread, so a change that takes the seed differently is judged by its own
-    spread. `leave_out`: the candidate being judged, whose own pairs are not pooled."""
-
-    def __init__(self) -> None:
-        self._squares: dict[int, tuple[int, int, float, int]] = {}  # exp -> (its runs, pairs, squares, dof)
-
-    def __call__(
-        self,
-        noise: Noise | None,
-        confirm: Mapping[int, Mapping[int, float]],
-        fresh: Mapping[int, Mapping[int, float]],
-        leave_out: int | None = None,
-    ) -> Noise | None:
-        """`confirm`: experiment -> seed -> its confirmation run; `fresh`: seed -> experiment -> fresh run."""
-        if noise is None or noise.sd == 0:
-            return noise
-        num, dof = 0.0, 0
-        for exp_id, runs in confirm.items():
-            if exp_id == leave_out or len(runs) < 2:
-                continue
-            theirs = {s: next((v for e, v in fresh[s].items() if e != exp_id), None) for s in runs if s in fresh}
-            diffs = [runs[s] - v for s, v in theirs.items() if v is not None]
-            seen = self._squares.get(exp_id)
-            if seen is None or seen[:2] != (len(runs), len(diffs)):
-                squares = _squares(diffs) if len(diffs) >= 2 else 0.0
-                seen = self._squares[exp_id] = (len(runs), len(diffs), squares, max(len(diffs) - 1, 0))
-            num, dof = num + seen[2], dof + seen[3]
-        if dof < PAIRED_DOF:
-            return noise
-        unshared = num / 2 / chi2_quantile(1 - SHARED_LEVEL, dof)  # a difference holds two runs' unshared noise
-        return dataclasses.replace(noise, shared=max(noise.sd**2 - unshared, 0.0))
+def with_seed_share(
+    noise: Noise | None,
+    confirm: Mapping[int, Mapping[int, float]],
+    fresh: Mapping[int, Mapping[int, float]],
+    leave_out: int | None = None,
+) -> Noise | None:
+    """`noise` with the seed's share, from replication: a candidate's confirmation runs (`confirm`: experiment
+    -> seed -> run) and the fresh runs of the champion that judged it on the same seeds (`fresh`: seed ->
+    experiment -> run; replication's seeds are the candidate's own, new to both, so no two candidates share a
+    pair). Within one candidate the differences vary by the noise the seed does not explain, and by how
+    differently the two codes take the seed. Pooled over candidates, with that unexplained part taken at its
+    SHARED_LEVEL upper bound (Gaussian: heavier tails claim a share more often), once PAIRED_DOF degrees of
+    freedom show it. It only chooses a test: the judge pairs a candidate's replication on its own pairs'
+    spread, so a change that takes the seed differently is judged by its own spread. `leave_out`: the
+    candidate being judged, whose own pairs are not pooled."""
+    if noise is None or noise.sd == 0:
+        return noise
+    num, dof = 0.0, 0
+    for exp_id, runs in confirm.items():
+        if exp_id == leave_out:
+            continue
+        diffs = []
+        for seed, mine in runs.items():
+            other = next((v for e, v in fresh.get(seed, {}).items() if e != exp_id), None)  # not its own
+            if other is not None:
+                diffs.append(mine - other)
+        if len(diffs) >= 2:
+            num, dof = num + _squares(diffs), dof + len(diffs) - 1
+    if dof < PAIRED_DOF:
+        return noise
+    unshared = num / 2 / chi2_quantile(1 - SHARED_LEVEL, dof)  # a difference holds two runs' unshared noise
+    return dataclasses.replace(noise, shared=max(noise.sd**2 - unshared, 0.0))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -6,7 +6,7 @@ from typing import Any
 
 from rsi.config import ConstraintConfig
 from rsi.experiment import constraint_value
-from rsi.judge import Goal, PairPool, improvement, pooled_noise
+from rsi.judge import Goal, improvement, pooled_noise, with_seed_share
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED
 from rsi.swarm import bandit_table
@@ -68,7 +68,7 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
     kept = [e for e in exps if e.verdict == "keep"]
     best = kept[-1] if kept else base
     goal: Goal = "maximize" if ledger.get("goal") == "maximize" else "minimize"
-    noise = PairPool()(pooled_noise(list(ledger.select_metrics().values())), *ledger.replication_pairs())
+    noise = with_seed_share(pooled_noise(list(ledger.select_metrics().values())), *ledger.replication_pairs())
     detectable = ledger.get("detectable")
     rows = [experiment_json(e, holdout_flag(e, by_id.get(e.parent or 0), base, goal)) for e in exps]
     return {
