@@ -89,14 +89,15 @@ print(f"loss: {random.gauss(1.0, 0.05):.6f}")
 
 
 def test_a_plateau_ends_the_research_and_says_so(make_task: MakeTask) -> None:
-    """Nothing can be kept on pure noise: the plateau rule stops after 4 experiments without a keep."""
+    """On pure noise the plateau rule stops the research after 4 experiments without a keep. A keep there is a
+    false one (about 0.2% of null candidates; their rate is test_engine's business): it restarts the count."""
     root = make_task(train=PURE_NOISE, extra_toml="[plateau]\nexperiments = 4\n")
     done = rsi("run", str(root), "--max-experiments", "30")
     assert done.returncode == 0, done.stderr
     exps = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).experiments()
-    assert not [e for e in exps if e.verdict == "keep"]
-    assert len(exps) == 5  # the baseline and four without a keep
-    assert "plateau: 4 experiments since the last keep (#0)" in done.stdout + done.stderr
+    last = max(e.id for e in exps if e.verdict == "keep" or e.id == 0)
+    assert len(exps) == last + 5 < 30  # up to the last keep (or the baseline), then four without one
+    assert f"plateau: 4 experiments since the last keep (#{last})" in done.stdout + done.stderr
     bad = make_task(name="bad", extra_toml='[plateau]\ntime = "soon"\n')
     failed = rsi("run", str(bad), "--max-experiments", "2")
     assert failed.returncode == 2 and "plateau" in failed.stderr and "Traceback" not in failed.stderr

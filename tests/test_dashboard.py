@@ -20,6 +20,7 @@ import pytest
 from conftest import create_task, rsi
 
 from rsi.ledger import Ledger
+from rsi.program import original_text
 from rsi.status import experiment_status
 
 pytest.importorskip("fastapi")
@@ -51,9 +52,13 @@ FIRST = 10  # experiments of the research the pages are tested on
 
 @pytest.fixture(scope="module")
 def researched(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A task with a held-out check and candidates that crash, researched for real."""
-    root = create_task(tmp_path_factory.mktemp("dash") / "task", TRAIN, HOLDOUT_TOML, {"holdout.py": HOLDOUT})
-    done = rsi("run", str(root), "--max-experiments", str(FIRST))
+    """A task with a held-out check and candidates that crash, researched for real. Whether a crash comes within
+    the first experiments depends on the proposals, so the research uses the frozen original program (whose
+    proposals here reach DEPTH > 8), not the shipped default that rsi meta may change."""
+    folder = tmp_path_factory.mktemp("dash")
+    root = create_task(folder / "task", TRAIN, HOLDOUT_TOML, {"holdout.py": HOLDOUT})
+    (folder / "original.py").write_text(original_text())
+    done = rsi("run", str(root), "--max-experiments", str(FIRST), "--program", str(folder / "original.py"))
     assert done.returncode == 0, done.stderr
     return root
 

@@ -46,7 +46,7 @@ def test_the_original_program_is_frozen_and_the_default_changed_only_strategy() 
     assert hashlib.sha256(text.encode()).hexdigest() == ORIGINAL_SHA256, "programs/original.py is frozen"
     original, shipped = parse_program(text), default_program()
     changed = {f.name for f in dataclasses.fields(Program) if getattr(original, f.name) != getattr(shipped, f.name)}
-    assert changed == {"sampler", "per_candidate", "local", "restart_after"}
+    assert changed == {"sampler", "startup", "per_candidate", "local"}
     fixed = {name for name in changed if f"{name.upper()} = " in text and "# rsi: fixed" in _line(text, name)}
     assert not fixed
 

@@ -84,7 +84,7 @@ def test_retest_measures_a_change_again_on_the_champion_while_the_research_runs(
     ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
     target = next(e for e in reversed(ledger.experiments()) if e.verdict != "keep" and e.commit_sha and e.id > 0)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rsi", "run", str(root), "--max-experiments", "14"],
+        [sys.executable, "-m", "rsi", "run", str(root), "--max-experiments", "20"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -94,8 +94,12 @@ def test_retest_measures_a_change_again_on_the_champion_while_the_research_runs(
         while count(root) < 8:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
+        # Held while the retest is queued, so that it is the next experiment however fast the research goes
+        # (otherwise the budget can be spent before the queue is read).
+        assert rsi("pause", str(root)).returncode == 0
         queued = rsi("retest", str(target.id), str(root), "--repeats", "3")
         assert queued.returncode == 0 and "queued" in queued.stdout, queued.stderr
+        assert rsi("resume", str(root)).returncode == 0
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:

@@ -173,11 +173,11 @@ class KnobsConfig(_Section):
     exclude: list[str] = []
     # The defaults are the shipped research program's (programs/default.py), which rsi meta found.
     sampler: Literal["tpe", "cmaes", "random"] = "cmaes"
-    per_candidate: int = Field(default=5, ge=1)
-    startup: int = Field(default=8, ge=1)  # TPE's random trials before it models
-    local: float = Field(default=0.49, ge=0.0, le=1.0)  # share of candidates that step near the champion
+    per_candidate: int = Field(default=6, ge=1)
+    startup: int = Field(default=19, ge=1)  # TPE's random trials before it models
+    local: float = Field(default=0.0928, ge=0.0, le=1.0)  # share of candidates that step near the champion
     local_scale: float = Field(default=0.2, gt=0.0)  # their step, as a fraction of each knob's range
-    restart_after: int = Field(default=23, ge=0)  # experiments without a keep before the sampler starts over
+    restart_after: int = Field(default=0, ge=0)  # experiments without a keep before the sampler starts over
     multivariate: bool = True  # TPE models the knobs jointly (interactions) instead of one by one
     candidates: int = Field(default=24, ge=1)  # TPE's draws per proposal, the best of which is proposed
 
