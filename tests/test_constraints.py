@@ -101,3 +101,15 @@ def test_a_plateau_ends_the_research_and_says_so(make_task: MakeTask) -> None:
     bad = make_task(name="bad", extra_toml='[plateau]\ntime = "soon"\n')
     failed = rsi("run", str(bad), "--max-experiments", "2")
     assert failed.returncode == 2 and "plateau" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_a_keep_starts_the_plateau_count_again(make_task: MakeTask) -> None:
+    """On a task with real gains, the count of experiments without a keep starts from the last keep."""
+    root = make_task(extra_toml="[plateau]\nexperiments = 3\n")  # a quadratic with little noise: keeps early
+    done = rsi("run", str(root), "--max-experiments", "40")
+    assert done.returncode == 0, done.stderr
+    exps = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).experiments()
+    keeps = [e.id for e in exps if e.verdict == "keep"]
+    assert keeps, "the task was meant to have gains"
+    assert len(exps) == keeps[-1] + 4 < 40  # the last keep, then three without one
+    assert f"plateau: 3 experiments since the last keep (#{keeps[-1]})" in done.stdout + done.stderr

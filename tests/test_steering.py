@@ -94,9 +94,10 @@ def test_retest_measures_a_change_again_on_the_champion_while_the_research_runs(
         while count(root) < 8:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
-        # Held while the retest is queued, so that it is the next experiment however fast the research goes
-        # (otherwise the budget can be spent before the queue is read).
+        # Held while the retest is queued (otherwise the budget could be spent before the queue is read): a
+        # pause stops new experiments at the next check, so at most one more starts before the retest.
         assert rsi("pause", str(root)).returncode == 0
+        paused_at = count(root)
         queued = rsi("retest", str(target.id), str(root), "--repeats", "3")
         assert queued.returncode == 0 and "queued" in queued.stdout, queued.stderr
         assert rsi("resume", str(root)).returncode == 0
@@ -108,7 +109,7 @@ def test_retest_measures_a_change_again_on_the_champion_while_the_research_runs(
     retests = [e for e in ledger.experiments() if e.proposer == "retest"]
     assert len(retests) == 1, [(e.id, e.proposer, e.hypothesis) for e in ledger.experiments()]
     again = retests[0]
-    assert again.id >= 8 and again.params == {"retest_of": target.id, "max_repeats": 3}
+    assert 8 <= again.id <= paused_at + 1 and again.params == {"retest_of": target.id, "max_repeats": 3}
     assert f"retest of #{target.id}" in again.hypothesis and again.state == "done"
     assert sum(1 for r in again.runs if r.kind == "screen") <= 3
     assert again.diff or again.reason  # the change on the champion of the time, or why it could not be replayed
