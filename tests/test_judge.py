@@ -10,6 +10,7 @@ import pytest
 
 from rsi.config import Config
 from rsi.engine import Limits, in_process
+from rsi.experiment import CLEAR_GAIN, SHORT_TOP_UP
 from rsi.judge import SIMPLER_RUNS, Noise, NoisePool, SequentialJudge, looks, pooled_noise, with_seed_share
 from rsi.ledger import Experiment
 from rsi.proposer import Context, Proposal
@@ -59,7 +60,8 @@ def test_a_real_gain_is_kept_and_replicated_a_null_is_not() -> None:
     assert null.verdict in ("discard", "inconclusive") and not null.reverted
     assert gain.verdict == "keep"
     kinds = [run.kind for run in gain.runs]
-    assert "screen" in kinds and kinds.count("confirm") == 4 and kinds.count("fresh") >= 5
+    # a gain of 5 noise sds: the short top-up (test_a_keep_far_clear_of_the_noise_gets_a_short_top_up...)
+    assert "screen" in kinds and kinds.count("confirm") == 4 and kinds.count("fresh") >= SHORT_TOP_UP
     assert len([run for run in base_exp.runs if run.kind == "fresh"]) >= 5 + 4  # replication's champion arm
 
 
@@ -185,10 +187,36 @@ def test_a_keep_lands_before_its_top_up_and_a_cut_top_up_is_finished_first() -> 
     cut[0] = False
     r.run(Limits(max_experiments=3))
     champion = r.ledger.experiment(1)
-    assert champion is not None and sum(run.kind == "fresh" for run in champion.runs) == 5
-    first_fresh = min(run.id for run in champion.runs if run.kind == "fresh")
+    assert champion is not None
+    fresh = sorted(run.id for run in champion.runs if run.kind == "fresh")
+    assert len(fresh) >= SHORT_TOP_UP  # a gain of 7 noise sds: the short top-up (see the next test)
     nxt = r.ledger.experiment(2)
-    assert nxt is not None and nxt.state == "done" and all(run.id > first_fresh for run in nxt.runs)
+    assert nxt is not None and nxt.state == "done" and all(run.id > fresh[SHORT_TOP_UP - 1] for run in nxt.runs)
+
+
+def test_a_keep_far_clear_of_the_noise_gets_a_short_top_up_which_a_close_candidate_completes() -> None:
+    """Early tuning: a keep whose gain is many noise sds clear of zero gets SHORT_TOP_UP fresh runs, not the
+    baseline's count; candidates decided at once need no more; the first that is not completes the top-up."""
+
+    def quiet(files: Mapping[str, str], seed: int) -> float:  # noise sd 0.01: a gain of 0.5 is 50 sds
+        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
+
+    # the third is better by 1.5 sds, chosen to be undecided at its first look
+    script = ["loss = 0.5\n", "loss = 0.9\n", "loss = 0.4845\n"]
+    r = in_process(config(), {"f.py": "loss = 1.0\n"}, quiet, Scripted(script))
+    r.run(Limits(max_experiments=3))
+    kept, worse = r.ledger.experiment(1), r.ledger.experiment(2)
+    noise = r.experimenter.noise()
+    assert kept is not None and kept.verdict == "keep" and kept.ci is not None and noise is not None
+    assert kept.ci[0] >= CLEAR_GAIN * noise.sd
+    assert worse is not None and worse.verdict == "discard" and len(worse.runs) == 1  # decided at once
+    assert sum(run.kind == "fresh" for run in kept.runs) == SHORT_TOP_UP
+    r.run(Limits(max_experiments=4))
+    close = r.ledger.experiment(3)
+    assert close is not None and len([run for run in close.runs if run.kind == "screen"]) > 1  # undecided at first
+    champion = r.ledger.experiment(1)
+    assert champion is not None and sum(run.kind == "fresh" for run in champion.runs) == 6  # to 5, then one more
+    # a keep within a few noise sds gets the baseline's count at once, as before (the test above: 5)
 
 
 # ---- paired seeds: where a seed moves every commit's metric alike, replication's pairs say so

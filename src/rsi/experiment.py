@@ -27,6 +27,8 @@ RETEST = "retest"  # the proposer of an experiment `rsi retest` asked for
 SUPERSEDED = "superseded:"  # the reason of a winner whose champion was replaced while it ran
 CHAMPION_RUNS = 8  # fresh runs the champion is brought up to, one per candidate (see _remeasure)
 NOISE_DOF = 30  # ... and for as long as the noise estimate has fewer degrees of freedom
+CLEAR_GAIN = 4.0  # a keep whose improvement is at least this many noise sds (its lower bound) ...
+SHORT_TOP_UP = 2  # ... gets this many top-up runs at once, the rest when a candidate first needs the precision
 
 
 class Experimenter:
@@ -93,7 +95,8 @@ class Experimenter:
         """Screening runs, paired with the champion's fresh seeds, until the judge decides; then replication."""
         assert exp.commit_sha is not None
         # a keep's top-up cut short (a kill, a deadline) is finished before anything is compared with it
-        champion = self._top_up(self.champion(), None, self._top_up_runs())
+        champion = self.champion()
+        champion = self._top_up(champion, None, self._top_up_runs(champion))
         deletes = deletes_code(exp.diff)
         remeasured = False
         judge, most = self.judge, self.cfg.judge.max_repeats
@@ -117,6 +120,7 @@ class Experimenter:
                     decision = Decision("inconclusive", decision.reason, decision.ci)
                     break
                 if not remeasured:  # an undecided candidate: the champion's precision now matters
+                    champion = self._top_up(champion, None, self._top_up_runs())  # a short top-up completed
                     champion, remeasured = self._remeasure(champion), True
                     pool = champion_pool(champion)
             k = len(screened)
@@ -135,7 +139,8 @@ class Experimenter:
         if decision.verdict == "keep":  # the holdout after its last run, whose output it may read
             self._holdout_last(self._reload(exp), wt)
         if self._finish(self._reload(exp), decision.verdict, decision, champion) == "keep":
-            self._top_up(exp, wt, self._top_up_runs())  # after the keep landed: a deadline now cannot lose it
+            kept = self._reload(exp)  # after the keep landed: a deadline now cannot lose it
+            self._top_up(kept, wt, self._top_up_runs(kept))
 
     def reference(self, champion: Experiment, judge: Judge, deletes: bool) -> Reference | None:
         """What a first screening run is stopped early against, with `[pruning]` on: the champion's level from
@@ -234,11 +239,21 @@ class Experimenter:
             return Decision("discard", f"screening kept it, but it {confirmed.reason}", confirmed.ci)
         return confirmed
 
-    def _top_up_runs(self) -> int:
-        return self.cfg.judge.baseline_repeats if self.judge.replicate else 0
+    def _top_up_runs(self, champion: Experiment | None = None) -> int:
+        """Fresh runs a new champion is brought up to: baseline_repeats; SHORT_TOP_UP for one kept by a gain
+        CLEAR_GAIN noise sds clear of zero. That is early tuning, where most candidates are decided at once (the
+        first undecided one completes the top-up), and a run spent on the champion's level is one not spent on
+        the next gain. Runs only change how precise the comparison is: a t bound holds with any number."""
+        if not self.judge.replicate:
+            return 0
+        full, noise = self.cfg.judge.baseline_repeats, self.noise()
+        ci = champion.ci if champion is not None and champion.id > 0 else None
+        if ci is not None and noise is not None and noise.sd > 0 and ci[0] >= CLEAR_GAIN * noise.sd:
+            return min(SHORT_TOP_UP, full)
+        return full
 
     def _top_up(self, exp: Experiment, wt: Path | None, runs: int) -> Experiment:
-        """A new champion gets baseline_repeats fresh runs, used in no decision about itself: what later
+        """A new champion gets `runs` fresh runs (_top_up_runs), used in no decision about itself: what later
         candidates are compared with, free of the winner's curse of the runs that kept it (its screening and
         confirmation runs were selected for being good). Run right after the keep lands, and finished by the
         next candidate if that was cut short; workers doing it at once each take a seed of their own."""
