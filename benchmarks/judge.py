@@ -136,7 +136,11 @@ def config(baseline_repeats: int) -> Config:
 def research(judge_name: str, noise: str, candidates: int, seed: int, program: Program) -> dict[str, float]:
     p = program
     rsi = SequentialJudge(
-        confidence=p.confidence, max_repeats=p.max_repeats, min_delta=p.min_delta, replicate=p.replicate
+        confidence=p.confidence,
+        max_repeats=p.max_repeats,
+        min_delta=p.min_delta,
+        replicate=p.replicate,
+        champion_runs=p.baseline_repeats,
     )
     judges: dict[str, tuple[Judge, int]] = {
         "rsi": (rsi, p.baseline_repeats),

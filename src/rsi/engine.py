@@ -109,7 +109,11 @@ def _quiet(event: str, exp: Experiment | None, message: str) -> None:
 def default_judge(cfg: Config) -> Judge:
     j = cfg.judge
     return SequentialJudge(
-        confidence=j.confidence, max_repeats=j.max_repeats, min_delta=j.min_delta, replicate=j.replicate
+        confidence=j.confidence,
+        max_repeats=j.max_repeats,
+        min_delta=j.min_delta,
+        replicate=j.replicate,
+        champion_runs=j.baseline_repeats if j.replicate else 0,  # the champion's top-up (Experimenter)
     )
 
 

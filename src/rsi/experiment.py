@@ -104,6 +104,7 @@ class Experimenter:
             # `rsi retest --repeats K`: its own sequential design, with up to K looks' worth of runs
             most, judge = asked, judge.with_repeats(asked)
         while True:
+            champion = self._reload(champion)  # other workers' re-measurements of it count at every look
             pool = champion_pool(champion)
             screened = [r for r in exp.runs if r.kind == SCREEN]
             stopped = next((r for r in screened if r.status == PRUNED), None)
@@ -248,7 +249,8 @@ class Experimenter:
             return 0
         full, noise = self.cfg.judge.baseline_repeats, self.noise()
         ci = champion.ci if champion is not None and champion.id > 0 else None
-        if ci is not None and noise is not None and noise.sd > 0 and ci[0] >= CLEAR_GAIN * noise.sd:
+        bound = ci is not None and ci[0] < ci[1]  # not a keep decided without noise, whose ci is a point
+        if bound and ci is not None and noise is not None and noise.sd > 0 and ci[0] >= CLEAR_GAIN * noise.sd:
             return min(SHORT_TOP_UP, full)
         return full
 

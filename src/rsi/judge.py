@@ -246,6 +246,7 @@ class SequentialJudge:
     simplicity: bool = True
     futility: float = FUTILITY
     paired: bool = True  # replication's last look may be a paired test, where other candidates showed it pays
+    champion_runs: int = 0  # the champion's runs before a candidate's second look (the futility rule's level)
 
     @property
     def alpha_stage(self) -> float:
@@ -297,7 +298,9 @@ class SequentialJudge:
                 "keep", f"improvement {gain:.4g}, bound [{low:.4g}, {high:.4g}] clears {self.min_delta:g}", ci
             )
         optimistic = gain + self._quantile(FIRST_LOOK if n == 1 else POWER, noise.dof) * se
-        detectable = self.detectable(len(champion), noise) or 0.0
+        # hopeless against the champion as it will be measured by the next look, not as it is now (a short
+        # top-up is completed for a candidate that gets a second look)
+        detectable = self.detectable(max(len(champion), self.champion_runs), noise) or 0.0
         if deletes_code and self.simplicity:
             return self._simpler(gain, se, n, noise, ci)
         if optimistic < self.min_delta or optimistic < self.futility * detectable:
