@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsi.config import Config
-from rsi.engine import Limits, in_process
+from rsi.engine import Limits, default_judge, in_process
 from rsi.judge import Decision, Goal, Judge, Noise, SequentialJudge, ThresholdJudge, improvement
 from rsi.ledger import Experiment
-from rsi.program import Program, default_program, load_program
+from rsi.program import Program, apply_program, default_program, load_program
 from rsi.proposer import Context, Proposal
 
 MIX = {"null": (0.0, 0.60), "regression": (-1.0, 0.25), "gain_1sd": (1.0, 0.10), "gain_2sd": (2.0, 0.05)}
@@ -135,13 +135,8 @@ def config(baseline_repeats: int) -> Config:
 
 def research(judge_name: str, noise: str, candidates: int, seed: int, program: Program) -> dict[str, float]:
     p = program
-    rsi = SequentialJudge(
-        confidence=p.confidence,
-        max_repeats=p.max_repeats,
-        min_delta=p.min_delta,
-        replicate=p.replicate,
-        champion_runs=p.baseline_repeats,
-    )
+    rsi = default_judge(apply_program(config(p.baseline_repeats), p))  # the judge `rsi run` makes
+    assert isinstance(rsi, SequentialJudge)
     judges: dict[str, tuple[Judge, int]] = {
         "rsi": (rsi, p.baseline_repeats),
         "rsi unpaired": (dataclasses.replace(rsi, paired=False), p.baseline_repeats),

@@ -249,10 +249,9 @@ class Experimenter:
             return 0
         full, noise = self.cfg.judge.baseline_repeats, self.noise()
         ci = champion.ci if champion is not None and champion.id > 0 else None
-        bound = ci is not None and ci[0] < ci[1]  # not a keep decided without noise, whose ci is a point
-        if bound and ci is not None and noise is not None and noise.sd > 0 and ci[0] >= CLEAR_GAIN * noise.sd:
-            return min(SHORT_TOP_UP, full)
-        return full
+        if ci is None or ci[0] >= ci[1] or noise is None or noise.sd <= 0:  # a point: decided without noise
+            return full
+        return min(SHORT_TOP_UP, full) if ci[0] >= CLEAR_GAIN * noise.sd else full
 
     def _top_up(self, exp: Experiment, wt: Path | None, runs: int) -> Experiment:
         """A new champion gets `runs` fresh runs (_top_up_runs), used in no decision about itself: what later
