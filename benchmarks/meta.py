@@ -5,10 +5,13 @@
    tuning the program's values, the sequential judge, scored by inner research on the training families of
    synthetic tasks.
 2. `rsi meta report` re-scores the original and the champion on the held-out families (generators the
-   meta-research never saw) with fresh seeds: the mean meta-utility of each (the fraction of the gap from start
-   to optimum that inner research closed, from the noise-free objective), 95% intervals over seeds, the
-   ratio, and a paired t-test. `--found FILE` skips the meta-research and scores FILE (the shipped default,
-   say) against the original the same way.
+   meta-research never saw) with fresh seeds: the mean meta-utility of each, 95% intervals over seeds, the
+   ratio, and a paired t-test. The meta-utility is computed from the noise-free objective at the inner
+   champion, as the fraction of the gap from start to optimum closed: `--utility area` (the default)
+   averages it over the inner budget's runs (the area under the improvement curve), `final` takes it at the
+   budget's end. Both are reported, from the same inner researches; the one named is the one researched.
+   `--found FILE` skips the meta-research and scores FILE (the shipped default, say) against the original
+   the same way.
 3. With `--tinygpt MIN`, both programs research `examples/tinygpt` for MIN minutes each (`rsi run
    --program`), one after the other, and the held-out gain (`test_bpb`) of each is reported.
 
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rsi.demo import create
-from rsi.meta import Scale, compare, program_diff
+from rsi.meta import UTILITIES, Scale, compare, program_diff
 from rsi.program import original_text, parse_program
 
 
@@ -61,6 +64,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=6, help="synthetic tasks per meta run")
     parser.add_argument("--inner-seeds", type=int, default=2, help="inner researches per task and meta run")
     parser.add_argument("--budget", type=int, default=60, help="runs per inner research")
+    parser.add_argument(
+        "--utility", choices=UTILITIES, default="area", help="the meta-utility researched and reported first"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="keep the meta-task here (default: a temp dir)")
     parser.add_argument("--tinygpt", type=float, default=0.0, help="minutes of tinygpt research per program")
     parser.add_argument(
@@ -76,6 +82,7 @@ def main() -> None:
     experiments = args.experiments or (8 if args.quick else 40)
     seeds = args.seeds or (3 if args.quick else 10)
     sizes = (3, 1, 40) if args.quick else (args.tasks, args.inner_seeds, args.budget)
+    scale = Scale(sizes[0], sizes[1], sizes[2], args.utility)
     tmp = Path(tempfile.mkdtemp(prefix="rsi-meta-bench-"))
     original = tmp / "original.py"
     original.write_text(original_text(), encoding="utf-8")
@@ -85,41 +92,47 @@ def main() -> None:
             parse_program(original_text()),
             parse_program(improved_text),
             "heldout",
-            Scale(*sizes),
+            scale,
             range(900_001, 900_001 + seeds),
         )
-        found["scale"] = dataclasses.asdict(Scale(*sizes))
+        found["scale"] = dataclasses.asdict(scale)
         found["diff"] = program_diff(original_text(), improved_text)
         print(f"\n{args.found} against the original program; held-out: {found['scale']}")
     else:  # the meta-research starts from the frozen original: every meta benchmark compares against it
-        scale = [f"--{k}={v}" for k, v in zip(("tasks", "seeds", "budget"), sizes, strict=True)]
+        sized = [f"--{k}={v}" for k, v in zip(("tasks", "seeds", "budget"), sizes, strict=True)]
         where = args.dir or tmp / "meta"
         started = time.monotonic()
         limits = ["--max-experiments", str(experiments), "--workers", str(args.workers)]
-        rsi("meta", "--dir", str(where), "--program", str(original), *limits, *scale)
+        rsi("meta", "--dir", str(where), "--program", str(original), *limits, *sized, "--utility", args.utility)
         searched = time.monotonic() - started
         found = json.loads(rsi("meta", "report", "--dir", str(where), "--seeds", str(seeds), "--json").stdout)
         improved_text = subprocess.run(
             ["git", "show", f"{found['commit']}:program.py"], cwd=where, capture_output=True, text=True, check=True
         ).stdout
         print(f"\nmeta-research: {experiments} experiments in {searched / 60:.1f} min; held-out: {found['scale']}")
-    d, i = found["default"], found["improved"]
+    print(f"{'meta-utility':14s} {'program':10s} {'held-out':>9s} {'95% interval':>17s} {'ratio':>7s} {'p':>8s}")
+    kinds = [args.utility, *(k for k in UTILITIES if k != args.utility)]  # the one researched first
+    for kind in kinds:
+        row = found["by_utility"][kind]
+        for name, key in (("original", "default"), ("improved", "improved")):
+            lo, hi = row[key]["ci95"]
+            ratio = "" if key == "default" or row["ratio"] is None else f"{row['ratio']:.3f}x"
+            p = "" if key == "default" else f"{row['p_value']:.2g}"
+            shown = kind + (" (researched)" if kind == args.utility else "")
+            print(f"{shown:14s} {name:10s} {row[key]['mean']:9.4f} {f'[{lo:.3f}, {hi:.3f}]':>17s} {ratio:>7s} {p:>8s}")
     ratio = found["ratio"]
-    print(f"{'program':10s} {'held-out meta-utility':>22s} {'95% interval':>20s}")
-    for name, row in (("original", d), ("improved", i)):
-        lo, hi = row["ci95"]
-        print(f"{name:10s} {row['mean']:22.4f} {f'[{lo:.3f}, {hi:.3f}]':>20s}")
     met = ratio is not None and ratio >= 1.2 and found["p_value"] < 0.05
     shown = "n/a" if ratio is None else f"{ratio:.3f}x"
     print(
-        f"ratio {shown} (target >= 1.2x), paired t-test p = {found['p_value']:.3g} (target < 0.05): "
+        f"{args.utility}: ratio {shown} (target >= 1.2x), paired t-test p = {found['p_value']:.3g} (target < 0.05): "
         f"{'met' if met else 'NOT met'}"
     )
     print("\nthe program's diff:\n" + (found["diff"] or "(none: the original stayed the champion)"))
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     if budgets:
         print("\nthe same two programs with other inner budgets (held-out, same seeds)")
-        print(f"{'runs per inner research':>24s} {'original':>9s} {'improved':>9s} {'ratio':>7s} {'p':>8s}")
+        head = ("runs per inner research", "meta-utility", "original", "improved", "ratio", "p")
+        print(" ".join(f"{h:>{w}s}" for h, w in zip(head, (24, 13, 9, 9, 7, 8), strict=True)))
         for budget in [sizes[2], *budgets]:
             at = found  # the budget researched at is the comparison above
             if budget != sizes[2]:
@@ -127,14 +140,16 @@ def main() -> None:
                     parse_program(original_text()),
                     parse_program(improved_text),
                     "heldout",
-                    Scale(sizes[0], sizes[1], budget),
+                    dataclasses.replace(scale, budget=budget),
                     range(900_001, 900_001 + seeds),
                 )
             mark = "" if budget != sizes[2] else "  (researched at)"
-            print(
-                f"{budget:24d} {at['default']['mean']:9.3f} {at['improved']['mean']:9.3f} "
-                f"{at['ratio'] or 0.0:6.3f}x {at['p_value']:8.2g}{mark}"
-            )
+            for kind in kinds:
+                row = at["by_utility"][kind]
+                print(
+                    f"{budget:24d} {kind:>13s} {row['default']['mean']:9.3f} {row['improved']['mean']:9.3f} "
+                    f"{row['ratio'] or 0.0:6.3f}x {row['p_value']:8.2g}{mark}"
+                )
     if args.tinygpt > 0:
         improved = tmp / "improved.py"
         improved.write_text(improved_text, encoding="utf-8")

@@ -17,7 +17,7 @@ from conftest import MakeTask, rsi
 
 from rsi.config import JudgeConfig, KnobsConfig
 from rsi.ledger import Ledger
-from rsi.meta import Scale, research_task, utility
+from rsi.meta import Scale, research_task, utilities, utility
 from rsi.program import Program, default_program, default_text, original_text, parse_program
 from rsi.proposer import Context, KnobsProposer
 from rsi.suite import FILE, HELD_OUT, TRAIN, Diverged, suite
@@ -120,13 +120,27 @@ def test_synthetic_tasks_have_a_known_optimum_crash_regions_and_dead_knobs() -> 
 
 def test_inner_research_closes_part_of_the_gap_measured_on_the_true_objective() -> None:
     task = suite("train", 1, seed=1)[0]
-    gap = research_task(task, default_program(), budget=60, seed=1)
-    assert 0.0 < gap <= 1.0
-    # more budget never hurts much, and no budget at all gets nowhere
-    assert research_task(task, default_program(), budget=5, seed=1) == 0.0
-    one = utility(default_program(), "train", Scale(tasks=2, seeds=1, budget=30), seed=1)
-    assert one == utility(default_program(), "train", Scale(tasks=2, seeds=1, budget=30), seed=1)  # reproducible
+    done = research_task(task, default_program(), budget=60, seed=1)
+    assert 0.0 < done.final <= 1.0
+    # the curve: one figure per run of the budget, nothing closed before the first keep, a step at each keep
+    # from the run it landed on (every keep truly better on this task); here the last keep landed after the
+    # budget's last run (the experiment under way is finished): in the final gap, not in the curve
+    assert len(done.curve) == 60 and done.curve[0] == 0.0
+    steps = sorted(set(done.curve))
+    assert len(steps) > 2 and list(done.curve) == sorted(done.curve)
+    assert done.curve[-1] < done.final
+    assert 0.0 < done.value("area") < done.value("final") == done.final
+    # no budget at all gets nowhere (the baseline's runs alone)
+    assert research_task(task, default_program(), budget=5, seed=1).final == 0.0
+    scale = Scale(tasks=2, seeds=1, budget=30)
+    one = utility(default_program(), "train", scale, seed=1)
+    assert one == utility(default_program(), "train", scale, seed=1)  # reproducible
     assert -1.0 <= one <= 1.0 and math.isfinite(one)
+    both = utilities(default_program(), "train", scale, seed=1)
+    assert both["area"] == one and both["final"] == utility(
+        default_program(), "train", dataclasses.replace(scale, utility="final"), seed=1
+    )
+    assert both["area"] < both["final"]
 
 
 def test_local_steps_stay_near_the_champion_and_restarts_start_over() -> None:

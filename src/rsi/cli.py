@@ -516,6 +516,13 @@ def meta(
     tasks: Annotated[int, typer.Option(min=1, help="synthetic tasks per evaluation")] = 6,
     seeds: Annotated[int, typer.Option(min=1, help="inner researches per task and evaluation")] = 2,
     budget: Annotated[int, typer.Option(min=5, help="runs each inner research may make")] = 60,
+    utility: Annotated[
+        str,
+        typer.Option(
+            help="area: the gap inner research closed, averaged over its budget's runs (the area under its "
+            "improvement curve); final: the gap closed at the end of the budget"
+        ),
+    ] = "area",
     workers: Annotated[int | None, typer.Option(min=1, help="meta experiments at once")] = None,
     proposer: Annotated[
         str, typer.Option(help="knobs, or llm / swarm with [[proposer.models]] in the meta-task's rsi.toml")
@@ -524,15 +531,17 @@ def meta(
     """Research the research program: inner research on synthetic tasks scores each candidate program."""
     if ctx.invoked_subcommand is not None:
         return
-    from rsi.meta import Scale, create
+    from rsi.meta import UTILITIES, Scale, create
     from rsi.program import default_text
 
     try:
+        if utility not in UTILITIES:
+            raise UserError(f"--utility {utility}: choose one of {', '.join(UTILITIES)}")
         budget_s = parse_duration(time_budget) if time_budget is not None else None
         if not (directory / "rsi.toml").exists():
             subject = (level == 1 and program) or (level == 2 and meta_program)
             text = subject.read_text(encoding="utf-8") if subject else default_text()
-            create(directory, level, text, Scale(tasks, seeds, budget))
+            create(directory, level, text, Scale(tasks, seeds, budget, utility))
             out.print(f"made the meta-task {directory} (level {level}); researching it", highlight=False)
         settings = load_program(meta_program) if meta_program and level == 1 else default_program()
         cfg = _with_executor(apply_program(load_config(directory), settings), workers, None, None, None)
@@ -572,6 +581,14 @@ def meta_report(
     out.print(table)
     ratio = "n/a" if found["ratio"] is None else f"{found['ratio']:.3f}x"
     out.print(f"ratio {ratio}, paired t-test p = {found['p_value']:.3g}", highlight=False)
+    for kind, other in found["by_utility"].items():
+        if kind != found["scale"]["utility"]:
+            ratio = "n/a" if other["ratio"] is None else f"{other['ratio']:.3f}x"
+            out.print(
+                f"measured as {kind}: default {other['default']['mean']:.4f}, improved {other['improved']['mean']:.4f}"
+                f", ratio {ratio}, p = {other['p_value']:.3g}",
+                highlight=False,
+            )
     out.print(found["diff"] or "(the champion is the starting program)", highlight=False, markup=False)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from rsi.config import Config, MetricConfig, TaskConfig
 from rsi.engine import Limits, default_judge, in_process
 from rsi.errors import UserError
-from rsi.measure import TaskFunction
+from rsi.measure import CONFIRM, SCREEN, TaskFunction
 from rsi.program import Program, apply_program, default_text, parse_program
 from rsi.proposer import KnobsProposer
 from rsi.suite import FILE, SyntheticTask, suite
@@ -46,6 +46,27 @@ class Scale:
     tasks: int = 6
     seeds: int = 2
     budget: int = 60
+    utility: str = "area"  # one of UTILITIES
+
+
+# What the meta level maximizes, both from the noise-free objective at the inner champion:
+# - "area": the area under the improvement curve, the gap the champion had closed after each of the budget's
+#   runs, averaged over them. Credits a program for getting there sooner, so it holds for a research stopped
+#   at any point of the budget, not only at its end, and it does not saturate where every program ends
+#   close to the optimum;
+# - "final": the gap the champion closed by the end of the budget.
+UTILITIES = ("area", "final")
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """What one inner research truly achieved: the gap closed after each run of its budget, and at its end."""
+
+    curve: tuple[float, ...]
+    final: float
+
+    def value(self, utility: str) -> float:
+        return statistics.fmean(self.curve) if utility == "area" else self.final
 
 
 def inner_config(program: Program, name: str = "synthetic", editable: str = FILE) -> Config:
@@ -56,31 +77,51 @@ def inner_config(program: Program, name: str = "synthetic", editable: str = FILE
     return apply_program(cfg, program)
 
 
-def _researched(cfg: Config, files: dict[str, str], task: TaskFunction, seed: int, budget: int) -> dict[str, str]:
-    """One research in process, knobs proposer and default judge, for `budget` runs; its champion's files."""
+def _researched(
+    cfg: Config, files: dict[str, str], task: TaskFunction, seed: int, budget: int
+) -> list[tuple[int, dict[str, str]]]:
+    """One research in process, knobs proposer and default judge, for `budget` runs: its champions in turn,
+    each with the number of runs recorded when it was kept (the start first, at 0; the last may have landed
+    after `budget` runs, as the experiment under way when the budget ran out is finished)."""
     proposer = KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=seed)
     research = in_process(cfg, files, task, proposer, judge=default_judge(cfg))
     research.run(Limits(max_runs=budget))
-    champion = research.experimenter.champion()
-    commit = champion.kept_commit or champion.commit_sha
-    return research.champion_files(commit) if commit else files
+    experiments = research.ledger.experiments()
+    order = {run: i + 1 for i, run in enumerate(sorted(r.id for e in experiments for r in e.runs))}
+    champions = [(0, files)]
+    for e in experiments:
+        commit = e.kept_commit or e.commit_sha
+        if e.id > 0 and e.verdict == "keep" and commit is not None:
+            # kept after its last deciding run; the champion's own top-up runs come after the keep
+            decided = max(order[r.id] for r in e.runs if r.kind in (SCREEN, CONFIRM))
+            champions.append((decided, research.champion_files(commit)))
+    return champions
 
 
-def research_task(task: SyntheticTask, program: Program, budget: int, seed: int) -> float:
-    """One inner research of `task` with `program` for `budget` runs; the gap its champion closed."""
-    return task.gap_closed(
-        _researched(inner_config(program), task.files(), functools.partial(task.measure, salt=seed), seed, budget)
+def research_task(task: SyntheticTask, program: Program, budget: int, seed: int) -> Progress:
+    """One inner research of `task` with `program` for `budget` runs: the gap its champion closed, run by run."""
+    champions = _researched(
+        inner_config(program), task.files(), functools.partial(task.measure, salt=seed), seed, budget
     )
+    gaps = [(at, task.gap_closed(files)) for at, files in champions]
+    curve = tuple(next(g for at, g in reversed(gaps) if at <= t) for t in range(1, budget + 1))
+    return Progress(curve, gaps[-1][1])
 
 
-def utility(program: Program, suite_name: str, scale: Scale, seed: int) -> float:
-    """Level 1's metric: the mean gap closed over the suite's tasks and `scale.seeds` inner seeds."""
-    gaps = [
+def utilities(program: Program, suite_name: str, scale: Scale, seed: int) -> dict[str, float]:
+    """Level 1's metric in each of its kinds (UTILITIES): the mean over the suite's tasks and `scale.seeds`
+    inner seeds."""
+    done = [
         research_task(task, program, scale.budget, seed * 1000 + j)
         for task in suite(suite_name, scale.tasks)
         for j in range(scale.seeds)
     ]
-    return statistics.fmean(gaps)
+    return {kind: statistics.fmean(p.value(kind) for p in done) for kind in UTILITIES}
+
+
+def utility(program: Program, suite_name: str, scale: Scale, seed: int) -> float:
+    """Level 1's metric: the kind of meta-utility the scale names."""
+    return utilities(program, suite_name, scale, seed)[scale.utility]
 
 
 def level2_utility(meta_program: Program, suite_name: str, scale: Scale, seed: int, meta_budget: int = 12) -> float:
@@ -94,7 +135,7 @@ def level2_utility(meta_program: Program, suite_name: str, scale: Scale, seed: i
     def level1(files: Mapping[str, str], s: int) -> float:
         return utility(parse_program(files["program.py"]), "train", scale, seed * 7919 + s)
 
-    best = _researched(cfg, {"program.py": text}, level1, seed, meta_budget)["program.py"]
+    best = _researched(cfg, {"program.py": text}, level1, seed, meta_budget)[-1][1]["program.py"]
     fresh = 10_000 + seed
     before = utility(parse_program(text), suite_name, scale, fresh)
     return utility(parse_program(best), suite_name, scale, fresh) - before
@@ -137,7 +178,8 @@ def create(dest: Path, level: int, subject: str, scale: Scale) -> Path:
             name=f"meta-level{level}",
             editable=editable,
             python=sys.executable,
-            scale=f"--level {level} --tasks {scale.tasks} --seeds {scale.seeds} --budget {scale.budget}",
+            scale=f"--level {level} --tasks {scale.tasks} --seeds {scale.seeds} --budget {scale.budget} "
+            f"--utility {scale.utility}",
             timeout=timeout,
         ),
         encoding="utf-8",
@@ -156,11 +198,16 @@ def create(dest: Path, level: int, subject: str, scale: Scale) -> Path:
 
 # ---- the report: default against improved on held-out tasks
 def compare(default: Program, improved: Program, suite_name: str, scale: Scale, seeds: Sequence[int]) -> dict[str, Any]:
-    """Both programs on the same tasks and seeds: means, 95% intervals, the ratio, a paired t-test."""
-    from scipy import stats
+    """Both programs on the same tasks and seeds: means, 95% intervals, the ratio, a paired t-test, for the
+    scale's kind of meta-utility; `by_utility` has the same figures for every kind, from the same researches."""
+    a = [utilities(default, suite_name, scale, s) for s in seeds]
+    b = [utilities(improved, suite_name, scale, s) for s in seeds]
+    by_utility = {kind: _figures([x[kind] for x in a], [y[kind] for y in b]) for kind in UTILITIES}
+    return {"suite": suite_name, "seeds": list(seeds), **by_utility[scale.utility], "by_utility": by_utility}
 
-    a = [utility(default, suite_name, scale, s) for s in seeds]
-    b = [utility(improved, suite_name, scale, s) for s in seeds]
+
+def _figures(a: list[float], b: list[float]) -> dict[str, Any]:
+    from scipy import stats
 
     def interval(xs: list[float]) -> list[float]:
         if len(xs) < 2:
@@ -169,10 +216,8 @@ def compare(default: Program, improved: Program, suite_name: str, scale: Scale, 
         return [statistics.fmean(xs) - half, statistics.fmean(xs) + half]
 
     diffs = [y - x for x, y in zip(a, b, strict=True)]
-    p = float(stats.ttest_rel(b, a).pvalue) if len(seeds) > 1 and any(diffs) else 1.0
+    p = float(stats.ttest_rel(b, a).pvalue) if len(a) > 1 and any(diffs) else 1.0
     return {
-        "suite": suite_name,
-        "seeds": list(seeds),
         "default": {"mean": statistics.fmean(a), "ci95": interval(a), "runs": a},
         "improved": {"mean": statistics.fmean(b), "ci95": interval(b), "runs": b},
         "ratio": statistics.fmean(b) / statistics.fmean(a) if statistics.fmean(a) > 0 else None,
@@ -184,8 +229,13 @@ def settings(root: Path) -> tuple[int, Scale]:
     """The level and scale a meta-task was made with."""
     try:
         found = json.loads((root / "meta.json").read_text(encoding="utf-8"))
-        return int(found["level"]), Scale(int(found["tasks"]), int(found["seeds"]), int(found["budget"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        # a meta-task made before the area under the curve was the default measured the final gap
+        kind = found.get("utility", "final")
+        scale = Scale(int(found["tasks"]), int(found["seeds"]), int(found["budget"]), kind)
+        if kind not in UTILITIES:
+            raise ValueError(kind)
+        return int(found["level"]), scale
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{root} is not a meta-task made by rsi meta (no readable meta.json)") from None
 
 
@@ -233,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--tasks", type=int, default=Scale.tasks)
     ev.add_argument("--seeds", type=int, default=Scale.seeds)
     ev.add_argument("--budget", type=int, default=Scale.budget)
+    ev.add_argument("--utility", choices=UTILITIES, default=Scale.utility, help="what the meta-utility measures")
     ev.add_argument("--meta-budget", type=int, default=12, help="level 2: runs of the level-1 research")
     args = parser.parse_args(argv)
     name = "program.py" if args.level == 1 else "meta_program.py"
@@ -242,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rsi.meta: {e}", file=sys.stderr)
         return 2
     seed = int(os.environ.get("RSI_SEED", "1"))
-    scale = Scale(args.tasks, args.seeds, args.budget)
+    scale = Scale(args.tasks, args.seeds, args.budget, args.utility)
     if args.level == 1:
         value = utility(program, args.suite, scale, seed)
     else:
