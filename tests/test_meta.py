@@ -16,8 +16,9 @@ import pytest
 from conftest import MakeTask, rsi
 
 from rsi.config import JudgeConfig, KnobsConfig
+from rsi.errors import UserError
 from rsi.ledger import Ledger
-from rsi.meta import Scale, research_task, utilities, utility
+from rsi.meta import Scale, research_task, settings, utilities, utility
 from rsi.program import Program, default_program, default_text, original_text, parse_program
 from rsi.proposer import Context, KnobsProposer
 from rsi.suite import FILE, HELD_OUT, TRAIN, Diverged, suite
@@ -196,7 +197,11 @@ def test_rsi_meta_researches_the_program_and_reports_on_held_out_tasks(tmp_path:
     found = json.loads(report.stdout)
     assert found["suite"] == "heldout" and len(found["default"]["runs"]) == 2 and 0.0 <= found["p_value"] <= 1.0
     start = parse_program(default_text())
+    assert found["scale"]["utility"] == "area" and "--utility area" in (where / "rsi.toml").read_text()
     assert utility(start, "heldout", Scale(2, 1, 25), found["seeds"][0]) == found["default"]["runs"][0]
+    final = Scale(2, 1, 25, "final")  # the other measure, from the same inner researches
+    assert utility(start, "heldout", final, found["seeds"][0]) == found["by_utility"]["final"]["default"]["runs"][0]
+    assert found["by_utility"]["area"]["ratio"] == found["ratio"]
     again = rsi("meta", *args, "--max-experiments", "5")  # resumes the same meta-research
     assert again.returncode == 0, again.stderr
     assert len(Ledger(where / ".rsi" / "ledger.sqlite", readonly=True).experiments()) == 5
@@ -226,6 +231,21 @@ def test_level_two_takes_the_meta_program_as_its_subject_for_a_step(tmp_path: Pa
     assert len(exps) == 2 and exps[0].valid()
     assert "meta_program.py" in exps[1].diff or exps[1].status == "rejected"
     assert "--level 2" in (where / "rsi.toml").read_text()
+
+
+def test_a_meta_task_says_what_its_meta_utility_measures(tmp_path: Path) -> None:
+    """A meta-task made before the area under the curve was the default measured the final gap, and is read so;
+    an unknown measure is one line, and nothing is made."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"level": 1, "tasks": 2, "seeds": 1, "budget": 25}))
+    assert settings(old) == (1, Scale(2, 1, 25, "final"))
+    (old / "meta.json").write_text(json.dumps({"level": 1, "tasks": 2, "seeds": 1, "budget": 25, "utility": "x"}))
+    with pytest.raises(UserError, match="not a meta-task"):
+        settings(old)
+    done = rsi("meta", "--dir", str(tmp_path / "new"), "--utility", "best")
+    assert done.returncode == 2 and "--utility best: choose one of area, final" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "new").exists()
 
 
 def test_the_evaluator_refuses_a_folder_without_a_program(tmp_path: Path) -> None:
