@@ -111,20 +111,21 @@ def main() -> None:
         ).stdout
         print(f"\nmeta-research: {experiments} experiments in {searched / 60:.1f} min; held-out: {found['scale']}")
     print(f"{'meta-utility':14s} {'program':10s} {'held-out':>9s} {'95% interval':>17s} {'ratio':>7s} {'p':>8s}")
-    kinds = [args.utility, *(k for k in UTILITIES if k != args.utility)]  # the one researched first
+    researched = found["scale"]["utility"]  # an existing --dir keeps the measure it was made with
+    kinds = [researched, *(k for k in UTILITIES if k != researched)]  # the one researched first
     for kind in kinds:
         row = found["by_utility"][kind]
         for name, key in (("original", "default"), ("improved", "improved")):
             lo, hi = row[key]["ci95"]
             ratio = "" if key == "default" or row["ratio"] is None else f"{row['ratio']:.3f}x"
             p = "" if key == "default" else f"{row['p_value']:.2g}"
-            shown = kind + (" (researched)" if kind == args.utility else "")
+            shown = kind + (" (researched)" if kind == researched else "")
             print(f"{shown:14s} {name:10s} {row[key]['mean']:9.4f} {f'[{lo:.3f}, {hi:.3f}]':>17s} {ratio:>7s} {p:>8s}")
     ratio = found["ratio"]
     met = ratio is not None and ratio >= 1.2 and found["p_value"] < 0.05
     shown = "n/a" if ratio is None else f"{ratio:.3f}x"
     print(
-        f"{args.utility}: ratio {shown} (target >= 1.2x), paired t-test p = {found['p_value']:.3g} (target < 0.05): "
+        f"{researched}: ratio {shown} (target >= 1.2x), paired t-test p = {found['p_value']:.3g} (target < 0.05): "
         f"{'met' if met else 'NOT met'}"
     )
     print("\nthe program's diff:\n" + (found["diff"] or "(none: the original stayed the champion)"))

@@ -18,7 +18,7 @@ from conftest import MakeTask, rsi
 from rsi.config import JudgeConfig, KnobsConfig
 from rsi.errors import UserError
 from rsi.ledger import Ledger
-from rsi.meta import Scale, research_task, settings, utilities, utility
+from rsi.meta import Progress, Scale, create, research_task, settings, utilities, utility
 from rsi.program import Program, default_program, default_text, original_text, parse_program
 from rsi.proposer import Context, KnobsProposer
 from rsi.suite import FILE, HELD_OUT, TRAIN, Diverged, suite
@@ -233,6 +233,17 @@ def test_level_two_takes_the_meta_program_as_its_subject_for_a_step(tmp_path: Pa
     assert "--level 2" in (where / "rsi.toml").read_text()
 
 
+def test_the_curve_steps_at_the_run_each_champion_was_kept() -> None:
+    gaps = [(0, 0.0), (3, 0.5), (5, 0.75), (7, 0.9)]  # the start, a keep at run 3, one at 5, one after the budget
+    done = Progress.of(gaps, budget=6)
+    assert done.curve == (0.0, 0.0, 0.5, 0.5, 0.75, 0.75) and done.final == 0.9
+    assert done.value("area") == pytest.approx(2.5 / 6) and done.value("final") == 0.9
+    assert Progress.of([(0, 0.0), (6, 1.0)], budget=6).curve[-1] == 1.0  # kept at the budget's last run
+    assert Progress.of([(0, 0.0)], budget=3) == Progress((0.0, 0.0, 0.0), 0.0)
+    with pytest.raises(ValueError, match="unknown meta-utility"):
+        done.value("best")
+
+
 def test_a_meta_task_says_what_its_meta_utility_measures(tmp_path: Path) -> None:
     """A meta-task made before the area under the curve was the default measured the final gap, and is read so;
     an unknown measure is one line, and nothing is made."""
@@ -241,11 +252,32 @@ def test_a_meta_task_says_what_its_meta_utility_measures(tmp_path: Path) -> None
     (old / "meta.json").write_text(json.dumps({"level": 1, "tasks": 2, "seeds": 1, "budget": 25}))
     assert settings(old) == (1, Scale(2, 1, 25, "final"))
     (old / "meta.json").write_text(json.dumps({"level": 1, "tasks": 2, "seeds": 1, "budget": 25, "utility": "x"}))
-    with pytest.raises(UserError, match="not a meta-task"):
+    with pytest.raises(UserError, match="utility 'x' is not one of area, final"):
         settings(old)
     done = rsi("meta", "--dir", str(tmp_path / "new"), "--utility", "best")
     assert done.returncode == 2 and "--utility best: choose one of area, final" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "new").exists()
+    # a research's metric never changes midway: an old meta-task's rsi.toml names no measure, and its
+    # evaluator goes on measuring the final gap; asking a made meta-task for another measure is refused
+    (tmp_path / "program.py").write_text(default_text())
+    scale = ["--tasks", "1", "--seeds", "1", "--budget", "20"]
+    evaluate = [sys.executable, "-m", "rsi.meta", "evaluate", *scale]
+    unnamed = subprocess.run(evaluate, cwd=tmp_path, capture_output=True, text=True, check=True, env=_seed(3))
+    named = subprocess.run(
+        [*evaluate, "--utility", "final"], cwd=tmp_path, capture_output=True, text=True, env=_seed(3)
+    )
+    area = subprocess.run([*evaluate, "--utility", "area"], cwd=tmp_path, capture_output=True, text=True, env=_seed(3))
+    assert unnamed.stdout == named.stdout != area.stdout and unnamed.stdout.startswith("meta_utility: ")
+    made = tmp_path / "made"
+    create(made, 1, default_text(), Scale(1, 1, 20, "final"))
+    assert "--utility final" in (made / "rsi.toml").read_text()
+    changed = rsi("meta", "--dir", str(made), "--utility", "area", "--max-experiments", "1")
+    assert changed.returncode == 2 and "measures the meta-utility as final" in changed.stderr
+    assert not (made / ".rsi").exists()  # refused before anything ran
+
+
+def _seed(seed: int) -> dict[str, str]:
+    return {**os.environ, "RSI_SEED": str(seed)}
 
 
 def test_the_evaluator_refuses_a_folder_without_a_program(tmp_path: Path) -> None:

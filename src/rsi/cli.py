@@ -517,12 +517,12 @@ def meta(
     seeds: Annotated[int, typer.Option(min=1, help="inner researches per task and evaluation")] = 2,
     budget: Annotated[int, typer.Option(min=5, help="runs each inner research may make")] = 60,
     utility: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="area: the gap inner research closed, averaged over its budget's runs (the area under its "
-            "improvement curve); final: the gap closed at the end of the budget"
+            help="area (default): the gap inner research closed, averaged over its budget's runs (the area under "
+            "its improvement curve); final: the gap closed at the end of the budget. Fixed when the meta-task is made"
         ),
-    ] = "area",
+    ] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="meta experiments at once")] = None,
     proposer: Annotated[
         str, typer.Option(help="knobs, or llm / swarm with [[proposer.models]] in the meta-task's rsi.toml")
@@ -532,16 +532,22 @@ def meta(
     if ctx.invoked_subcommand is not None:
         return
     from rsi.meta import UTILITIES, Scale, create
+    from rsi.meta import settings as meta_settings
     from rsi.program import default_text
 
     try:
-        if utility not in UTILITIES:
+        if utility is not None and utility not in UTILITIES:
             raise UserError(f"--utility {utility}: choose one of {', '.join(UTILITIES)}")
         budget_s = parse_duration(time_budget) if time_budget is not None else None
         if not (directory / "rsi.toml").exists():
             subject = (level == 1 and program) or (level == 2 and meta_program)
             text = subject.read_text(encoding="utf-8") if subject else default_text()
-            create(directory, level, text, Scale(tasks, seeds, budget, utility))
+            create(directory, level, text, Scale(tasks, seeds, budget, utility or Scale.utility))
+        elif utility is not None and utility != (made := meta_settings(directory)[1].utility):
+            raise UserError(
+                f"{directory} measures the meta-utility as {made}; a research cannot change its metric midway: "
+                "give --dir a new folder"
+            )
             out.print(f"made the meta-task {directory} (level {level}); researching it", highlight=False)
         settings = load_program(meta_program) if meta_program and level == 1 else default_program()
         cfg = _with_executor(apply_program(load_config(directory), settings), workers, None, None, None)
@@ -580,13 +586,16 @@ def meta_report(
         table.add_row(name, f"{found[name]['mean']:.4f}", f"[{lo:.4f}, {hi:.4f}]")
     out.print(table)
     ratio = "n/a" if found["ratio"] is None else f"{found['ratio']:.3f}x"
-    out.print(f"ratio {ratio}, paired t-test p = {found['p_value']:.3g}", highlight=False)
-    for kind, other in found["by_utility"].items():
-        if kind != found["scale"]["utility"]:
+    kind = found["scale"]["utility"]
+    out.print(
+        f"measured as {kind} (researched): ratio {ratio}, paired t-test p = {found['p_value']:.3g}", highlight=False
+    )
+    for measure, other in found["by_utility"].items():
+        if measure != kind:
             ratio = "n/a" if other["ratio"] is None else f"{other['ratio']:.3f}x"
             out.print(
-                f"measured as {kind}: default {other['default']['mean']:.4f}, improved {other['improved']['mean']:.4f}"
-                f", ratio {ratio}, p = {other['p_value']:.3g}",
+                f"measured as {measure}: default {other['default']['mean']:.4f}, "
+                f"improved {other['improved']['mean']:.4f}, ratio {ratio}, p = {other['p_value']:.3g}",
                 highlight=False,
             )
     out.print(found["diff"] or "(the champion is the starting program)", highlight=False, markup=False)

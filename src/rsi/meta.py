@@ -65,7 +65,16 @@ class Progress:
     curve: tuple[float, ...]
     final: float
 
+    @classmethod
+    def of(cls, gaps: Sequence[tuple[int, float]], budget: int) -> Progress:
+        """From the gap of each champion in turn and the run it was kept at (the start first, at 0): run t
+        counts the champion kept at or before it; a keep after the budget's last run counts only at the end."""
+        curve = tuple(next(g for at, g in reversed(gaps) if at <= t) for t in range(1, budget + 1))
+        return cls(curve, gaps[-1][1])
+
     def value(self, utility: str) -> float:
+        if utility not in UTILITIES:
+            raise ValueError(f"unknown meta-utility {utility!r}")
         return statistics.fmean(self.curve) if utility == "area" else self.final
 
 
@@ -93,7 +102,7 @@ def _researched(
         commit = e.kept_commit or e.commit_sha
         if e.id > 0 and e.verdict == "keep" and commit is not None:
             # kept after its last deciding run; the champion's own top-up runs come after the keep
-            decided = max(order[r.id] for r in e.runs if r.kind in (SCREEN, CONFIRM))
+            decided = max((order[r.id] for r in e.runs if r.kind in (SCREEN, CONFIRM)), default=len(order))
             champions.append((decided, research.champion_files(commit)))
     return champions
 
@@ -103,9 +112,7 @@ def research_task(task: SyntheticTask, program: Program, budget: int, seed: int)
     champions = _researched(
         inner_config(program), task.files(), functools.partial(task.measure, salt=seed), seed, budget
     )
-    gaps = [(at, task.gap_closed(files)) for at, files in champions]
-    curve = tuple(next(g for at, g in reversed(gaps) if at <= t) for t in range(1, budget + 1))
-    return Progress(curve, gaps[-1][1])
+    return Progress.of([(at, task.gap_closed(files)) for at, files in champions], budget)
 
 
 def utilities(program: Program, suite_name: str, scale: Scale, seed: int) -> dict[str, float]:
@@ -229,14 +236,14 @@ def settings(root: Path) -> tuple[int, Scale]:
     """The level and scale a meta-task was made with."""
     try:
         found = json.loads((root / "meta.json").read_text(encoding="utf-8"))
-        # a meta-task made before the area under the curve was the default measured the final gap
+        # a meta-task whose meta.json names no measure was made when the final gap was the only one
         kind = found.get("utility", "final")
-        scale = Scale(int(found["tasks"]), int(found["seeds"]), int(found["budget"]), kind)
-        if kind not in UTILITIES:
-            raise ValueError(kind)
-        return int(found["level"]), scale
+        level, scale = int(found["level"]), Scale(int(found["tasks"]), int(found["seeds"]), int(found["budget"]), kind)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{root} is not a meta-task made by rsi meta (no readable meta.json)") from None
+    if kind not in UTILITIES:
+        raise UserError(f"{root / 'meta.json'}: utility {kind!r} is not one of {', '.join(UTILITIES)}")
+    return level, scale
 
 
 def report(root: Path, seeds: int) -> dict[str, Any]:
@@ -283,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--tasks", type=int, default=Scale.tasks)
     ev.add_argument("--seeds", type=int, default=Scale.seeds)
     ev.add_argument("--budget", type=int, default=Scale.budget)
-    ev.add_argument("--utility", choices=UTILITIES, default=Scale.utility, help="what the meta-utility measures")
+    # the default is what a meta-task measured before its rsi.toml named the measure (create() always names it)
+    ev.add_argument("--utility", choices=UTILITIES, default="final", help="what the meta-utility measures")
     ev.add_argument("--meta-budget", type=int, default=12, help="level 2: runs of the level-1 research")
     args = parser.parse_args(argv)
     name = "program.py" if args.level == 1 else "meta_program.py"

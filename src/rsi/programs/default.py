@@ -9,8 +9,9 @@ rsi found these values itself: `rsi meta` researched the original program (progr
 changed SAMPLER, STARTUP (TPE's, idle under CMA-ES), PER_CANDIDATE and LOCAL. On held-out task families inner
 research with this program closed 1.17x the original's share of the gap to the optimum by the end of the budget
 it was researched at (60 runs), and 1.35x averaged over that budget's runs (the area under the improvement
-curve, what `rsi meta` measures now); more than the original at every budget from 30 to 120 runs, and more than
-the program shipped before it at 60 and 120 (level at 30). The README has the evidence.
+curve, what `rsi meta` measures now); on both measures more than the original at every budget from 30 to 120
+runs, and on the final gap more than the program shipped before it at 60 and 120 (level at 30). The README
+has the evidence.
 """
 
 # Proposers: which one proposes, and the share of each in a swarm (a weight of 0 leaves it out).
