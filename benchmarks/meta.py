@@ -13,7 +13,8 @@
    `--found FILE` skips the meta-research and scores FILE (the shipped default, say) against the original
    the same way.
 3. With `--tinygpt MIN`, both programs research `examples/tinygpt` for MIN minutes each (`rsi run
-   --program`), one after the other, and the held-out gain (`test_bpb`) of each is reported.
+   --program`), one after the other (`--tinygpt-repeats N` times, in alternating order), and the held-out
+   gain (`test_bpb`) of each research is reported, with the mean per program.
 
 Target: on held-out tasks the improved program's meta-utility is at least 1.2x the original's, with p < 0.05;
 on tinygpt at equal budget the improved program is not worse.
