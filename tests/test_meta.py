@@ -184,7 +184,7 @@ def test_rsi_meta_researches_the_program_and_reports_on_held_out_tasks(tmp_path:
     args = ["--dir", str(where), "--tasks", "2", "--seeds", "1", "--budget", "25"]
     done = rsi("meta", *args, "--max-experiments", "4")
     assert done.returncode == 0, done.stderr
-    assert "meta-utility: default" in done.stdout
+    assert f"made the meta-task {where}" in done.stdout and "meta-utility: default" in done.stdout
     ledger = Ledger(where / ".rsi" / "ledger.sqlite", readonly=True)
     exps = ledger.experiments()
     assert len(exps) == 4 and exps[0].valid()
@@ -271,8 +271,9 @@ def test_a_meta_task_says_what_its_meta_utility_measures(tmp_path: Path) -> None
     made = tmp_path / "made"
     create(made, 1, default_text(), Scale(1, 1, 20, "final"))
     assert "--utility final" in (made / "rsi.toml").read_text()
-    changed = rsi("meta", "--dir", str(made), "--utility", "area", "--max-experiments", "1")
-    assert changed.returncode == 2 and "measures the meta-utility as final" in changed.stderr
+    changed = rsi("meta", "--dir", str(made), "--utility", "area", "--budget", "30", "--max-experiments", "1")
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert "--budget 30 (it has 20), --utility area (it has final)" in changed.stderr
     assert not (made / ".rsi").exists()  # refused before anything ran
 
 

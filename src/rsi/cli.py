@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import sqlite3
@@ -513,9 +514,11 @@ def meta(
     level: Annotated[int, typer.Option(min=1, max=2, help="1: improve a program; 2: improve the meta program")] = 1,
     max_experiments: Annotated[int | None, typer.Option(min=1, help="meta experiments, baseline included")] = 30,
     time_budget: Annotated[str | None, typer.Option(help="stop starting meta experiments after this long")] = None,
-    tasks: Annotated[int, typer.Option(min=1, help="synthetic tasks per evaluation")] = 6,
-    seeds: Annotated[int, typer.Option(min=1, help="inner researches per task and evaluation")] = 2,
-    budget: Annotated[int, typer.Option(min=5, help="runs each inner research may make")] = 60,
+    tasks: Annotated[int | None, typer.Option(min=1, help="synthetic tasks per evaluation (default 6)")] = None,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="inner researches per task and evaluation (default 2)")
+    ] = None,
+    budget: Annotated[int | None, typer.Option(min=5, help="runs each inner research may make (default 60)")] = None,
     utility: Annotated[
         str | None,
         typer.Option(
@@ -539,16 +542,21 @@ def meta(
         if utility is not None and utility not in UTILITIES:
             raise UserError(f"--utility {utility}: choose one of {', '.join(UTILITIES)}")
         budget_s = parse_duration(time_budget) if time_budget is not None else None
+        asked = {"tasks": tasks, "seeds": seeds, "budget": budget, "utility": utility}
         if not (directory / "rsi.toml").exists():
             subject = (level == 1 and program) or (level == 2 and meta_program)
             text = subject.read_text(encoding="utf-8") if subject else default_text()
-            create(directory, level, text, Scale(tasks, seeds, budget, utility or Scale.utility))
-        elif utility is not None and utility != (made := meta_settings(directory)[1].utility):
-            raise UserError(
-                f"{directory} measures the meta-utility as {made}; a research cannot change its metric midway: "
-                "give --dir a new folder"
-            )
+            d = Scale()
+            scale = Scale(tasks or d.tasks, seeds or d.seeds, budget or d.budget, utility or d.utility)
+            create(directory, level, text, scale)
             out.print(f"made the meta-task {directory} (level {level}); researching it", highlight=False)
+        else:  # its evaluation is its metric: fixed when it was made
+            made = dataclasses.asdict(meta_settings(directory)[1])
+            if changed := [f"--{k} {v} (it has {made[k]})" for k, v in asked.items() if v not in (None, made[k])]:
+                raise UserError(
+                    f"{directory} was made with other settings: {', '.join(changed)}; a research's metric cannot "
+                    "change midway: leave them out to resume it, or give --dir a new folder"
+                )
         settings = load_program(meta_program) if meta_program and level == 1 else default_program()
         cfg = _with_executor(apply_program(load_config(directory), settings), workers, None, None, None)
     except (UserError, ValueError, OSError) as e:
