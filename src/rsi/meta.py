@@ -5,7 +5,8 @@ with that program on each task of a synthetic suite (in process: same loop, prop
 subprocess, no git), each for a fixed budget of runs, and prints the meta-utility: the mean fraction of the
 gap from each task's start to its optimum that the inner champion closed, computed from the noise-free
 objective at the champion, never from the inner research's own verdicts (a program that loosens its judge
-gets no credit for the noise it keeps). The holdout is the same figure on held-out task families.
+gets no credit for the noise it keeps), averaged over the budget's runs (the area under the improvement
+curve) or at its end (UTILITIES). The holdout is the same figure on held-out task families.
 
 Level 2: the editable file is the meta-level's own program (the settings of the level-1 research). One run
 researches level 1 in process with it for a small budget and prints how much the level-1 champion program
