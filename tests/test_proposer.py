@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import time
+from pathlib import Path
 
 import pytest
 
-from rsi.config import KnobsConfig
+from rsi.cli import make_proposer
+from rsi.config import KnobsConfig, load_config
 from rsi.knobs import format_value
 from rsi.ledger import Experiment, Ledger, Run
 from rsi.proposer import Context, KnobsProposer
@@ -107,3 +109,42 @@ def test_resume_rebuilds_the_study_from_the_ledger(ledger: Ledger) -> None:
 def test_no_knobs_means_no_proposal(ledger: Ledger) -> None:
     p = KnobsProposer({"train.py": "print('loss: 1')\n"}, KnobsConfig(), "minimize")
     assert p.propose(Context(experiment(0, {}, 1.0), {"train.py": "print('loss: 1')\n"}, ledger)) is None
+
+
+def test_the_seed_in_rsi_toml_gives_another_sequence_of_candidates(ledger: Ledger, tmp_path: Path) -> None:
+    """`[knobs] seed`: replicate researches of one task try other candidates; the same seed the same ones."""
+
+    class Start:  # the start commit, as make_proposer reads it
+        def files(self, commit: str, globs: object) -> list[str]:
+            return ["train.py"]
+
+        def read(self, commit: str, path: str) -> str:
+            return SOURCE
+
+    def first_three(seed: int) -> list[dict[str, object]]:
+        (tmp_path / "rsi.toml").write_text(f"{TOML}\n[knobs]\nseed = {seed}\n")
+        cfg = load_config(tmp_path)
+        p = make_proposer(cfg, "knobs")(Start(), "start")  # type: ignore[arg-type]
+        base = experiment(0, {}, 1.0)
+        p.observe(base)
+        found = []
+        for _ in range(3):
+            prop = p.propose(Context(base, {"train.py": SOURCE}, ledger))
+            assert prop is not None
+            found.append(prop.params)
+        return found
+
+    assert first_three(0) == first_three(0) != first_three(1)
+
+
+TOML = """
+[task]
+name = "t"
+editable = ["train.py"]
+command = "python train.py"
+
+[metric]
+name = "loss"
+goal = "minimize"
+pattern = '^loss: (\\S+)$'
+"""

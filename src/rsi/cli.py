@@ -51,7 +51,7 @@ def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
     def factory(ws: Store, start_commit: str) -> Proposer:
         if name == "knobs":
             files = {p: ws.read(start_commit, p) for p in ws.files(start_commit, cfg.task.editable)}
-            proposer = KnobsProposer(files, cfg.knobs, cfg.metric.goal)
+            proposer = KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=cfg.knobs.seed)
             if not proposer.knobs:
                 raise UserError(
                     "the knobs proposer found no tunable literal (module-level int, float or bool assignment) "
@@ -67,7 +67,7 @@ def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
                 return LLMProposer(cfg.proposer, program=program, frozen=frozen, metric=metric, goal=goal)
             members: list[Proposer] = []
             files = {p: ws.read(start_commit, p) for p in ws.files(start_commit, cfg.task.editable)}
-            knobs = KnobsProposer(files, cfg.knobs, cfg.metric.goal)
+            knobs = KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=cfg.knobs.seed)
             if knobs.knobs:
                 members.append(knobs)
             for i, m in enumerate(cfg.proposer.models):

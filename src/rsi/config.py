@@ -180,6 +180,7 @@ class KnobsConfig(_Section):
     restart_after: int = Field(default=0, ge=0)  # experiments without a keep before the sampler starts over
     multivariate: bool = True  # TPE models the knobs jointly (interactions) instead of one by one
     candidates: int = Field(default=24, ge=1)  # TPE's draws per proposal, the best of which is proposed
+    seed: int = Field(default=0, ge=0)  # the proposer's random seed: another one researches another sequence
 
 
 class ModelConfig(_Section):
