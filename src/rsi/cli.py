@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -542,12 +542,11 @@ def meta(
         if utility is not None and utility not in UTILITIES:
             raise UserError(f"--utility {utility}: choose one of {', '.join(UTILITIES)}")
         budget_s = parse_duration(time_budget) if time_budget is not None else None
-        asked = {"tasks": tasks, "seeds": seeds, "budget": budget, "utility": utility}
+        asked: dict[str, Any] = {"tasks": tasks, "seeds": seeds, "budget": budget, "utility": utility}
         if not (directory / "rsi.toml").exists():
             subject = (level == 1 and program) or (level == 2 and meta_program)
             text = subject.read_text(encoding="utf-8") if subject else default_text()
-            d = Scale()
-            scale = Scale(tasks or d.tasks, seeds or d.seeds, budget or d.budget, utility or d.utility)
+            scale = dataclasses.replace(Scale(), **{k: v for k, v in asked.items() if v is not None})
             create(directory, level, text, scale)
             out.print(f"made the meta-task {directory} (level {level}); researching it", highlight=False)
         else:  # its evaluation is its metric: fixed when it was made
