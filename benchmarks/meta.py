@@ -13,8 +13,9 @@
    `--found FILE` skips the meta-research and scores FILE (the shipped default, say) against the original
    the same way.
 3. With `--tinygpt MIN`, both programs research `examples/tinygpt` for MIN minutes each (`rsi run
-   --program`), one after the other (`--tinygpt-repeats N` times, in alternating order), and the held-out
-   gain (`test_bpb`) of each research is reported, with the mean per program.
+   --program`), one after the other (`--tinygpt-repeats N` times, in alternating order; the i-th pair's
+   researches both seed their knobs proposer with i, so repeats try other candidates), and the held-out gain
+   (`test_bpb`) of each research is reported, with the mean per program.
 
 Target: on held-out tasks the improved program's meta-utility is at least 1.2x the original's, with p < 0.05;
 on tinygpt at equal budget the improved program is not worse.
@@ -45,9 +46,13 @@ def rsi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     return done
 
 
-def tinygpt(program: Path, minutes: float, where: Path) -> dict[str, Any]:
-    """One research of a fresh copy of examples/tinygpt with `program`."""
+def tinygpt(program: Path, minutes: float, where: Path, seed: int) -> dict[str, Any]:
+    """One research of a fresh copy of examples/tinygpt with `program`, its knobs proposer seeded with `seed`."""
     root = create("tinygpt", where)
+    with (root / "rsi.toml").open("a", encoding="utf-8") as toml:
+        toml.write(f"\n[knobs]\nseed = {seed}\n")
+    git = ["git", "-c", "user.name=rsi", "-c", "user.email=rsi@localhost", "commit", "-qam", f"knobs seed {seed}"]
+    subprocess.run(git, cwd=root, check=True, capture_output=True)
     rsi("run", str(root), "--time-budget", f"{minutes}m", "--program", str(program))
     status = json.loads(rsi("status", str(root), "--json").stdout)
     return {
@@ -161,7 +166,7 @@ def main() -> None:
         rows: list[tuple[str, dict[str, Any]]] = []
         for i in range(args.tinygpt_repeats):  # one after the other, the order alternating against drift
             for name in sorted(programs, reverse=i % 2 == 1):
-                rows.append((name, tinygpt(programs[name], args.tinygpt, tmp / f"tinygpt-{name}-{i}")))
+                rows.append((name, tinygpt(programs[name], args.tinygpt, tmp / f"tinygpt-{name}-{i}", seed=i)))
         print(f"\ntinygpt, {args.tinygpt:g} min per research (held-out test_bpb gain, positive is better)")
         print(f"{'program':10s} {'experiments':>12s} {'selection gain':>15s} {'held-out gain':>14s}")
         for name, row in rows:

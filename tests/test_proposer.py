@@ -1,4 +1,4 @@
-"""The knobs proposer: Optuna ask-and-tell against the current champion, failures told, resumable."""
+"""The knobs proposer: a sampler's ask-and-tell against the current champion, failures told, resumable."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import ast
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 
 from rsi.cli import make_proposer
@@ -13,6 +14,7 @@ from rsi.config import KnobsConfig, load_config
 from rsi.knobs import format_value
 from rsi.ledger import Experiment, Ledger, Run
 from rsi.proposer import Context, KnobsProposer
+from rsi.sampler import CmaSampler
 
 SOURCE = "lr = 0.5  # the step\nDEPTH = 3\nuse_bias = False\nprint('x')\n"
 
@@ -43,6 +45,10 @@ def test_proposals_change_at_most_per_candidate_knobs_of_the_champion(sampler: s
         {"train.py": SOURCE}, KnobsConfig.model_validate({"sampler": sampler, "per_candidate": 1}), "minimize", seed=3
     )
     assert set(p.knobs) == {"lr", "DEPTH", "use_bias"}
+    told: list[str] = []
+    tell, add = p.sampler.tell, p.sampler.add
+    p.sampler.tell = lambda point, value, state: (told.append(state), tell(point, value, state))  # type: ignore[method-assign]
+    p.sampler.add = lambda params, value, state: (told.append(state), add(params, value, state))  # type: ignore[method-assign]
     base = experiment(0, {}, 1.0)
     p.observe(base)
     champion_text = SOURCE.replace("DEPTH = 3", "DEPTH = 5")
@@ -61,8 +67,7 @@ def test_proposals_change_at_most_per_candidate_knobs_of_the_champion(sampler: s
         assert signature not in seen  # never the same candidate twice
         seen.add(signature)
         p.observe(experiment(i + 1, prop.params, None if i % 3 == 0 else float(i), "ok" if i % 3 else "crash"))
-    states = [t.state.name for t in p.study.trials]
-    assert states.count("FAIL") == 4 and states.count("COMPLETE") >= 8
+    assert told.count("fail") == 4 and told.count("complete") == 9  # the baseline and every run that measured
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
@@ -84,7 +89,7 @@ def test_the_sampler_moves_towards_better_values(sampler: str, ledger: Ledger) -
 
 
 def test_resume_rebuilds_the_study_from_the_ledger(ledger: Ledger) -> None:
-    cfg = KnobsConfig(per_candidate=2)
+    cfg = KnobsConfig(sampler="tpe", per_candidate=2)
     first = KnobsProposer({"train.py": SOURCE}, cfg, "minimize")
     history = [experiment(0, {}, 1.0)]
     first.observe(history[0])
@@ -99,10 +104,10 @@ def test_resume_rebuilds_the_study_from_the_ledger(ledger: Ledger) -> None:
     # the live study holds Optuna's raw values; the ledger (and so a resumed study) what the file said
     rounded = [
         {k: ast.literal_eval(format_value(v)) for k, v in t.params.items()}
-        for t in first.study.trials
+        for t in first.sampler.study.trials  # type: ignore[attr-defined]
         if t.state.name != "PRUNED"
     ]
-    assert [t.params for t in again.study.trials] == rounded
+    assert [t.params for t in again.sampler.study.trials] == rounded  # type: ignore[attr-defined]
     assert again.tried == first.tried
 
 
@@ -148,3 +153,31 @@ name = "loss"
 goal = "minimize"
 pattern = '^loss: (\\S+)$'
 """
+
+
+def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
+    """Failures and pruned points are not solutions; a point of a generation already told is not told again."""
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "n": optuna.distributions.IntDistribution(1, 8),
+        "act": optuna.distributions.CategoricalDistribution(["relu", "gelu"]),
+    }
+    fresh = CmaSampler(dists, "minimize", seed=0)
+    drawn = [fresh.ask({}).params for _ in range(300)]  # before any outcome: uniform over the box
+    assert {p["n"] for p in drawn} == set(range(1, 9)) and {p["act"] for p in drawn} == {"relu", "gelu"}
+    assert all(1e-4 <= p["lr"] <= 1e-1 for p in drawn) and min(p["lr"] for p in drawn) < 1e-3
+    s = CmaSampler(dists, "maximize", seed=0)
+    s.add({"lr": 1e-2, "n": 4, "act": "relu"}, 1.0, "complete")  # the baseline: CMA-ES proposes from now on
+    assert s.cma is not None
+    size = s.cma.population_size
+    points = [s.ask({"act": "gelu"}) for _ in range(size + 2)]
+    assert all(p.params["act"] == "gelu" and p.handle == 0 for p in points)
+    s.tell(points[0], None, "fail")
+    s.tell(points[1], None, "pruned")
+    for p in points[2:-1]:
+        s.tell(p, 1.0, "complete")
+    assert s.cma.generation == 0 and len(s.solutions) == size - 1
+    s.tell(points[-1], 2.0, "complete")
+    assert s.cma.generation == 1 and s.solutions == []
+    s.tell(points[0], 3.0, "complete")  # finished late: its generation was told without it
+    assert s.solutions == [] and s.ask({}).handle == 1

@@ -1,14 +1,14 @@
 """Proposers turn the ledger into candidates: file edits plus a one-line hypothesis.
 
-`KnobsProposer` is the offline default: it searches the tunable literals of the editable files with Optuna's
-ask-and-tell, proposing against the current champion and telling Optuna every outcome, failures included.
+`KnobsProposer` is the offline default: it searches the tunable literals of the editable files with a sampler's
+ask-and-tell (`rsi.sampler`: CMA-ES, TPE or random), proposing against the current champion and telling the
+sampler every outcome, failures included.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,9 +21,7 @@ from rsi.judge import Goal
 from rsi.knobs import Knob, apply_values, as_written, describe, find_knobs
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
+from rsi.sampler import Point, Sampler, State, make_sampler
 
 
 @dataclass(frozen=True)
@@ -90,24 +88,16 @@ class KnobsProposer:
         self.cfg = cfg
         self.seed = seed
         self.dists = {key: _distribution(k) for key, k in self.knobs.items()}
-        self.study = optuna.create_study(direction=goal, sampler=self._sampler(seed))
-        self.pending: dict[tuple[Any, ...], optuna.trial.Trial] = {}
-        self.tried: set[tuple[Any, ...]] = set()
         self.goal = goal
+        self.sampler = self._sampler(seed)
+        self.pending: dict[tuple[Any, ...], Point] = {}
+        self.tried: set[tuple[Any, ...]] = set()
         self.dry = 0  # experiments observed since the last keep
         self.restarts = 0
 
-    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        if self.cfg.sampler == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-        if self.cfg.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=self.cfg.startup,
-            multivariate=self.cfg.multivariate,
-            n_ei_candidates=self.cfg.candidates,
-        )
+    def _sampler(self, seed: int) -> Sampler:
+        c = self.cfg
+        return make_sampler(c.sampler, self.dists, self.goal, seed, c.startup, c.multivariate, c.candidates)
 
     def _values(self, files: Mapping[str, str]) -> dict[str, Any]:
         """Current values of the knobs in the champion's files (they change as knobs are kept)."""
@@ -132,17 +122,16 @@ class KnobsProposer:
                 fixed.update(
                     {key: _near(current[key], self.dists[key], self.cfg.local_scale, rng) for key in sorted(chosen)}
                 )
-            self.study.enqueue_trial(fixed, skip_if_exists=False)
-            trial = self.study.ask(dict(self.dists))
+            point = self.sampler.ask(fixed)
             # What is measured is what the file says: the literal as written (3 significant digits).
-            params = {key: as_written(v) for key, v in trial.params.items()}
+            params = {key: as_written(v) for key, v in point.params.items()}
             changed = {key: v for key, v in params.items() if v != current[key]}
             signature = tuple(params[key] for key in self.knobs)
             if changed and signature not in self.tried:
                 self.tried.add(signature)
-                self.pending[signature] = trial
+                self.pending[signature] = point
                 return self._proposal(ctx.files, current, params, changed)
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            self.sampler.tell(point, None, "pruned")
         return None
 
     def _proposal(
@@ -164,7 +153,7 @@ class KnobsProposer:
         self.restarts += 1
         self.dry = 0
         self.pending.clear()
-        self.study = optuna.create_study(direction=self.goal, sampler=self._sampler(self.seed + 7919 * self.restarts))
+        self.sampler = self._sampler(self.seed + 7919 * self.restarts)
 
     def observe(self, exp: Experiment) -> None:
         if not self.knobs:
@@ -180,19 +169,14 @@ class KnobsProposer:
         signature = tuple(params[key] for key in self.knobs)
         self.tried.add(signature)
         value = exp.mean() if exp.status == "ok" else None
-        state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+        state: State = "complete" if value is not None else "fail"
         if exp.reason.startswith(PRUNED):  # clearly behind: TPE ranks a pruned trial below every complete one
-            value, state = None, optuna.trial.TrialState.PRUNED
-        trial = self.pending.pop(signature, None)
-        if trial is not None:
-            self.study.tell(trial, value, state=state)
-            return
-        try:
-            self.study.add_trial(
-                optuna.trial.create_trial(params=params, distributions=self.dists, value=value, state=state)
-            )
-        except ValueError:
-            return  # a value outside today's ranges (a hand-edited file): nothing to learn from
+            value, state = None, "pruned"
+        point = self.pending.pop(signature, None)
+        if point is not None:
+            self.sampler.tell(point, value, state)
+        else:
+            self.sampler.add(params, value, state)
 
 
 def _near(value: Any, dist: optuna.distributions.BaseDistribution, scale: float, rng: random.Random) -> Any:

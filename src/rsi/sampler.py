@@ -1,0 +1,173 @@
+"""Samplers: where the knobs proposer's next values come from.
+
+A sampler is asked for a point (some knobs held fixed at the champion's values) and told what became of it.
+`OptunaSampler` drives an Optuna study (TPE, random). `CmaSampler` drives CMA-ES from the `cmaes` package
+directly: the same algorithm Optuna's CmaEsSampler runs (a generation is told once it has its population of
+completed points; failures and pruned points are not solutions), without a study whose trials are copied and
+whose optimizer is unpickled on every ask, which was most of an in-process inner experiment's cost.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import cmaes
+import numpy as np
+import optuna
+
+from rsi.judge import Goal
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
+
+Dist = optuna.distributions.BaseDistribution
+State = Literal["complete", "fail", "pruned"]
+_STATES = {
+    "complete": optuna.trial.TrialState.COMPLETE,
+    "fail": optuna.trial.TrialState.FAIL,
+    "pruned": optuna.trial.TrialState.PRUNED,
+}
+
+
+@dataclass
+class Point:
+    params: dict[str, Any]
+    handle: Any = None  # the sampler's own record of the point (an Optuna trial, a CMA-ES generation)
+
+
+class Sampler(Protocol):
+    def ask(self, fixed: Mapping[str, Any]) -> Point:
+        """Values for every knob, `fixed` ones as given."""
+        ...
+
+    def tell(self, point: Point, value: float | None, state: State) -> None:
+        """The outcome of a point this sampler gave (value None unless complete)."""
+        ...
+
+    def add(self, params: Mapping[str, Any], value: float | None, state: State) -> None:
+        """The outcome of a point it did not give (the baseline, a resumed ledger)."""
+        ...
+
+
+def make_sampler(
+    kind: str, dists: Mapping[str, Dist], goal: Goal, seed: int, startup: int, multivariate: bool, candidates: int
+) -> Sampler:
+    if kind == "cmaes":
+        return CmaSampler(dists, goal, seed)
+    if kind == "random":
+        return OptunaSampler(dists, goal, optuna.samplers.RandomSampler(seed=seed))
+    tpe = optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup, multivariate=multivariate, n_ei_candidates=candidates
+    )
+    return OptunaSampler(dists, goal, tpe)
+
+
+class OptunaSampler:
+    def __init__(self, dists: Mapping[str, Dist], goal: Goal, sampler: optuna.samplers.BaseSampler) -> None:
+        self.dists = dict(dists)
+        self.study = optuna.create_study(direction=goal, sampler=sampler)
+
+    def ask(self, fixed: Mapping[str, Any]) -> Point:
+        self.study.enqueue_trial(dict(fixed), skip_if_exists=False)
+        trial = self.study.ask(dict(self.dists))
+        return Point(dict(trial.params), trial)
+
+    def tell(self, point: Point, value: float | None, state: State) -> None:
+        self.study.tell(point.handle, value if state == "complete" else None, state=_STATES[state])
+
+    def add(self, params: Mapping[str, Any], value: float | None, state: State) -> None:
+        try:
+            trial = optuna.trial.create_trial(
+                params=dict(params), distributions=self.dists, value=value, state=_STATES[state]
+            )
+            self.study.add_trial(trial)
+        except ValueError:
+            return  # a value outside today's ranges (a hand-edited file): nothing to learn from
+
+
+class CmaSampler:
+    """CMA-ES over the numeric knobs, each mapped to [0, 1] (log knobs in log space, integers widened by half a
+    step so the end values are as likely as the rest); categorical knobs drawn uniformly. The search starts at
+    the middle of the box with a step of a sixth of it, and samples at random until one outcome is complete."""
+
+    def __init__(self, dists: Mapping[str, Dist], goal: Goal, seed: int) -> None:
+        self.dists = dict(dists)
+        self.sign = 1.0 if goal == "minimize" else -1.0
+        self.rng = random.Random(seed)
+        self.box: dict[str, tuple[float, float]] = {}
+        for key, d in self.dists.items():
+            if isinstance(d, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution):
+                if d.low == d.high:
+                    continue
+                half = 0.5 if isinstance(d, optuna.distributions.IntDistribution) else 0.0
+                lo, hi = d.low - half, d.high + half
+                if d.log:
+                    lo, hi = math.log(max(lo, d.low / 2)), math.log(hi)
+                self.box[key] = (lo, hi)
+        self.cma: cmaes.CMA | None = None
+        if self.box:
+            dim = len(self.box)
+            self.cma = cmaes.CMA(
+                mean=np.full(dim, 0.5),
+                sigma=1 / 6,
+                bounds=np.array([[0.0, 1.0]] * dim),
+                seed=self.rng.randint(1, 2**31 - 2),
+                n_max_resampling=10 * dim,
+            )
+        self.started = False  # an outcome was complete: CMA-ES proposes from then on
+        self.solutions: list[tuple[np.ndarray, float]] = []
+
+    def ask(self, fixed: Mapping[str, Any]) -> Point:
+        params: dict[str, Any] = {}
+        x = self.cma.ask() if self.cma is not None and self.started else None
+        for i, key in enumerate(self.box):
+            params[key] = self._value(key, float(x[i]) if x is not None else self.rng.random())
+        for key, d in self.dists.items():
+            if key not in params:
+                params[key] = self._draw(d)
+        params.update(fixed)
+        return Point(params, self.cma.generation if x is not None and self.cma is not None else None)
+
+    def tell(self, point: Point, value: float | None, state: State) -> None:
+        if state != "complete" or value is None:
+            return
+        self.started = True
+        if self.cma is None or point.handle != self.cma.generation:
+            return  # a random start, or an older generation's point finished after its generation was told
+        self.solutions.append((self._unit(point.params), self.sign * value))
+        if len(self.solutions) >= self.cma.population_size:
+            self.cma.tell(self.solutions)
+            self.solutions = []
+
+    def add(self, params: Mapping[str, Any], value: float | None, state: State) -> None:
+        if state == "complete" and value is not None:
+            self.started = True
+
+    def _value(self, key: str, u: float) -> Any:
+        d = self.dists[key]
+        assert isinstance(d, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution)
+        lo, hi = self.box[key]
+        y = lo + min(max(u, 0.0), 1.0) * (hi - lo)
+        y = math.exp(y) if d.log else y
+        if isinstance(d, optuna.distributions.IntDistribution):
+            return int(min(max(round(y), d.low), d.high))
+        return float(min(max(y, d.low), d.high))
+
+    def _unit(self, params: Mapping[str, Any]) -> np.ndarray:
+        units = []
+        for key, (lo, hi) in self.box.items():
+            v = float(params[key])
+            v = math.log(max(v, 1e-300)) if self.dists[key].log else v  # type: ignore[attr-defined]
+            units.append(min(max((v - lo) / (hi - lo), 0.0), 1.0))
+        return np.array(units)
+
+    def _draw(self, d: Dist) -> Any:
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            return self.rng.choice(list(d.choices))
+        assert isinstance(d, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution)
+        return d.low  # a range of one value
