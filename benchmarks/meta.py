@@ -14,8 +14,8 @@
    the same way.
 3. With `--tinygpt MIN`, both programs research `examples/tinygpt` for MIN minutes each (`rsi run
    --program`), one after the other (`--tinygpt-repeats N` times, in alternating order; the i-th pair's
-   researches both seed their knobs proposer with i, so repeats try other candidates), and the held-out gain
-   (`test_bpb`) of each research is reported, with the mean per program.
+   researches both seed their knobs proposer with `--tinygpt-seed` + i, so repeats try other candidates), and
+   the held-out gain (`test_bpb`) of each research is reported, with the mean per program.
 
 Target: on held-out tasks the improved program's meta-utility is at least 1.2x the original's, with p < 0.05;
 on tinygpt at equal budget the improved program is not worse.
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="keep the meta-task here (default: a temp dir)")
     parser.add_argument("--tinygpt", type=float, default=0.0, help="minutes of tinygpt research per program")
     parser.add_argument("--tinygpt-repeats", type=int, default=1, help="tinygpt researches per program")
+    parser.add_argument("--tinygpt-seed", type=int, default=0, help="the first pair's knobs seed (then +1 a pair)")
     parser.add_argument(
         "--found", type=Path, default=None, help="skip the meta-research: compare this program with the original"
     )
@@ -166,7 +167,8 @@ def main() -> None:
         rows: list[tuple[str, dict[str, Any]]] = []
         for i in range(args.tinygpt_repeats):  # one after the other, the order alternating against drift
             for name in sorted(programs, reverse=i % 2 == 1):
-                rows.append((name, tinygpt(programs[name], args.tinygpt, tmp / f"tinygpt-{name}-{i}", seed=i)))
+                where = tmp / f"tinygpt-{name}-{i}"
+                rows.append((name, tinygpt(programs[name], args.tinygpt, where, seed=args.tinygpt_seed + i)))
         print(f"\ntinygpt, {args.tinygpt:g} min per research (held-out test_bpb gain, positive is better)")
         print(f"{'program':10s} {'experiments':>12s} {'selection gain':>15s} {'held-out gain':>14s}")
         for name, row in rows:

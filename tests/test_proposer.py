@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import statistics
 import time
 from pathlib import Path
 
@@ -163,9 +164,13 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
         "act": optuna.distributions.CategoricalDistribution(["relu", "gelu"]),
     }
     fresh = CmaSampler(dists, "minimize", seed=0)
-    drawn = [fresh.ask({}).params for _ in range(300)]  # before any outcome: uniform over the box
+    drawn = [fresh.ask({}).params for _ in range(1000)]  # before any outcome: uniform over the box
+    assert list(drawn[0]) == list(dists)  # in the knobs' order (the hypothesis names them so)
     assert {p["n"] for p in drawn} == set(range(1, 9)) and {p["act"] for p in drawn} == {"relu", "gelu"}
-    assert all(1e-4 <= p["lr"] <= 1e-1 for p in drawn) and min(p["lr"] for p in drawn) < 1e-3
+    ends = [sum(p["n"] == n for p in drawn) for n in (1, 8)]
+    assert min(ends) > 98  # an eighth each (125): the ends get a whole step, not half of one (71)
+    assert all(1e-4 <= p["lr"] <= 1e-1 for p in drawn)
+    assert 0.28 < sum(p["lr"] < 1e-3 for p in drawn) / len(drawn) < 0.39  # a third: log-uniform
     s = CmaSampler(dists, "maximize", seed=0)
     s.add({"lr": 1e-2, "n": 4, "act": "relu"}, 1.0, "complete")  # the baseline: CMA-ES proposes from now on
     assert s.cma is not None
@@ -181,3 +186,15 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
     assert s.cma.generation == 1 and s.solutions == []
     s.tell(points[0], 3.0, "complete")  # finished late: its generation was told without it
     assert s.solutions == [] and s.ask({}).handle == 1
+    assert s.ask({"lr": 1e-2, "n": 4, "act": "relu"}).handle is None  # a step near the champion: not CMA-ES's
+
+
+@pytest.mark.parametrize("goal", ["minimize", "maximize"])
+def test_cma_es_moves_towards_the_better_end(goal: str) -> None:
+    s = CmaSampler({"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, goal, seed=1)  # type: ignore[arg-type]
+    s.add({"x": 0.5}, 0.5, "complete")
+    for _ in range(40):
+        point = s.ask({})
+        s.tell(point, point.params["x"], "complete")
+    last = statistics.fmean(s.ask({}).params["x"] for _ in range(20))
+    assert (last > 0.8) if goal == "maximize" else (last < 0.2)

@@ -123,14 +123,23 @@ class CmaSampler:
         self.solutions: list[tuple[np.ndarray, float]] = []
 
     def ask(self, fixed: Mapping[str, Any]) -> Point:
+        """A point of CMA-ES's current generation, unless every knob is fixed (a step near the champion, which
+        CMA-ES did not draw and is not told of) or no outcome is complete yet (a uniform draw)."""
+        free = any(key not in fixed for key in self.box) or any(
+            key not in fixed and len(d.choices) > 1
+            for key, d in self.dists.items()
+            if isinstance(d, optuna.distributions.CategoricalDistribution)
+        )
+        x = self.cma.ask() if self.cma is not None and self.started and free else None
+        units = dict(zip(self.box, x, strict=True)) if x is not None else {}
         params: dict[str, Any] = {}
-        x = self.cma.ask() if self.cma is not None and self.started else None
-        for i, key in enumerate(self.box):
-            params[key] = self._value(key, float(x[i]) if x is not None else self.rng.random())
         for key, d in self.dists.items():
-            if key not in params:
+            if key in fixed:
+                params[key] = fixed[key]
+            elif key in self.box:
+                params[key] = self._value(key, float(units[key]) if key in units else self.rng.random())
+            else:
                 params[key] = self._draw(d)
-        params.update(fixed)
         return Point(params, self.cma.generation if x is not None and self.cma is not None else None)
 
     def tell(self, point: Point, value: float | None, state: State) -> None:

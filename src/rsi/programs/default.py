@@ -7,7 +7,7 @@ of tasks, checked on tasks it never saw. The `# rsi:` hints are that search's ra
 
 rsi found these values itself: `rsi meta` researched the original program (programs/original.py, frozen) and
 changed SAMPLER, STARTUP (TPE's, idle under CMA-ES), PER_CANDIDATE and LOCAL. On held-out task families inner
-research with this program closed 1.17x the original's share of the gap to the optimum by the end of the budget
+research with this program closed 1.19x the original's share of the gap to the optimum by the end of the budget
 it was researched at (60 runs), and 1.35x averaged over that budget's runs (the area under the improvement
 curve, what `rsi meta` measures now); on both measures more than the original at every budget from 30 to 120
 runs, and on the final gap more than the program shipped before it at 60 and 120 (level at 30). The README
