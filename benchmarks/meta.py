@@ -12,7 +12,9 @@
    budget's end. Both are reported, from the same inner researches; the one named is the one researched.
    `--found FILE` skips the meta-research and scores FILE (the shipped default, say) against the original
    the same way.
-3. With `--tinygpt MIN`, both programs research `examples/tinygpt` for MIN minutes each (`rsi run
+3. With `--examples N`, both programs are scored on the real examples suite (`rsi meta --holdout examples`:
+   tabular and tinygpt at small budgets, the held-out gain relative to the baseline's) with N seeds.
+4. With `--tinygpt MIN`, both programs research `examples/tinygpt` for MIN minutes each (`rsi run
    --program`), one after the other (`--tinygpt-repeats N` times, in alternating order; the i-th pair's
    researches both seed their knobs proposer with `--tinygpt-seed` + i, so repeats try other candidates), and
    the held-out gain (`test_bpb`) of each research is reported, with the mean per program.
@@ -75,6 +77,9 @@ def main() -> None:
         "--utility", choices=UTILITIES, default="area", help="the meta-utility researched and reported first"
     )
     parser.add_argument("--dir", type=Path, default=None, help="keep the meta-task here (default: a temp dir)")
+    parser.add_argument(
+        "--examples", type=int, default=0, help="also compare both programs on the real examples suite, N seeds"
+    )
     parser.add_argument("--tinygpt", type=float, default=0.0, help="minutes of tinygpt research per program")
     parser.add_argument("--tinygpt-repeats", type=int, default=1, help="tinygpt researches per program")
     parser.add_argument("--tinygpt-seed", type=int, default=0, help="the first pair's knobs seed (then +1 a pair)")
@@ -160,6 +165,24 @@ def main() -> None:
                     f"{budget:24d} {kind:>13s} {row['default']['mean']:9.3f} {row['improved']['mean']:9.3f} "
                     f"{row['ratio'] or 0.0:6.3f}x {row['p_value']:8.2g}{mark}"
                 )
+    if args.examples > 0:
+        print(f"\nthe real examples suite (`--holdout examples`), {args.examples} seeds, the same two programs")
+        at = compare(
+            parse_program(original_text()), parse_program(improved_text), "examples", scale, range(1, args.examples + 1)
+        )
+        print(
+            f"{'meta-utility':13s} {'original':>9s} {'improved':>9s} {'ratio':>7s} {'p':>8s}  "
+            "per seed (original/improved)"
+        )
+        for kind in kinds:
+            row = at["by_utility"][kind]
+            pairs = " ".join(
+                f"{a:.3f}/{b:.3f}" for a, b in zip(row["default"]["runs"], row["improved"]["runs"], strict=True)
+            )
+            print(
+                f"{kind:13s} {row['default']['mean']:9.3f} {row['improved']['mean']:9.3f} "
+                f"{row['ratio'] or 0.0:6.3f}x {row['p_value']:8.2g}  {pairs}"
+            )
     if args.tinygpt > 0:
         improved = tmp / "improved.py"
         improved.write_text(improved_text, encoding="utf-8")

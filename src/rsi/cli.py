@@ -526,6 +526,13 @@ def meta(
             "its improvement curve); final: the gap closed at the end of the budget. Fixed when the meta-task is made"
         ),
     ] = None,
+    holdout: Annotated[
+        str | None,
+        typer.Option(
+            help="heldout (default): held-out synthetic families; examples: the real examples (tabular, tinygpt) "
+            "at small budgets, minutes per evaluation. Fixed when the meta-task is made"
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="meta experiments at once")] = None,
     proposer: Annotated[
         str, typer.Option(help="knobs, or llm / swarm with [[proposer.models]] in the meta-task's rsi.toml")
@@ -534,15 +541,18 @@ def meta(
     """Research the research program: inner research on synthetic tasks scores each candidate program."""
     if ctx.invoked_subcommand is not None:
         return
-    from rsi.meta import UTILITIES, Scale, create
+    from rsi.meta import HOLDOUTS, UTILITIES, Scale, create
     from rsi.meta import settings as meta_settings
     from rsi.program import default_text
 
     try:
         if utility is not None and utility not in UTILITIES:
             raise UserError(f"--utility {utility}: choose one of {', '.join(UTILITIES)}")
+        if holdout is not None and holdout not in HOLDOUTS:
+            raise UserError(f"--holdout {holdout}: choose one of {', '.join(HOLDOUTS)}")
         budget_s = parse_duration(time_budget) if time_budget is not None else None
         asked: dict[str, Any] = {"tasks": tasks, "seeds": seeds, "budget": budget, "utility": utility}
+        asked["holdout"] = holdout
         if not (directory / "rsi.toml").exists():
             subject = (level == 1 and program) or (level == 2 and meta_program)
             text = subject.read_text(encoding="utf-8") if subject else default_text()

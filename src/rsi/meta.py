@@ -6,7 +6,9 @@ subprocess, no git), each for a fixed budget of runs, and prints the meta-utilit
 gap from each task's start to its optimum that the inner champion closed, computed from the noise-free
 objective at the champion, never from the inner research's own verdicts (a program that loosens its judge
 gets no credit for the noise it keeps), averaged over the budget's runs (the area under the improvement
-curve) or at its end (UTILITIES). The holdout is the same figure on held-out task families.
+curve) or at its end (UTILITIES). The holdout is the same figure on held-out task families, or (`rsi meta
+--holdout examples`) on the real examples at small budgets, researched with the real engine and measured by
+their own held-out metric (EXAMPLES).
 
 Level 2: the editable file is the meta-level's own program (the settings of the level-1 research). One run
 researches level 1 in process with it for a small budget and prints how much the level-1 champion program
@@ -27,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from typing import Any
 from rsi.config import Config, MetricConfig, TaskConfig
 from rsi.engine import Limits, default_judge, in_process
 from rsi.errors import UserError
+from rsi.ledger import Experiment
 from rsi.measure import CONFIRM, SCREEN, TaskFunction
 from rsi.program import Program, apply_program, default_text, parse_program
 from rsi.proposer import KnobsProposer
@@ -48,6 +52,7 @@ class Scale:
     seeds: int = 2
     budget: int = 60
     utility: str = "area"  # one of UTILITIES
+    holdout: str = "heldout"  # the meta-task's holdout suite: held-out synthetic families, or the real examples
 
 
 # What the meta level maximizes, both from the noise-free objective at the inner champion:
@@ -57,6 +62,10 @@ class Scale:
 #   close to the optimum;
 # - "final": the gap the champion closed by the end of the budget.
 UTILITIES = ("area", "final")
+HOLDOUTS = ("heldout", "examples")
+
+# The real examples at small budgets: runs per inner research (tinygpt trains 15 s a run, as in `rsi demo`).
+EXAMPLES = {"tabular": 16, "tinygpt": 8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +105,19 @@ def _researched(
     proposer = KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=seed)
     research = in_process(cfg, files, task, proposer, judge=default_judge(cfg))
     research.run(Limits(max_runs=budget))
-    experiments = research.ledger.experiments()
+    kept = _kept(research.ledger.experiments())
+    return [(0, files)] + [(at, research.champion_files(e.kept_commit or e.commit_sha or "")) for at, e in kept]
+
+
+def _kept(experiments: Sequence[Experiment]) -> list[tuple[int, Experiment]]:
+    """The keeps, each with the number of runs recorded when it was kept: after its last deciding run (the
+    champion's own top-up runs come after the keep)."""
     order = {run: i + 1 for i, run in enumerate(sorted(r.id for e in experiments for r in e.runs))}
-    champions = [(0, files)]
-    for e in experiments:
-        commit = e.kept_commit or e.commit_sha
-        if e.id > 0 and e.verdict == "keep" and commit is not None:
-            # kept after its last deciding run; the champion's own top-up runs come after the keep
-            decided = max((order[r.id] for r in e.runs if r.kind in (SCREEN, CONFIRM)), default=len(order))
-            champions.append((decided, research.champion_files(commit)))
-    return champions
+    return [
+        (max((order[r.id] for r in e.runs if r.kind in (SCREEN, CONFIRM)), default=len(order)), e)
+        for e in experiments
+        if e.id > 0 and e.verdict == "keep" and (e.kept_commit or e.commit_sha) is not None
+    ]
 
 
 def research_task(task: SyntheticTask, program: Program, budget: int, seed: int) -> Progress:
@@ -116,9 +128,58 @@ def research_task(task: SyntheticTask, program: Program, budget: int, seed: int)
     return Progress.of([(at, task.gap_closed(files)) for at, files in champions], budget)
 
 
-def utilities(program: Program, suite_name: str, scale: Scale, seed: int) -> dict[str, float]:
+def research_example(example: str, program: Program, runs: int, seed: int, keep: Path | None = None) -> Progress:
+    """One inner research of a fresh copy of a shipped example with `program` for `runs` runs, with the real
+    engine (a git repository, a subprocess per run, the judge) and `seed` as its knobs seed. A real example has
+    no known optimum: its progress is each champion's held-out metric as a gain relative to the baseline's
+    (the holdout runs on the baseline and on every keep and never guides a verdict). The copy is made in a
+    temporary folder, or in `keep` (a new folder), where it stays."""
+    from rsi.config import load_config
+    from rsi.demo import check_requirements, create
+    from rsi.engine import Research
+    from rsi.judge import improvement
+    from rsi.ledger import Ledger
+    from rsi.store import Store
+    from rsi.workspace import Workspace
+
+    check_requirements(example)
+    with tempfile.TemporaryDirectory(prefix="rsi-meta-") as tmp:
+        root = create(example, keep or Path(tmp) / example)
+        cfg = apply_program(load_config(root), program)
+        cfg = cfg.model_copy(update={"knobs": cfg.knobs.model_copy(update={"seed": seed})})
+
+        def proposer(store: Store, start: str) -> KnobsProposer:
+            files = {p: store.read(start, p) for p in store.files(start, cfg.task.editable)}
+            return KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=seed)
+
+        research = Research(root, cfg, proposer)
+        try:
+            research.run(Limits(max_runs=runs))
+        finally:
+            research.ledger.close()
+        ledger = Ledger(Workspace(root).state / "ledger.sqlite", readonly=True)
+        try:
+            experiments = ledger.experiments()
+        finally:
+            ledger.close()
+    base = experiments[0].mean("holdout") if experiments else None
+    if base is None or base == 0:
+        raise UserError(f"the {example} example's baseline has no held-out figure to measure a gain against")
+    gaps = [(0, 0.0)]
+    for at, e in _kept(experiments):
+        held = e.mean("holdout")  # a keep whose holdout failed leaves the champion's figure as it was
+        gaps.append((at, gaps[-1][1] if held is None else improvement(held, base, cfg.metric.goal) / abs(base)))
+    return Progress.of(gaps, runs)
+
+
+def utilities(
+    program: Program, suite_name: str, scale: Scale, seed: int, examples: Sequence[str] = tuple(EXAMPLES)
+) -> dict[str, float]:
     """Level 1's metric in each of its kinds (UTILITIES): the mean over the suite's tasks and `scale.seeds`
-    inner seeds."""
+    inner seeds; for the real examples, one inner research of each at its small budget (minutes each)."""
+    if suite_name == "examples":
+        shown = [research_example(name, program, EXAMPLES[name], seed) for name in examples]
+        return {kind: statistics.fmean(p.value(kind) for p in shown) for kind in UTILITIES}
     done = [
         research_task(task, program, scale.budget, seed * 1000 + j)
         for task in suite(suite_name, scale.tasks)
@@ -164,7 +225,7 @@ goal = "maximize"
 pattern = '^meta_utility:\\s*(\\S+)'
 
 [holdout]
-command = "{python} -m rsi.meta evaluate --suite heldout {scale}"
+command = "{python} -m rsi.meta evaluate --suite {holdout} {scale}"
 pattern = '^meta_utility:\\s*(\\S+)'
 
 [knobs]
@@ -178,14 +239,20 @@ def create(dest: Path, level: int, subject: str, scale: Scale) -> Path:
         raise UserError(f"{dest} exists and is not empty: give --dir a new folder, or resume it with rsi meta")
     editable = "program.py" if level == 1 else "meta_program.py"
     parse_program(subject, editable)  # a program that does not load is refused before anything is made
+    if scale.holdout == "examples":  # so is a holdout whose examples' packages are missing
+        from rsi.demo import check_requirements
+
+        for name in EXAMPLES:
+            check_requirements(name)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / editable).write_text(subject, encoding="utf-8")
-    timeout = 600 if level == 1 else 3600
+    timeout = 600 if level == 1 and scale.holdout == "heldout" else 3600  # the examples take minutes each
     (dest / "rsi.toml").write_text(
         TOML.format(
             name=f"meta-level{level}",
             editable=editable,
             python=sys.executable,
+            holdout=scale.holdout,
             scale=f"--level {level} --tasks {scale.tasks} --seeds {scale.seeds} --budget {scale.budget} "
             f"--utility {scale.utility}",
             timeout=timeout,
@@ -238,12 +305,15 @@ def settings(root: Path) -> tuple[int, Scale]:
     try:
         found = json.loads((root / "meta.json").read_text(encoding="utf-8"))
         # a meta-task whose meta.json names no measure was made when the final gap was the only one
-        kind = found.get("utility", "final")
-        level, scale = int(found["level"]), Scale(int(found["tasks"]), int(found["seeds"]), int(found["budget"]), kind)
+        kind, holdout = found.get("utility", "final"), found.get("holdout", "heldout")
+        level = int(found["level"])
+        scale = Scale(int(found["tasks"]), int(found["seeds"]), int(found["budget"]), kind, holdout)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{root} is not a meta-task made by rsi meta (no readable meta.json)") from None
     if kind not in UTILITIES:
         raise UserError(f"{root / 'meta.json'}: utility {kind!r} is not one of {', '.join(UTILITIES)}")
+    if holdout not in HOLDOUTS:
+        raise UserError(f"{root / 'meta.json'}: holdout {holdout!r} is not one of {', '.join(HOLDOUTS)}")
     return level, scale
 
 
@@ -253,7 +323,8 @@ def report(root: Path, seeds: int) -> dict[str, Any]:
     if level != 1:
         raise UserError("rsi meta report compares level-1 programs; a level-2 research is read with rsi status")
     before, after, commit = champion_text(root)
-    found = compare(parse_program(before), parse_program(after), "heldout", scale, range(900_001, 900_001 + seeds))
+    seeds_used = range(900_001, 900_001 + seeds)
+    found = compare(parse_program(before), parse_program(after), scale.holdout, scale, seeds_used)
     return {**found, "commit": commit, "diff": program_diff(before, after), "scale": dataclasses.asdict(scale)}
 
 
@@ -287,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="score the program file in the current folder")
     ev.add_argument("--level", type=int, choices=(1, 2), default=1)
-    ev.add_argument("--suite", choices=("train", "heldout"), default="train")
+    ev.add_argument("--suite", choices=("train", *HOLDOUTS), default="train")
+    ev.add_argument("--examples", default=",".join(EXAMPLES), help="with --suite examples: which, comma-separated")
     ev.add_argument("--tasks", type=int, default=Scale.tasks)
     ev.add_argument("--seeds", type=int, default=Scale.seeds)
     ev.add_argument("--budget", type=int, default=Scale.budget)
@@ -303,10 +375,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     seed = int(os.environ.get("RSI_SEED", "1"))
     scale = Scale(args.tasks, args.seeds, args.budget, args.utility)
-    if args.level == 1:
-        value = utility(program, args.suite, scale, seed)
-    else:
-        value = level2_utility(program, args.suite, scale, seed, meta_budget=args.meta_budget)
+    examples = [name for name in args.examples.split(",") if name]
+    if unknown := [name for name in examples if name not in EXAMPLES]:
+        print(f"rsi.meta: unknown example(s) {', '.join(unknown)}; choose from {', '.join(EXAMPLES)}", file=sys.stderr)
+        return 2
+    try:
+        if args.level == 1:
+            value = utilities(program, args.suite, scale, seed, examples)[scale.utility]
+        else:
+            value = level2_utility(program, args.suite, scale, seed, meta_budget=args.meta_budget)
+    except UserError as e:  # an example whose packages are missing, or whose baseline has no held-out figure
+        print(f"rsi.meta: {e}", file=sys.stderr)
+        return 2
     print(f"meta_utility: {value:.6f}")
     return 0
 
