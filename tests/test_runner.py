@@ -581,3 +581,25 @@ def test_a_stop_swallowed_by_python_still_stops_the_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "swallowed" in done.stdout and "stopped after" in done.stdout
     assert "Exception ignored" not in done.stderr  # recorded, so not reported as lost
+
+
+def test_the_stale_cgroup_sweep_spares_the_cgroup_it_runs_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An rsi started inside a run (the meta level's evaluator researching an example) sees that run's cgroup,
+    whose orchestrator is outside its pid namespace: it looked dead, and the sweep killed the evaluator."""
+    from rsi import sandbox
+
+    dead = 2**22 + 1  # above pid_max: no process has it
+    mine, stale = tmp_path / f"rsi-{dead}-1", tmp_path / f"rsi-{dead}-2"
+    for path, procs in ((mine, f"{os.getpid()}\n"), (stale, "")):
+        path.mkdir()
+        (path / "cgroup.procs").write_text(procs)
+    removed: list[Path] = []
+    monkeypatch.setattr(sandbox.PidsCgroup, "remove", lambda self: removed.append(self.path))
+    sandbox._remove_stale(tmp_path)
+    assert removed == [stale]
+    removed.clear()
+    (mine / "cgroup.procs").write_text("")  # not listed (another pid namespace), but its path is ours
+    monkeypatch.setattr(sandbox, "_own_cgroups", lambda: [mine])
+    monkeypatch.setattr(sandbox, "_SWEPT", set())
+    sandbox._remove_stale(tmp_path)
+    assert removed == [stale]

@@ -254,14 +254,33 @@ _SWEPT: set[Path] = set()
 
 
 def _remove_stale(parent: Path) -> None:
-    """Once per process: cgroups left by an orchestrator that was killed (its pid is in their name)."""
+    """Once per process: cgroups left by an orchestrator that was killed (its pid is in their name). Never the
+    cgroup this process runs in: an rsi started by a run (the meta level's evaluator researching an example)
+    sees its own run's cgroup, whose orchestrator is outside its pid namespace and so looks dead to it."""
     if parent in _SWEPT:
         return
     _SWEPT.add(parent)
+    own = _own_cgroups()
     for path in parent.glob("rsi-*-*"):
         owner = path.name.split("-")[1]
-        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
-            PidsCgroup(path).remove()
+        if not owner.isdigit() or int(owner) == os.getpid() or _alive(int(owner)):
+            continue
+        if any(path == mine or path in mine.parents for mine in own) or os.getpid() in PidsCgroup(path).procs():
+            continue
+        PidsCgroup(path).remove()
+
+
+def _own_cgroups() -> list[Path]:
+    """The cgroup directories this process is in, in every hierarchy."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        found.append((CGROUP_V1_PIDS if "pids" in controllers.split(",") else CGROUP_V2) / path.lstrip("/"))
+    return found
 
 
 def _alive(pid: int) -> bool:
