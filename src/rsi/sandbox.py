@@ -270,17 +270,24 @@ def _remove_stale(parent: Path) -> None:
         PidsCgroup(path).remove()
 
 
-def _own_cgroups() -> list[Path]:
-    """The cgroup directories this process is in, in every hierarchy."""
+def _cgroups() -> list[tuple[list[str], Path]]:
+    """This process's cgroups from /proc/self/cgroup: each hierarchy's controllers and the cgroup's folder
+    (v1's pids hierarchy, or v2's unified one)."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return []
     found = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
-        found.append((CGROUP_V1_PIDS if "pids" in controllers.split(",") else CGROUP_V2) / path.lstrip("/"))
+        _, names, path = line.split(":", 2)
+        controllers = names.split(",") if names else []
+        found.append((controllers, (CGROUP_V1_PIDS if "pids" in controllers else CGROUP_V2) / path.lstrip("/")))
     return found
+
+
+def _own_cgroups() -> list[Path]:
+    """The cgroup folders this process is in."""
+    return [path for _, path in _cgroups()]
 
 
 def _alive(pid: int) -> bool:
@@ -296,20 +303,14 @@ def _alive(pid: int) -> bool:
 def _pids_parents() -> list[Path]:
     """Where this process may make a pids cgroup: below its own cgroup in a v1 pids hierarchy, or in v2
     where its cgroup delegates the pids controller."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return []
     found = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "pids" in controllers.split(","):
-            found.append(CGROUP_V1_PIDS / path.lstrip("/"))
-        elif controllers == "":
-            parent = CGROUP_V2 / path.lstrip("/")
+    for controllers, path in _cgroups():
+        if "pids" in controllers:
+            found.append(path)
+        elif not controllers:
             with contextlib.suppress(OSError):
-                if "pids" in (parent / "cgroup.subtree_control").read_text().split():
-                    found.append(parent)
+                if "pids" in (path / "cgroup.subtree_control").read_text().split():
+                    found.append(path)
     return found
 
 
