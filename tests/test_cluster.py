@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -135,22 +136,26 @@ def test_a_ray_worker_killed_mid_run_is_queued_again_and_nothing_is_lost(make_ta
 
 
 @pytest.fixture
-def mixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, dict[str, str]]]:
+def made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A local Ray cluster of two kinds of node: a head of kind 'small' (1 CPU), a node of kind 'big' (2 CPUs)."""
     from ray.cluster_utils import Cluster
 
-    nodes = tmp_path / "nodes"
-    monkeypatch.setenv("RSI_RAY_DIR", str(nodes))
-    kinds = {"small": {"num_cpus": 1}, "big": {"num_cpus": 2}}
-    made = Cluster(initialize_head=True, head_node_args={**kinds["small"], "env_vars": {"RSI_NODE_KIND": "small"}})
-    made.add_node(**kinds["big"], env_vars={"RSI_NODE_KIND": "big"})
+    monkeypatch.setenv("RSI_RAY_DIR", str(tmp_path / "nodes"))
+    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": {"RSI_NODE_KIND": "small"}})
+    made.add_node(num_cpus=2, env_vars={"RSI_NODE_KIND": "big"})
     try:
         ray.init(address=made.address, include_dashboard=False, log_to_driver=False)
-        ids = {n["Resources"]["CPU"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        yield nodes, {"small": ids[1.0], "big": ids[2.0]}
+        yield made
     finally:
         ray.shutdown()
         made.shutdown()
+
+
+@pytest.fixture
+def mixed(made: Any, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The two kinds' node ids, and the nodes' folder."""
+    ids = {n["Resources"]["CPU"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    return tmp_path / "nodes", {"small": ids[1.0], "big": ids[2.0]}
 
 
 @pytest.mark.slow
@@ -177,6 +182,52 @@ def test_runs_stay_on_one_kind_of_node_and_their_logs_come_back(
     cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"node_kind": "big"})})
     with pytest.raises(UserError, match="measured on 'small'"):
         Research(root, cfg, lambda ws, start: KnobsProposer({}, cfg.knobs, cfg.metric.goal), tag="ray")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_when_the_last_node_of_its_kind_dies_the_research_stops_and_resumes_on_a_new_one(
+    make_task: MakeTask, made: Any
+) -> None:
+    """The only node of the research's kind dies in the middle of a candidate's run: the run is lost, and with
+    no node of the kind left the research stops with one line (not a crash charged to the candidate); what was
+    recorded stays, and once a node of the kind is back the research resumes and finishes."""
+    root = make_task(train=PAUSED, extra_toml='[executor]\nkind = "ray"\nworkers = 1\n')
+    (big,) = made.worker_nodes
+    removed: list[bool] = []
+
+    def remove_mid_run() -> None:
+        ledger = root / ".rsi" / "ledger.sqlite"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if ledger.exists():
+                running = Ledger(ledger, readonly=True).db.execute(
+                    "SELECT count(*) FROM runs WHERE state = 'running' AND experiment > 0"
+                )
+                if running.fetchone()[0]:
+                    time.sleep(0.3)
+                    made.remove_node(big)
+                    removed.append(True)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=remove_mid_run, daemon=True)
+    killer.start()
+    with pytest.raises(UserError, match=r"no node of this research's kind \('big'\) .*add one and resume"):
+        research(root, Limits(max_experiments=4))
+    killer.join(timeout=5)
+    assert removed, "no candidate's run was seen under way"
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    exps = ledger.experiments()
+    assert exps[0].state == "done" and sum(r.status == "ok" for r in exps[0].runs) >= 3
+    assert not [r for e in exps for r in e.runs if r.status == "crash"]  # the loss is nobody's verdict
+    ledger.close()
+    made.add_node(num_cpus=2, env_vars={"RSI_NODE_KIND": "big"})
+    research(root, Limits(max_experiments=4))
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
+    exps = ledger.experiments()
+    assert len(exps) == 4 and all(e.state == "done" for e in exps)
+    assert not [r for e in exps for r in e.runs if r.status == "crash"]
 
 
 @pytest.mark.slow
