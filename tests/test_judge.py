@@ -10,7 +10,7 @@ import pytest
 
 from rsi.config import Config
 from rsi.engine import Limits, in_process
-from rsi.experiment import CLEAR_GAIN, SHORT_TOP_UP
+from rsi.experiment import CLEAR_GAIN, FRESH_FAILURES, SHORT_TOP_UP
 from rsi.judge import SIMPLER_RUNS, Noise, NoisePool, SequentialJudge, looks, pooled_noise, with_seed_share
 from rsi.ledger import Experiment
 from rsi.proposer import Context, Proposal
@@ -227,6 +227,51 @@ def test_a_keep_far_clear_of_the_noise_gets_a_short_top_up_which_a_close_candida
     assert modest is not None and modest.verdict == "keep" and modest.ci is not None
     assert sum(run.kind == "fresh" for run in modest.runs) == 5
     assert modest.ci[0] < CLEAR_GAIN * 0.1  # the task's noise sd is 0.1
+
+
+def test_with_one_look_per_candidate_an_undecided_one_still_completes_a_short_top_up() -> None:
+    """max_repeats 1: no candidate gets a second look, so the first undecided one (inconclusive at once)
+    completes the champion's top-up; without that the champion stayed at SHORT_TOP_UP runs for good."""
+
+    def quiet(files: Mapping[str, str], seed: int) -> float:
+        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
+
+    cfg = config()
+    cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"max_repeats": 1})})
+    r = in_process(cfg, {"f.py": "loss = 1.0\n"}, quiet, Scripted(["loss = 0.5\n", "loss = 0.9\n", "loss = 0.4845\n"]))
+    r.run(Limits(max_experiments=3))
+    kept = r.ledger.experiment(1)
+    assert kept is not None and kept.verdict == "keep"
+    assert sum(run.kind == "fresh" for run in kept.runs) == SHORT_TOP_UP
+    r.run(Limits(max_experiments=4))
+    close, kept = r.ledger.experiment(3), r.ledger.experiment(1)
+    assert close is not None and close.verdict == "inconclusive" and len(close.runs) == 1
+    assert kept is not None and sum(run.kind == "fresh" for run in kept.runs) == 6  # 5, and one re-measurement
+
+
+def test_a_failed_fresh_run_of_the_champion_is_made_up_and_a_champion_that_keeps_failing_gets_no_more() -> None:
+    """The champion's fresh runs are what later candidates are compared with: one that gives no metric (a flaky
+    crash, a lost node) does not count towards its top-up; after FRESH_FAILURES of them it gets no more."""
+    from rsi.measure import fresh_seed
+
+    top_up = [fresh_seed(1, SequentialJudge().replicate + 1 + k) for k in range(10)]
+    fails: set[int] = set()
+
+    def task(files: Mapping[str, str], seed: int) -> float:
+        if seed in fails:
+            raise RuntimeError("flaky")
+        return noisy(files, seed)
+
+    for failing, valid in ((1, 5), (10, 0)):
+        fails.clear()
+        fails.update(top_up[:failing])
+        r = in_process(config(), {"f.py": "loss = 1.0\n"}, task, Scripted(["loss = 0.7\n"]))
+        r.run(Limits(max_experiments=2))
+        kept = r.ledger.experiment(1)
+        assert kept is not None and kept.verdict == "keep"  # a modest gain: the baseline's count, 5
+        fresh = [run for run in kept.runs if run.kind == "fresh"]
+        assert sum(run.metric is not None for run in fresh) == valid
+        assert sum(run.status == "crash" for run in fresh) == min(failing, FRESH_FAILURES)
 
 
 # ---- paired seeds: where a seed moves every commit's metric alike, replication's pairs say so

@@ -29,6 +29,7 @@ CHAMPION_RUNS = 8  # fresh runs the champion is brought up to, one per candidate
 NOISE_DOF = 30  # ... and for as long as the noise estimate has fewer degrees of freedom
 CLEAR_GAIN = 4.0  # a keep whose improvement is at least this many noise sds (its lower bound) ...
 SHORT_TOP_UP = 2  # ... gets this many top-up runs at once, the rest when a candidate first needs the precision
+FRESH_FAILURES = 3  # fresh runs of a champion that may fail (no metric) before it gets no more
 
 
 class Experimenter:
@@ -115,15 +116,17 @@ class Experimenter:
                 metrics = [r.metric if r.status == "ok" else None for r in screened]
                 pool_metrics = [r.metric for r in pool if r.metric is not None]
                 decision = judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
+                if decision.verdict in ("more", "inconclusive") and not remeasured:
+                    # undecided: the champion's precision now matters (for the next candidates too, when this
+                    # one has no more looks, as with max_repeats 1)
+                    champion = self._top_up(champion, None, self._top_up_runs())  # a short top-up completed
+                    champion, remeasured = self._remeasure(champion), True
+                    pool = champion_pool(champion)
                 if decision.verdict != "more":
                     break
                 if len(screened) >= most:
                     decision = Decision("inconclusive", decision.reason, decision.ci)
                     break
-                if not remeasured:  # an undecided candidate: the champion's precision now matters
-                    champion = self._top_up(champion, None, self._top_up_runs())  # a short top-up completed
-                    champion, remeasured = self._remeasure(champion), True
-                    pool = champion_pool(champion)
             k = len(screened)
             seed = screen_seed(pool, exp.id, k)
             # only a first run may be stopped early: once the judge asks for more, the candidate is promising
@@ -188,7 +191,8 @@ class Experimenter:
         return self._reload(champion)
 
     def _fresh_run(self, exp: Experiment, wt: Path | None, first: int, enough: Callable[[int], bool]) -> Path | None:
-        """One more fresh run of `exp`, unless `enough` says its fresh runs (recorded and in flight) suffice;
+        """One more fresh run of `exp`, unless `enough` says its fresh runs (those with a metric, and those in
+        flight) suffice, or FRESH_FAILURES of them gave none (a champion that fails this often gets no more);
         the worktree it ran in (checked out when `wt` is None), or None when it ran none. Its seed is the first
         from `first` on that no run of it has or is taking, so workers doing this at once each take their own,
         and a run made before an interruption is not repeated."""
@@ -197,9 +201,12 @@ class Experimenter:
         with self.lock:
             exp = self._reload(exp)
             running = self._remeasuring.setdefault(exp.id, set())
-            taken = {r.seed for r in exp.runs if r.kind == FRESH}
-            if enough(len(taken) + len(running)):
+            runs = [r for r in exp.runs if r.kind == FRESH]
+            valid = sum(r.metric is not None for r in runs)
+            failed = sum(r.status is not None and r.metric is None for r in runs)
+            if failed >= FRESH_FAILURES or enough(valid + len(running)):
                 return None
+            taken = {r.seed for r in runs}
             taken |= running
             k = first
             while fresh_seed(exp.id, k) in taken:
