@@ -4,9 +4,11 @@ ledger made by a real short research; and `rsi export` to TSV, CSV, JSON and a l
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -253,6 +255,75 @@ def test_off_loopback_every_request_needs_the_token(researched: Path) -> None:
         assert get(base + "api/state")[0] == 200
 
 
+def self_signed(folder: Path, name: str = "rsi") -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command (.ci/run installs it)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed (.ci/run installs it)")
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    names = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    made = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", *names, *made], check=True)
+    return cert, key
+
+
+@pytest.mark.slow
+def test_with_a_certificate_it_serves_https_and_the_token_cookie_is_secure(researched: Path, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    port = free_port()
+    tls = ["--token", "s3cret", "--cert", str(cert), "--key", str(key)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsi", "serve", str(researched), "--port", str(port), "--host", "0.0.0.0", *tls],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"https://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "api/state", timeout=2, context=trusted)
+            except urllib.error.HTTPError as e:  # answered over TLS: it is up
+                assert e.code == 401
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "rsi serve did not come up"
+                time.sleep(0.2)
+        with urllib.request.urlopen(base + "?token=s3cret", timeout=10, context=trusted) as page:
+            cookie = page.headers["set-cookie"]
+            assert "rsi_token=s3cret" in cookie and "secure" in cookie.lower()
+        with urllib.request.urlopen(base + "api/state?token=s3cret", timeout=10, context=trusted) as r:
+            assert r.status == 200 and "experiments" in json.loads(r.read())
+        with pytest.raises((OSError, http.client.HTTPException)):  # plain HTTP gets no answer from it
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state?token=s3cret", timeout=10)
+    finally:
+        proc.terminate()
+        printed, _ = proc.communicate(timeout=20)
+    assert f"at https://0.0.0.0:{port}/?token=s3cret" in printed and "in clear" not in printed
+
+
+def test_serve_refuses_a_half_or_wrong_certificate_in_one_line(tmp_path: Path) -> None:
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "rsi.toml").write_text("")  # the certificate is checked before anything is read
+    cert, key = self_signed(tmp_path)
+    other_cert, other_key = self_signed(tmp_path, "other")
+    cases = [
+        (["--cert", str(cert)], "go together"),
+        (["--cert", str(tmp_path / "none.pem"), "--key", str(key)], "no such file"),
+        (["--cert", str(cert), "--key", str(other_key)], "cannot use"),
+        (["--cert", str(key), "--key", str(key)], "cannot use"),
+    ]
+    for extra, says in cases:
+        done = rsi("serve", str(task), "--port", str(free_port()), *extra)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert says in done.stderr, (extra, done.stderr)
+    assert other_cert.exists()
+
+
 def test_serve_without_a_task_is_one_line(tmp_path: Path) -> None:
     done = rsi("serve", str(tmp_path / "nowhere"))
     assert done.returncode == 2 and "Traceback" not in done.stderr and "no rsi task" in done.stderr
@@ -287,9 +358,9 @@ def test_export_to_a_local_mlflow_store_reads_back(researched: Path, tmp_path: P
     done = rsi("export", str(researched), "--mlflow", uri)
     assert done.returncode == 0, done.stderr
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(
-        "rsi/quad/" + Ledger(researched / ".rsi" / "ledger.sqlite", readonly=True).get("tag")
-    )
+    tag = Ledger(researched / ".rsi" / "ledger.sqlite", readonly=True).get("tag")
+    assert tag is not None
+    exp = client.get_experiment_by_name("rsi/quad/" + tag)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     assert len(runs) == len([e for e in exps if e.state == "done"])
     kept = next(e for e in exps if e.verdict == "keep")

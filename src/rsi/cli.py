@@ -368,12 +368,14 @@ def serve(
     token: Annotated[
         str | None, typer.Option(help="required of every request; made up and printed when off loopback")
     ] = None,
+    cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate (PEM), with --key")] = None,
+    key: Annotated[Path | None, typer.Option(help="the certificate's private key (PEM)")] = None,
 ) -> None:
     """A live dashboard of the research in a browser (pip install 'rsi[serve]'). Reads the ledger only."""
     from rsi.dashboard import serve as run_server
 
     try:
-        run_server(directory, host, port, token)
+        run_server(directory, host, port, token, cert, key)
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:

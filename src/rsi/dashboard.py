@@ -5,7 +5,7 @@ slows or blocks it. The page is one HTML file with its script (no outside librar
 `/api/version` every second and redraws when the ledger changed. It shows what the report shows: held-out
 figures of the baseline and the kept experiments only, and none of a run's environment or the task's
 settings. Bound to anything but loopback it asks for a token (`?token=` once, then a cookie, or a bearer
-header).
+header); with `--cert` and `--key` it speaks HTTPS, so that the token does not cross the network in clear.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
+import ssl
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,9 @@ def experiment(ledger: Ledger, exp_id: int) -> dict[str, Any] | None:
     return {**row, "diff": e.diff, "params": e.params, "runs": runs, "children": children}
 
 
-def create_app(root: Path, token: str | None = None) -> Any:
-    """The web app over the ledger under `root`; with `token`, every request must carry it."""
+def create_app(root: Path, token: str | None = None, secure: bool = False) -> Any:
+    """The web app over the ledger under `root`; with `token`, every request must carry it (its cookie only
+    over HTTPS when `secure`)."""
     try:
         from fastapi import FastAPI, HTTPException, Request, Response
         from fastapi.responses import HTMLResponse, JSONResponse
@@ -112,7 +114,7 @@ def create_app(root: Path, token: str | None = None) -> Any:
             return JSONResponse({"error": "a token is needed: open the address rsi serve printed"}, 401)
         response = await call_next(request)
         if request.query_params.get("token"):
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure)
         return response
 
     def ledger() -> Ledger | None:
@@ -162,19 +164,44 @@ def create_app(root: Path, token: str | None = None) -> Any:
     return app
 
 
-def serve(root: Path, host: str, port: int, token: str | None) -> None:
-    """Runs the dashboard until Ctrl-C. Off loopback a token is required; one is made if none is given."""
+def check_tls(cert: Path | None, key: Path | None) -> None:
+    """Both or neither, readable, and a key that belongs to the certificate: one line otherwise."""
+    if (cert is None) != (key is None):
+        raise UserError("--cert and --key go together: the certificate (PEM) and its private key")
+    if cert is None or key is None:
+        return
+    for given, name in ((cert, "--cert"), (key, "--key")):
+        if not given.is_file():
+            raise UserError(f"{name} {given}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as e:  # not PEM, or a key of another certificate
+        raise UserError(f"cannot use --cert {cert} with --key {key}: {e.reason or e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read --cert {cert} or --key {key}: {e.strerror or e}") from None
+
+
+def serve(
+    root: Path, host: str, port: int, token: str | None, cert: Path | None = None, key: Path | None = None
+) -> None:
+    """Runs the dashboard until Ctrl-C. Off loopback a token is required; one is made if none is given. With
+    `cert` and `key`, over HTTPS."""
     if not (root / "rsi.toml").exists() and not (root / ".rsi").is_dir():
         raise UserError(f"{root} holds no rsi task (no rsi.toml): give the task's folder")
+    check_tls(cert, key)
     if not is_loopback(host) and not token:
         token = secrets.token_urlsafe(18)
-    app = create_app(root, token)
+    app = create_app(root, token, secure=cert is not None)
     import uvicorn
 
     shown = f"[{host}]" if ":" in host else host
-    where = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    scheme = "https" if cert is not None else "http"
+    where = f"{scheme}://{shown}:{port}/" + (f"?token={token}" if token else "")
     print(f"rsi: dashboard of {root.resolve().name} at {where} (Ctrl-C stops it)", flush=True)
+    if token and cert is None and not is_loopback(host):
+        print("rsi: plain HTTP: the token crosses the network in clear; --cert and --key serve HTTPS", flush=True)
+    certfile, keyfile = (str(cert), str(key)) if cert is not None else (None, None)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning", ssl_certfile=certfile, ssl_keyfile=keyfile)
     except SystemExit as e:  # uvicorn exits when it cannot bind
         raise UserError(f"cannot serve on {host}:{port} (in use, or not an address of this machine)") from e
