@@ -148,7 +148,7 @@ def made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield made
     finally:
         ray.shutdown()
-        made.shutdown()
+        made.shutdown()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture
@@ -168,7 +168,7 @@ def test_runs_stay_on_one_kind_of_node_and_their_logs_come_back(
     for chosen, toml in (("big", ""), ("small", 'node_kind = "small"\n')):
         root = make_task(name=chosen, train=PAUSED, extra_toml=f'[executor]\nkind = "ray"\n{toml}')
         found = research(root, Limits(max_experiments=3))
-        assert f"of kind '{chosen}'" in found.measurer.note  # type: ignore[attr-defined]
+        assert f"of kind '{chosen}'" in found.measurer.note
         ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
         assert ledger.get("node_kind") == chosen
         envs = [json.loads(r[0]) for r in ledger.db.execute("SELECT env FROM runs")]

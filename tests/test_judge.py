@@ -129,14 +129,15 @@ def test_what_the_judge_calls_detectable_it_keeps_about_80_percent_of_the_time()
     assert deletion <= 0.0  # it keeps most deletions on par, so it never asks one to beat the champion
     # with under SIMPLER_RUNS runs the simplicity rule never keeps: a deletion must show a gain like any change
     short = judge.with_repeats(SIMPLER_RUNS - 1)
-    assert short.detectable(4, noise, deletes_code=True) == short.detectable(4, noise) > change
+    shorter = short.detectable(4, noise)
+    assert shorter is not None and short.detectable(4, noise, deletes_code=True) == shorter > change
 
 
 def test_the_incremental_noise_pool_gives_the_same_figure_to_the_bit() -> None:
     """The engine asks for the pooled noise after every run: NoisePool recomputes only experiments with new
     runs, and must agree exactly with pooled_noise over everything, however the runs arrive."""
     rng = random.Random(5)
-    pool, samples = NoisePool(), {}
+    pool, samples = NoisePool(), dict[int, list[float]]()
     for _ in range(400):
         exp_id = rng.randrange(12)
         samples.setdefault(exp_id, []).append(rng.lognormvariate(0, 2))
@@ -302,7 +303,8 @@ def test_the_pair_pool_finds_the_seeds_share_cautiously_and_none_where_there_is_
     confirm, fresh = _replications(0.8, 2, rng)
     assert with_seed_share(Noise(1.0, 500), confirm, fresh, leave_out=1) == Noise(1.0, 500)  # its own left out
     fresh[10] = {1: 9.0, **fresh[10]}  # a fresh run of the candidate itself on its seed is not its pair
-    assert with_seed_share(Noise(1.0, 500), confirm, fresh).shared > 0
+    shared = with_seed_share(Noise(1.0, 500), confirm, fresh)
+    assert shared is not None and shared.shared > 0
 
 
 def test_the_last_look_pairs_only_where_its_threshold_is_lower() -> None:

@@ -173,7 +173,7 @@ def test_a_swarm_member_of_weight_zero_is_left_out() -> None:
     files = {"p.py": "a = 0.5  # rsi: range(0.0, 1.0)\n"}
     one = KnobsProposer(files, KnobsConfig(), "minimize")
     other = KnobsProposer(files, KnobsConfig(), "minimize")
-    other.name = "llm:fake"  # type: ignore[misc]
+    other.name = "llm:fake"
     swarm = SwarmProposer([one, other], {"llm": 0.0})
     assert list(swarm.members) == ["knobs"]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -15,7 +17,7 @@ from rsi.config import KnobsConfig, load_config
 from rsi.knobs import format_value
 from rsi.ledger import Experiment, Ledger, Run
 from rsi.proposer import Context, KnobsProposer
-from rsi.sampler import CmaSampler
+from rsi.sampler import CmaSampler, Point, State
 
 SOURCE = "lr = 0.5  # the step\nDEPTH = 3\nuse_bias = False\nprint('x')\n"
 
@@ -48,8 +50,17 @@ def test_proposals_change_at_most_per_candidate_knobs_of_the_champion(sampler: s
     assert set(p.knobs) == {"lr", "DEPTH", "use_bias"}
     told: list[str] = []
     tell, add = p.sampler.tell, p.sampler.add
-    p.sampler.tell = lambda point, value, state: (told.append(state), tell(point, value, state))  # type: ignore[method-assign]
-    p.sampler.add = lambda params, value, state: (told.append(state), add(params, value, state))  # type: ignore[method-assign]
+
+    def spy_tell(point: Point, value: float | None, state: State) -> None:
+        told.append(state)
+        tell(point, value, state)
+
+    def spy_add(params: Mapping[str, Any], value: float | None, state: State) -> None:
+        told.append(state)
+        add(params, value, state)
+
+    p.sampler.tell = spy_tell  # type: ignore[method-assign]
+    p.sampler.add = spy_add  # type: ignore[method-assign]
     base = experiment(0, {}, 1.0)
     p.observe(base)
     champion_text = SOURCE.replace("DEPTH = 3", "DEPTH = 5")

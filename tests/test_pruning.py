@@ -12,6 +12,7 @@ from pathlib import Path
 
 from conftest import MakeTask, rsi
 
+from rsi import pruning
 from rsi.config import load_config
 from rsi.engine import Research
 from rsi.experiment import champion_pool
@@ -185,7 +186,7 @@ def test_a_run_clearly_behind_is_stopped_and_one_on_par_is_not(tmp_path: Path) -
         time.sleep(0.1)
     print("loss: 1.0")
     """
-    src = str(Path(__import__("rsi").__file__).parent.parent)
+    src = str(Path(pruning.__file__).parent.parent)  # where the rsi package is
     behind = Watch(against=flat(1.0))
     result = run(spec(tmp_path, body.format(src=src, value=1.5)), watch=behind)
     assert result.status == "pruned" and result.metric is None, result
