@@ -201,10 +201,11 @@ def test_when_the_last_node_of_its_kind_dies_the_research_stops_and_resumes_on_a
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if ledger.exists():
-                running = Ledger(ledger, readonly=True).db.execute(
-                    "SELECT count(*) FROM runs WHERE state = 'running' AND experiment > 0"
-                )
-                if running.fetchone()[0]:
+                seen = Ledger(ledger, readonly=True)
+                running = seen.db.execute("SELECT count(*) FROM runs WHERE state = 'running' AND experiment > 0")
+                under_way = running.fetchone()[0]
+                seen.close()
+                if under_way:
                     time.sleep(0.3)
                     made.remove_node(big)
                     removed.append(True)

@@ -244,13 +244,14 @@ def test_off_loopback_every_request_needs_the_token(researched: Path) -> None:
         assert get(base + "api/state?token=s3cret")[0] == 200
         assert get(base + "api/state", {"Authorization": "Bearer s3cret"})[0] == 200
         with urllib.request.urlopen(base + "?token=s3cret", timeout=10) as page:
-            assert "rsi_token=s3cret" in page.headers["set-cookie"]
+            cookie = page.headers["set-cookie"]
+            assert "rsi_token=s3cret" in cookie and "secure" not in cookie.lower()  # a browser keeps it over HTTP
     with served(researched, "--host", "0.0.0.0") as (base, proc):
         assert get(base + "api/state")[0] == 401
         proc.terminate()
         printed, _ = proc.communicate(timeout=20)
         token = printed.split("?token=", 1)[1].split()[0]
-        assert len(token) >= 20
+        assert len(token) >= 20 and "in clear" in printed  # it says the token travels in clear
     with served(researched) as (base, _):  # loopback: none needed
         assert get(base + "api/state")[0] == 200
 
@@ -285,6 +286,7 @@ def test_with_a_certificate_it_serves_https_and_the_token_cookie_is_secure(resea
         while True:
             try:
                 urllib.request.urlopen(base + "api/state", timeout=2, context=trusted)
+                raise AssertionError("answered without the token")
             except urllib.error.HTTPError as e:  # answered over TLS: it is up
                 assert e.code == 401
                 break
@@ -311,11 +313,17 @@ def test_serve_refuses_a_half_or_wrong_certificate_in_one_line(tmp_path: Path) -
     (task / "rsi.toml").write_text("")  # the certificate is checked before anything is read
     cert, key = self_signed(tmp_path)
     other_cert, other_key = self_signed(tmp_path, "other")
+    locked = tmp_path / "locked.key"
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    subprocess.run([openssl, "pkey", "-in", str(key), "-out", str(locked), "-aes256", "-passout", "pass:x"], check=True)
     cases = [
         (["--cert", str(cert)], "go together"),
         (["--cert", str(tmp_path / "none.pem"), "--key", str(key)], "no such file"),
-        (["--cert", str(cert), "--key", str(other_key)], "cannot use"),
-        (["--cert", str(key), "--key", str(key)], "cannot use"),
+        (["--cert", str(tmp_path), "--key", str(key)], "not a file"),
+        (["--cert", str(cert), "--key", str(other_key)], "does not belong to the certificate"),
+        (["--cert", str(key), "--key", str(key)], "not a PEM certificate"),
+        (["--cert", str(cert), "--key", str(locked)], "is encrypted"),
     ]
     for extra, says in cases:
         done = rsi("serve", str(task), "--port", str(free_port()), *extra)

@@ -266,13 +266,15 @@ def test_a_failed_fresh_run_of_the_champion_is_made_up_and_a_champion_that_keeps
     for failing, valid in ((1, 5), (10, 0)):
         fails.clear()
         fails.update(top_up[:failing])
-        r = in_process(config(), {"f.py": "loss = 1.0\n"}, task, Scripted(["loss = 0.7\n"]))
-        r.run(Limits(max_experiments=2))
+        r = in_process(config(), {"f.py": "loss = 1.0\n"}, task, Scripted(["loss = 0.7\n", "loss = 0.9\n"]))
+        r.run(Limits(max_experiments=3))  # the next candidate's start asks for the top-up again
         kept = r.ledger.experiment(1)
         assert kept is not None and kept.verdict == "keep"  # a modest gain: the baseline's count, 5
         fresh = [run for run in kept.runs if run.kind == "fresh"]
         assert sum(run.metric is not None for run in fresh) == valid
         assert sum(run.status == "crash" for run in fresh) == min(failing, FRESH_FAILURES)
+        worse = r.ledger.experiment(2)
+        assert worse is not None and worse.verdict == "discard" and len(worse.runs) == 1
 
 
 # ---- paired seeds: where a seed moves every commit's metric alike, replication's pairs say so

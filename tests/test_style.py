@@ -1,5 +1,5 @@
 """The code's own checks, so that CI holds them: ruff (lint and format) and strict mypy over the package, the
-benchmarks and these tests (both come with the dev extra)."""
+benchmarks and these tests, ruff over the examples too (both pinned in the dev extra)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def check(*tool: str) -> None:
 
 
 def test_ruff_lint_and_format_are_clean() -> None:
-    check("ruff", "check", *PATHS)
-    check("ruff", "format", "--check", *PATHS)
+    check("ruff", "check", *PATHS, "examples")
+    check("ruff", "format", "--check", *PATHS, "examples")
 
 
 @pytest.mark.slow

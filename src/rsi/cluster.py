@@ -230,6 +230,7 @@ class RayMeasurer:
                 lost.append(f"ran on a node of kind {record['kind']!r}")
                 record = None
         if record is None:
+            self.eligible(refresh=True)  # no node of the kind left: the research stops, the run is nobody's crash
             why = f"lost {len(lost)} time(s) with its Ray worker or node ({', '.join(lost)})"
             fields: dict[str, Any] = {"status": "crash", "reason": why}
         else:

@@ -171,12 +171,19 @@ def check_tls(cert: Path | None, key: Path | None) -> None:
     if cert is None or key is None:
         return
     for given, name in ((cert, "--cert"), (key, "--key")):
-        if not given.is_file():
+        if not given.exists():
             raise UserError(f"{name} {given}: no such file")
+        if not given.is_file():
+            raise UserError(f"{name} {given}: not a file")
+
+    def encrypted() -> str:
+        raise UserError(f"--key {key} is encrypted: give it without a passphrase (openssl pkey -in it -out new.key)")
+
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except ssl.SSLError as e:  # not PEM, or a key of another certificate
-        raise UserError(f"cannot use --cert {cert} with --key {key}: {e.reason or e}") from None
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=encrypted)
+    except ssl.SSLError as e:
+        why = "the key does not belong to the certificate" if e.reason == "KEY_VALUES_MISMATCH" else None
+        raise UserError(f"--cert {cert}, --key {key}: {why or 'not a PEM certificate and its PEM key'}") from None
     except OSError as e:
         raise UserError(f"cannot read --cert {cert} or --key {key}: {e.strerror or e}") from None
 

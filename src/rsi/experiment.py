@@ -29,7 +29,7 @@ CHAMPION_RUNS = 8  # fresh runs the champion is brought up to, one per candidate
 NOISE_DOF = 30  # ... and for as long as the noise estimate has fewer degrees of freedom
 CLEAR_GAIN = 4.0  # a keep whose improvement is at least this many noise sds (its lower bound) ...
 SHORT_TOP_UP = 2  # ... gets this many top-up runs at once, the rest when a candidate first needs the precision
-FRESH_FAILURES = 3  # fresh runs of a champion that may fail (no metric) before it gets no more
+FRESH_FAILURES = 3  # fresh runs of a champion that may fail (no metric) in a row before it gets no more
 
 
 class Experimenter:
@@ -192,7 +192,7 @@ class Experimenter:
 
     def _fresh_run(self, exp: Experiment, wt: Path | None, first: int, enough: Callable[[int], bool]) -> Path | None:
         """One more fresh run of `exp`, unless `enough` says its fresh runs (those with a metric, and those in
-        flight) suffice, or FRESH_FAILURES of them gave none (a champion that fails this often gets no more);
+        flight) suffice, or its last FRESH_FAILURES gave none (a champion that fails this often gets no more);
         the worktree it ran in (checked out when `wt` is None), or None when it ran none. Its seed is the first
         from `first` on that no run of it has or is taking, so workers doing this at once each take their own,
         and a run made before an interruption is not repeated."""
@@ -201,12 +201,12 @@ class Experimenter:
         with self.lock:
             exp = self._reload(exp)
             running = self._remeasuring.setdefault(exp.id, set())
-            runs = [r for r in exp.runs if r.kind == FRESH]
+            runs = sorted((r for r in exp.runs if r.kind == FRESH), key=lambda r: r.id)
             valid = sum(r.metric is not None for r in runs)
-            failed = sum(r.status is not None and r.metric is None for r in runs)
-            if failed >= FRESH_FAILURES or enough(valid + len(running)):
-                return None
+            failed = len(runs) - max((i + 1 for i, r in enumerate(runs) if r.metric is not None), default=0)
             taken = {r.seed for r in runs}
+            if failed >= FRESH_FAILURES or enough(valid + len(running - taken)):  # a run just recorded: once
+                return None
             taken |= running
             k = first
             while fresh_seed(exp.id, k) in taken:
