@@ -72,7 +72,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(root: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def served(
+    root: Path, *extra: str, context: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`rsi serve` on a free port, once it answers (over HTTPS with `context`, the client's trust)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "rsi", "serve", str(root), "--port", str(port), *extra],
@@ -80,12 +83,12 @@ def served(root: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]
         stderr=subprocess.PIPE,
         text=True,
     )
-    base = f"http://127.0.0.1:{port}/"
+    base = f"{'https' if context else 'http'}://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(base + "favicon.ico", timeout=2)
+                urllib.request.urlopen(base + "favicon.ico", timeout=2, context=context)
                 break
             except urllib.error.HTTPError:  # answered (a token is asked): it is up
                 break
@@ -272,38 +275,23 @@ def self_signed(folder: Path, name: str = "rsi") -> tuple[Path, Path]:
 def test_with_a_certificate_it_serves_https_and_the_token_cookie_is_secure(researched: Path, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     trusted = ssl.create_default_context(cafile=str(cert))
-    port = free_port()
-    tls = ["--token", "s3cret", "--cert", str(cert), "--key", str(key)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rsi", "serve", str(researched), "--port", str(port), "--host", "0.0.0.0", *tls],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"https://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(base + "api/state", timeout=2, context=trusted)
-                raise AssertionError("answered without the token")
-            except urllib.error.HTTPError as e:  # answered over TLS: it is up
-                assert e.code == 401
-                break
-            except OSError:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "rsi serve did not come up"
-                time.sleep(0.2)
+    tls = ["--host", "0.0.0.0", "--token", "s3cret", "--cert", str(cert), "--key", str(key)]
+    with served(researched, *tls, context=trusted) as (base, proc):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "api/state", timeout=10, context=trusted)
+        assert refused.value.code == 401
+        refused.value.close()  # an open answer would keep the server from stopping
         with urllib.request.urlopen(base + "?token=s3cret", timeout=10, context=trusted) as page:
             cookie = page.headers["set-cookie"]
             assert "rsi_token=s3cret" in cookie and "secure" in cookie.lower()
         with urllib.request.urlopen(base + "api/state?token=s3cret", timeout=10, context=trusted) as r:
             assert r.status == 200 and "experiments" in json.loads(r.read())
+        plain = base.replace("https://", "http://")
         with pytest.raises((OSError, http.client.HTTPException)):  # plain HTTP gets no answer from it
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state?token=s3cret", timeout=10)
-    finally:
+            urllib.request.urlopen(plain + "api/state?token=s3cret", timeout=10)
         proc.terminate()
         printed, _ = proc.communicate(timeout=20)
+    port = base.rsplit(":", 1)[1].strip("/")
     assert f"at https://0.0.0.0:{port}/?token=s3cret" in printed and "in clear" not in printed
 
 
