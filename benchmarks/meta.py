@@ -39,6 +39,7 @@ from typing import Any
 from rsi.demo import create
 from rsi.meta import UTILITIES, Scale, compare, program_diff
 from rsi.program import original_text, parse_program
+from rsi.suite import PLACEMENTS
 
 
 def rsi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -76,6 +77,12 @@ def main() -> None:
     parser.add_argument(
         "--utility", choices=UTILITIES, default="area", help="the meta-utility researched and reported first"
     )
+    parser.add_argument(
+        "--placement", choices=PLACEMENTS, default="mixed", help="where the synthetic tasks start (rsi.suite)"
+    )
+    parser.add_argument(
+        "--against", type=Path, default=None, help="with --found: compare with this program instead of the original"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="keep the meta-task here (default: a temp dir)")
     parser.add_argument(
         "--examples", type=int, default=0, help="also compare both programs on the real examples suite, N seeds"
@@ -96,28 +103,33 @@ def main() -> None:
     experiments = args.experiments or (8 if args.quick else 40)
     seeds = args.seeds or (3 if args.quick else 10)
     sizes = (3, 1, 40) if args.quick else (args.tasks, args.inner_seeds, args.budget)
-    scale = Scale(sizes[0], sizes[1], sizes[2], args.utility)
+    scale = Scale(sizes[0], sizes[1], sizes[2], args.utility, placement=args.placement)
+    if args.against is not None and args.found is None:
+        sys.exit("--against needs --found: a meta-research always starts from the original")
+    base_text = args.against.read_text(encoding="utf-8") if args.against else original_text()
+    base_name = "against" if args.against else "original"
     tmp = Path(tempfile.mkdtemp(prefix="rsi-meta-bench-"))
     original = tmp / "original.py"
-    original.write_text(original_text(), encoding="utf-8")
+    original.write_text(base_text, encoding="utf-8")
     if args.found is not None:
         improved_text = args.found.read_text(encoding="utf-8")
         found = compare(
-            parse_program(original_text()),
+            parse_program(base_text),
             parse_program(improved_text),
             "heldout",
             scale,
             range(900_001, 900_001 + seeds),
         )
         found["scale"] = dataclasses.asdict(scale)
-        found["diff"] = program_diff(original_text(), improved_text)
-        print(f"\n{args.found} against the original program; held-out: {found['scale']}")
+        found["diff"] = program_diff(base_text, improved_text)
+        print(f"\n{args.found} against {args.against or 'the original program'}; held-out: {found['scale']}")
     else:  # the meta-research starts from the frozen original: every meta benchmark compares against it
         sized = [f"--{k}={v}" for k, v in zip(("tasks", "seeds", "budget"), sizes, strict=True)]
         where = args.dir or tmp / "meta"
         started = time.monotonic()
         limits = ["--max-experiments", str(experiments), "--workers", str(args.workers)]
-        rsi("meta", "--dir", str(where), "--program", str(original), *limits, *sized, "--utility", args.utility)
+        sized += ["--utility", args.utility, "--placement", args.placement]
+        rsi("meta", "--dir", str(where), "--program", str(original), *limits, *sized)
         searched = time.monotonic() - started
         found = json.loads(rsi("meta", "report", "--dir", str(where), "--seeds", str(seeds), "--json").stdout)
         improved_text = subprocess.run(
@@ -129,7 +141,7 @@ def main() -> None:
     kinds = [researched, *(k for k in UTILITIES if k != researched)]  # the one researched first
     for kind in kinds:
         row = found["by_utility"][kind]
-        for name, key in (("original", "default"), ("improved", "improved")):
+        for name, key in ((base_name, "default"), ("improved", "improved")):
             lo, hi = row[key]["ci95"]
             ratio = "" if key == "default" or row["ratio"] is None else f"{row['ratio']:.3f}x"
             p = "" if key == "default" else f"{row['p_value']:.2g}"
@@ -146,13 +158,13 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     if budgets:
         print("\nthe same two programs with other inner budgets (held-out, same seeds)")
-        head = ("runs per inner research", "meta-utility", "original", "improved", "ratio", "p")
+        head = ("runs per inner research", "meta-utility", base_name, "improved", "ratio", "p")
         print(" ".join(f"{h:>{w}s}" for h, w in zip(head, (24, 13, 9, 9, 7, 8), strict=True)))
         for budget in [sizes[2], *budgets]:
             at = found  # the budget researched at is the comparison above
             if budget != sizes[2]:
                 at = compare(
-                    parse_program(original_text()),
+                    parse_program(base_text),
                     parse_program(improved_text),
                     "heldout",
                     dataclasses.replace(scale, budget=budget),
@@ -168,11 +180,11 @@ def main() -> None:
     if args.examples > 0:
         print(f"\nthe real examples suite (`--holdout examples`), {args.examples} seeds, the same two programs")
         at = compare(
-            parse_program(original_text()), parse_program(improved_text), "examples", scale, range(1, args.examples + 1)
+            parse_program(base_text), parse_program(improved_text), "examples", scale, range(1, args.examples + 1)
         )
         print(
-            f"{'meta-utility':13s} {'original':>9s} {'improved':>9s} {'ratio':>7s} {'p':>8s}  "
-            "per seed (original/improved)"
+            f"{'meta-utility':13s} {base_name:>9s} {'improved':>9s} {'ratio':>7s} {'p':>8s}  "
+            f"per seed ({base_name}/improved)"
         )
         for kind in kinds:
             row = at["by_utility"][kind]
@@ -186,7 +198,7 @@ def main() -> None:
     if args.tinygpt > 0:
         improved = tmp / "improved.py"
         improved.write_text(improved_text, encoding="utf-8")
-        programs = {"original": original, "improved": improved}
+        programs = {base_name: original, "improved": improved}
         rows: list[tuple[str, dict[str, Any]]] = []
         for i in range(args.tinygpt_repeats):  # one after the other, the order alternating against drift
             for name in sorted(programs, reverse=i % 2 == 1):
@@ -200,7 +212,7 @@ def main() -> None:
             print(f"{name:10s} {row['experiments']:12d} {sel:>15s} {held:>14s}")
         a, b = (
             statistics.fmean(row["holdout_gain"] or 0.0 for n, row in rows if n == name)
-            for name in ("original", "improved")
+            for name in (base_name, "improved")
         )
         each = f"mean of {args.tinygpt_repeats} researches each" if args.tinygpt_repeats > 1 else "one research each"
         print(f"improved not worse on tinygpt: {'met' if b >= a else 'NOT met'} ({b:.4f} against {a:.4f}, {each})")

@@ -21,7 +21,7 @@ from rsi.ledger import Ledger
 from rsi.meta import Progress, Scale, create, research_example, research_task, settings, utilities, utility
 from rsi.program import Program, default_program, default_text, original_text, parse_program
 from rsi.proposer import Context, KnobsProposer
-from rsi.suite import FILE, HELD_OUT, TRAIN, Diverged, suite
+from rsi.suite import FILE, HELD_OUT, TRAIN, Diverged, SyntheticTask, suite
 from rsi.swarm import SwarmProposer
 
 ORIGINAL_SHA256 = "3b64ec12096dae9cb4df47f3828317a89372b7aeccac373b3ca551f40401c5e7"
@@ -109,14 +109,61 @@ def test_synthetic_tasks_have_a_known_optimum_crash_regions_and_dead_knobs() -> 
         with pytest.raises(Diverged):
             task.measure({FILE: burnt}, 1)
         dead = next(k for k in task.knobs if k.name not in task.live)
+        elsewhere = 0.1 if abs(task.start[dead.name] - 0.5) < 0.1 else 0.5
         moved = files[FILE].replace(
-            f"{dead.name} = {dead.value(task.start[dead.name])!r}", f"{dead.name} = {dead.value(0.5)!r}"
+            f"{dead.name} = {dead.value(task.start[dead.name])!r}", f"{dead.name} = {dead.value(elsewhere)!r}"
         )
         assert moved != files[FILE] and task.true({FILE: moved}) == task.true(files)
     # the same task in another process measures the same: seeds do not depend on Python's hash salt
     code = "from rsi.suite import suite; t = suite('heldout', 2, seed=3)[1]; print(repr(t.measure(t.files(), 5)))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert float(other) == tasks[7].measure(tasks[7].files(), 5)
+
+
+def test_half_the_tasks_start_at_the_middle_of_a_range_derived_around_the_value_in_the_file() -> None:
+    """rsi's default ranges are built around the value written in the file, so that value is the middle of the
+    box and the optimum can be anywhere, up to near an edge; the "mixed" placement makes every second task so,
+    the others as the suites always had them (a hand-set range around the optimum, the start off to one side)."""
+    mixed, hinted = suite("train", 6, seed=3), suite("train", 6, seed=3, placement="hinted")
+    for i, (task, old) in enumerate(zip(mixed, hinted, strict=True)):
+        assert task.family == old.family and task.name == old.name
+        if i % 2 == 0:  # the hinted half: the same task
+            assert task.start == old.start and task.measure(task.files(), 5) == old.measure(old.files(), 5)
+            continue
+        assert all(abs(task.start[k.name] - 0.5) < 0.05 for k in task.knobs if k.kind != "int")
+        assert all(abs(task.start[k.name] - 0.5) <= 0.5 / (k.high - k.low) + 1e-9 for k in task.knobs)
+        assert task.gap_closed(task.files()) == 0.0 and task.true(task.files()) > 0.0
+        middle = task.files()[FILE]
+        for k in task.knobs:  # moving every knob to an edge of its box changes the files, not the box
+            middle = middle.replace(f"{k.name} = {k.value(task.start[k.name])!r}", f"{k.name} = {k.value(0.0)!r}")
+        assert middle != task.files()[FILE]
+    # where the optimum lies: far enough from the middle that a sampler starting there must travel
+    separable = [t for t in suite("heldout", 60, seed=1)[1::2] if t.family in ("kinked", "wells")]
+    far = [abs(t - 0.5) for task in separable for t in _targets(task)]
+    assert len(far) > 40 and min(far) >= 0.145 and max(far) <= 0.455 and sum(x > 0.35 for x in far) > len(far) / 5
+    # an old meta-task's evaluator goes on measuring the hinted suite exactly as before the placements
+    assert hinted[2].measure(hinted[2].files(), 5) == 0.5684890223354256
+    old_heldout = suite("heldout", 2, seed=3, placement="hinted")[1]
+    assert old_heldout.measure(old_heldout.files(), 5) == 1.162105929324368
+    with pytest.raises(ValueError, match="unknown placement"):
+        suite("train", 2, placement="edge")
+
+
+def _targets(task: SyntheticTask) -> list[float]:
+    """The optimum's position along each live knob of a task whose surface is minimized knob by knob, found on
+    the noise-free surface to 0.005."""
+    found = []
+    for name in task.live:
+        grid = [i / 200 for i in range(201)]
+        values = []
+        for u in grid:
+            point = {**task.start, **{n: 0.5 for n in task.live}, name: u}
+            try:
+                values.append(task.surface(point))
+            except ArithmeticError:
+                values.append(math.inf)
+        found.append(grid[values.index(min(values))])
+    return found
 
 
 def test_inner_research_closes_part_of_the_gap_measured_on_the_true_objective() -> None:
@@ -250,7 +297,7 @@ def test_a_meta_task_says_what_its_meta_utility_measures(tmp_path: Path) -> None
     old = tmp_path / "old"
     old.mkdir()
     (old / "meta.json").write_text(json.dumps({"level": 1, "tasks": 2, "seeds": 1, "budget": 25}))
-    assert settings(old) == (1, Scale(2, 1, 25, "final"))
+    assert settings(old) == (1, Scale(2, 1, 25, "final", placement="hinted"))
     (old / "meta.json").write_text(json.dumps({"level": 1, "tasks": 2, "seeds": 1, "budget": 25, "utility": "x"}))
     with pytest.raises(UserError, match="utility 'x' is not one of area, final"):
         settings(old)

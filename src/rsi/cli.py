@@ -535,6 +535,14 @@ def meta(
             "at small budgets, minutes per evaluation. Fixed when the meta-task is made"
         ),
     ] = None,
+    placement: Annotated[
+        str | None,
+        typer.Option(
+            help="mixed (default): half the synthetic tasks start at the middle of a range derived around the "
+            "file's value, as rsi's default ranges do; hinted: all start off to one side of a hand-set range "
+            "around the optimum (the only placement before 2026-11-27). Fixed when the meta-task is made"
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="meta experiments at once")] = None,
     proposer: Annotated[
         str, typer.Option(help="knobs, or llm / swarm with [[proposer.models]] in the meta-task's rsi.toml")
@@ -546,15 +554,18 @@ def meta(
     from rsi.meta import HOLDOUTS, UTILITIES, Scale, create
     from rsi.meta import settings as meta_settings
     from rsi.program import default_text
+    from rsi.suite import PLACEMENTS
 
     try:
         if utility is not None and utility not in UTILITIES:
             raise UserError(f"--utility {utility}: choose one of {', '.join(UTILITIES)}")
         if holdout is not None and holdout not in HOLDOUTS:
             raise UserError(f"--holdout {holdout}: choose one of {', '.join(HOLDOUTS)}")
+        if placement is not None and placement not in PLACEMENTS:
+            raise UserError(f"--placement {placement}: choose one of {', '.join(PLACEMENTS)}")
         budget_s = parse_duration(time_budget) if time_budget is not None else None
         asked: dict[str, Any] = {"tasks": tasks, "seeds": seeds, "budget": budget, "utility": utility}
-        asked["holdout"] = holdout
+        asked["holdout"], asked["placement"] = holdout, placement
         if not (directory / "rsi.toml").exists():
             subject = (level == 1 and program) or (level == 2 and meta_program)
             text = subject.read_text(encoding="utf-8") if subject else default_text()

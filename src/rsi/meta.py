@@ -41,7 +41,7 @@ from rsi.ledger import Experiment
 from rsi.measure import CONFIRM, SCREEN, TaskFunction
 from rsi.program import Program, apply_program, default_text, parse_program
 from rsi.proposer import KnobsProposer
-from rsi.suite import FILE, SyntheticTask, suite
+from rsi.suite import FILE, PLACEMENTS, SyntheticTask, suite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class Scale:
     budget: int = 60
     utility: str = "area"  # one of UTILITIES
     holdout: str = "heldout"  # the meta-task's holdout suite: held-out synthetic families, or the real examples
+    placement: str = "mixed"  # where the synthetic tasks' start and optimum lie (rsi.suite.PLACEMENTS)
 
 
 # What the meta level maximizes, both from the noise-free objective at the inner champion:
@@ -182,7 +183,7 @@ def utilities(
         return {kind: statistics.fmean(p.value(kind) for p in shown) for kind in UTILITIES}
     done = [
         research_task(task, program, scale.budget, seed * 1000 + j)
-        for task in suite(suite_name, scale.tasks)
+        for task in suite(suite_name, scale.tasks, placement=scale.placement)
         for j in range(scale.seeds)
     ]
     return {kind: statistics.fmean(p.value(kind) for p in done) for kind in UTILITIES}
@@ -254,7 +255,7 @@ def create(dest: Path, level: int, subject: str, scale: Scale) -> Path:
             python=sys.executable,
             holdout=scale.holdout,
             scale=f"--level {level} --tasks {scale.tasks} --seeds {scale.seeds} --budget {scale.budget} "
-            f"--utility {scale.utility}",
+            f"--utility {scale.utility} --placement {scale.placement}",
             timeout=timeout,
         ),
         encoding="utf-8",
@@ -305,15 +306,19 @@ def settings(root: Path) -> tuple[int, Scale]:
     try:
         found = json.loads((root / "meta.json").read_text(encoding="utf-8"))
         # a meta-task whose meta.json names no measure was made when the final gap was the only one
+        # and one that names no placement when the hinted one was the only one
         kind, holdout = found.get("utility", "final"), found.get("holdout", "heldout")
+        placement = found.get("placement", "hinted")
         level = int(found["level"])
-        scale = Scale(int(found["tasks"]), int(found["seeds"]), int(found["budget"]), kind, holdout)
+        scale = Scale(int(found["tasks"]), int(found["seeds"]), int(found["budget"]), kind, holdout, placement)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{root} is not a meta-task made by rsi meta (no readable meta.json)") from None
     if kind not in UTILITIES:
         raise UserError(f"{root / 'meta.json'}: utility {kind!r} is not one of {', '.join(UTILITIES)}")
     if holdout not in HOLDOUTS:
         raise UserError(f"{root / 'meta.json'}: holdout {holdout!r} is not one of {', '.join(HOLDOUTS)}")
+    if placement not in PLACEMENTS:
+        raise UserError(f"{root / 'meta.json'}: placement {placement!r} is not one of {', '.join(PLACEMENTS)}")
     return level, scale
 
 
@@ -365,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--budget", type=int, default=Scale.budget)
     # the default is what a meta-task measured before its rsi.toml named the measure (create() always names it)
     ev.add_argument("--utility", choices=UTILITIES, default="final", help="what the meta-utility measures")
+    ev.add_argument("--placement", choices=PLACEMENTS, default="hinted", help="the synthetic tasks' placement")
     ev.add_argument("--meta-budget", type=int, default=12, help="level 2: runs of the level-1 research")
     args = parser.parse_args(argv)
     name = "program.py" if args.level == 1 else "meta_program.py"
@@ -374,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rsi.meta: {e}", file=sys.stderr)
         return 2
     seed = int(os.environ.get("RSI_SEED", "1"))
-    scale = Scale(args.tasks, args.seeds, args.budget, args.utility)
+    scale = Scale(args.tasks, args.seeds, args.budget, args.utility, placement=args.placement)
     examples = [name for name in args.examples.split(",") if name]
     if unknown := [name for name in examples if name not in EXAMPLES]:
         print(f"rsi.meta: unknown example(s) {', '.join(unknown)}; choose from {', '.join(EXAMPLES)}", file=sys.stderr)

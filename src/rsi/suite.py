@@ -5,6 +5,18 @@ choice), a noisy objective that a research minimizes, the same objective without
 have interactions, knobs that do nothing, and a region where the "training" crashes. Training and held-out
 tasks come from different generators (families), not only different seeds, so a research program tuned on
 one set is tested on surfaces of another shape.
+
+Where the start and the optimum lie in the box (the placement) matters as much as the shape, because a sampler
+starts somewhere. Two placements, as rsi meets knobs in real files:
+
+- hinted: a range written by hand around where the optimum is thought to be; the optimum lies near the middle
+  of the box (0.2 to 0.7) and the value in the file 0.2 to 0.4 of the box away from it;
+- centred: no hint, so the range is the one rsi derives around the value in the file (a factor of 10 either
+  way for a float): the value in the file is the middle of the box, and the optimum lies 0.15 to 0.45 of the
+  box away from it, up to near an edge (a learning rate ten times too small).
+
+The suites' "mixed" placement alternates them task by task; "hinted" alone was the only one until
+2026-11-27, and programs researched on it learnt that the middle of the box is a good place to start.
 """
 
 from __future__ import annotations
@@ -145,8 +157,12 @@ def _layout(rng: random.Random, n_live: int, n_dead: int) -> tuple[tuple[KnobSpe
     return tuple(specs), live
 
 
-def _start_and_target(rng: random.Random, knobs: Sequence[KnobSpec], live: Sequence[str]) -> tuple[Point, Point]:
-    target = {k.name: rng.uniform(0.2, 0.7) for k in knobs}
+def _start_and_target(rng: random.Random, knobs: Sequence[KnobSpec], centred: bool) -> tuple[Point, Point]:
+    """Where the research starts (the value written in the file) and where the optimum is, in the box."""
+    if centred:  # a range rsi derived around the written value: the optimum anywhere off its middle
+        target = {k.name: 0.5 + rng.choice([-1, 1]) * rng.uniform(0.15, 0.45) for k in knobs}
+        return {k.name: k.position(k.value(0.5)) for k in knobs}, target
+    target = {k.name: rng.uniform(0.2, 0.7) for k in knobs}  # a hinted range around the optimum
     start = {}
     for k in knobs:  # start well away from the optimum, but not in the crash region
         t = target[k.name]
@@ -170,11 +186,12 @@ def _finish(
     knobs: tuple[KnobSpec, ...],
     live: list[str],
     core: Callable[[Point], float],
+    centred: bool,
     heavy: bool = False,
 ) -> SyntheticTask:
-    start, target = _start_and_target(rng, knobs, live)
+    start, target = _start_and_target(rng, knobs, centred)
     shifted = {n: target[n] for n in live}
-    guard = _crash_guard(live[0], max(0.85, shifted[live[0]] + 0.2))
+    guard = _crash_guard(live[0], min(max(0.85, shifted[live[0]] + 0.2), 0.99))  # a crash region in every task
 
     def surface(p: Point) -> float:
         guard(p)
@@ -196,15 +213,19 @@ def _finish(
 
 
 # ---- training families
-def bowl(seed: int) -> SyntheticTask:
+def bowl(seed: int, centred: bool = False) -> SyntheticTask:
     """An axis-aligned quadratic bowl with unequal curvatures."""
     rng = random.Random(seed)
     knobs, live = _layout(rng, rng.randint(3, 4), rng.randint(1, 2))
     weights = {n: rng.uniform(0.3, 3.0) for n in live}
-    return _finish(f"bowl-{seed}", "bowl", rng, knobs, live, lambda d: sum(weights[n] * d[n] ** 2 for n in d))
+
+    def core(d: Point) -> float:
+        return sum(weights[n] * d[n] ** 2 for n in d)
+
+    return _finish(f"bowl-{seed}", "bowl", rng, knobs, live, core, centred)
 
 
-def valley(seed: int) -> SyntheticTask:
+def valley(seed: int, centred: bool = False) -> SyntheticTask:
     """A curved valley between two knobs (learning rate and batch size trade off), plus a bowl."""
     rng = random.Random(seed)
     knobs, live = _layout(rng, rng.randint(3, 4), 1)
@@ -214,10 +235,10 @@ def valley(seed: int) -> SyntheticTask:
     def core(d: Point) -> float:
         return (d[a] - d[b]) ** 2 * 8 + 0.5 * d[a] ** 2 + sum(weights[n] * d[n] ** 2 for n in live[2:])
 
-    return _finish(f"valley-{seed}", "valley", rng, knobs, live, core)
+    return _finish(f"valley-{seed}", "valley", rng, knobs, live, core, centred)
 
 
-def steps(seed: int) -> SyntheticTask:
+def steps(seed: int, centred: bool = False) -> SyntheticTask:
     """A bowl seen through coarse steps in its integer knobs, with an interaction between two of them."""
     rng = random.Random(seed)
     knobs, live = _layout(rng, 4, 1)
@@ -226,11 +247,11 @@ def steps(seed: int) -> SyntheticTask:
     def core(d: Point) -> float:
         return sum(weights[n] * d[n] ** 2 for n in live) + 2.0 * abs(d[live[1]] * d[live[2]])
 
-    return _finish(f"steps-{seed}", "steps", rng, knobs, live, core)
+    return _finish(f"steps-{seed}", "steps", rng, knobs, live, core, centred)
 
 
 # ---- held-out families: other shapes
-def ridge(seed: int) -> SyntheticTask:
+def ridge(seed: int, centred: bool = False) -> SyntheticTask:
     """A sharp, rotated ridge: progress only along a diagonal; heavy-tailed noise."""
     rng = random.Random(seed)
     knobs, live = _layout(rng, 3, 2)
@@ -240,18 +261,22 @@ def ridge(seed: int) -> SyntheticTask:
         along, across = (d[a] + d[b]) / 2, (d[a] - d[b])
         return along**2 + 12 * across**2 + 0.7 * d[c] ** 2
 
-    return _finish(f"ridge-{seed}", "ridge", rng, knobs, live, core, heavy=True)
+    return _finish(f"ridge-{seed}", "ridge", rng, knobs, live, core, centred, heavy=True)
 
 
-def kinked(seed: int) -> SyntheticTask:
+def kinked(seed: int, centred: bool = False) -> SyntheticTask:
     """Not smooth: absolute values, so the last stretch to the optimum is as steep as the first."""
     rng = random.Random(seed)
     knobs, live = _layout(rng, rng.randint(3, 5), 1)
     weights = {n: rng.uniform(0.3, 1.5) for n in live}
-    return _finish(f"kinked-{seed}", "kinked", rng, knobs, live, lambda d: sum(weights[n] * abs(d[n]) for n in d))
+
+    def core(d: Point) -> float:
+        return sum(weights[n] * abs(d[n]) for n in d)
+
+    return _finish(f"kinked-{seed}", "kinked", rng, knobs, live, core, centred)
 
 
-def wells(seed: int) -> SyntheticTask:
+def wells(seed: int, centred: bool = False) -> SyntheticTask:
     """A broad bowl with a narrower, deeper well at the optimum: local steps pay off near the end."""
     rng = random.Random(seed)
     knobs, live = _layout(rng, 4, 1)
@@ -260,15 +285,20 @@ def wells(seed: int) -> SyntheticTask:
         r2 = sum(x * x for x in d.values())
         return 0.6 * r2 + 0.4 * (1 - math.exp(-r2 / 0.01))
 
-    return _finish(f"wells-{seed}", "wells", rng, knobs, live, core)
+    return _finish(f"wells-{seed}", "wells", rng, knobs, live, core, centred)
 
 
-TRAIN: dict[str, Callable[[int], SyntheticTask]] = {"bowl": bowl, "valley": valley, "steps": steps}
-HELD_OUT: dict[str, Callable[[int], SyntheticTask]] = {"ridge": ridge, "kinked": kinked, "wells": wells}
+Family = Callable[[int, bool], SyntheticTask]  # (seed, centred) -> task
+TRAIN: dict[str, Family] = {"bowl": bowl, "valley": valley, "steps": steps}
+HELD_OUT: dict[str, Family] = {"ridge": ridge, "kinked": kinked, "wells": wells}
 SUITES = {"train": TRAIN, "heldout": HELD_OUT}
+PLACEMENTS = ("mixed", "hinted")
 
 
-def suite(name: str, count: int, seed: int = 0) -> list[SyntheticTask]:
-    """`count` tasks of a suite, its families in turn, each from its own seed."""
+def suite(name: str, count: int, seed: int = 0, placement: str = "mixed") -> list[SyntheticTask]:
+    """`count` tasks of a suite, its families in turn, each from its own seed; with the "mixed" placement
+    every second task is centred (with three families, each family has both placements in six tasks)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}")
     families = list(SUITES[name].values())
-    return [families[i % len(families)](seed * 1000 + i) for i in range(count)]
+    return [families[i % len(families)](seed * 1000 + i, placement == "mixed" and i % 2 == 1) for i in range(count)]
