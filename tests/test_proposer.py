@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 
@@ -198,6 +199,40 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
     s.tell(points[0], 3.0, "complete")  # finished late: its generation was told without it
     assert s.solutions == [] and s.ask({}).handle == 1
     assert s.ask({"lr": 1e-2, "n": 4, "act": "relu"}).handle is None  # a step near the champion: not CMA-ES's
+
+
+def test_cma_es_with_scouts_starts_around_the_best_of_the_middle_and_random_points() -> None:
+    """A range rsi derived around the file's value has that value as its middle, and the optimum may be near an
+    edge: scouting tries the middle first, then random points, and CMA-ES starts around the best of them."""
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "n": optuna.distributions.IntDistribution(1, 8),
+    }
+    s = CmaSampler(dists, "minimize", seed=3, scouts=4)
+    s.add({"lr": 1e-3, "n": 4}, 5.0, "complete")  # the baseline is the first scout
+    assert s.cma is None
+    middle = s.ask({})
+    assert middle.params["lr"] == pytest.approx(1e-3) and middle.params["n"] in (4, 5) and middle.handle is None
+    assert s.ask({"n": 2}).params["n"] == 2  # a fixed knob stays fixed while scouting too
+    scouts = [s.ask({}) for _ in range(3)]
+    assert len({p.params["lr"] for p in scouts}) == 3 and all(p.handle is None for p in scouts)
+    s.tell(middle, 4.0, "complete")
+    s.tell(scouts[0], None, "fail")  # a failure is no scout
+    s.tell(scouts[1], 1.0, "complete")
+    assert s.cma is None
+    s.tell(scouts[2], 3.0, "complete")
+    assert s.cma is not None and s.cma.generation == 0
+    start = np.clip(s._unit(scouts[1].params), 0.05, 0.95)  # the best of the four
+    assert np.allclose(s.cma.mean, start)
+    drawn = [s.ask({}) for _ in range(s.cma.population_size)]
+    assert all(p.handle == 0 for p in drawn)
+    near = statistics.fmean(abs(s._unit(p.params)[0] - start[0]) for p in drawn)
+    assert near < 0.3  # its first generation lies around that start (a step of a sixth of the box)
+    s.tell(scouts[0], 0.5, "complete")  # a scout that finishes late is not a solution of a generation
+    assert s.solutions == []
+    without = CmaSampler(dists, "minimize", seed=3)
+    without.add({"lr": 1e-3, "n": 4}, 5.0, "complete")
+    assert without.cma is not None and np.allclose(without.cma.mean, 0.5)  # no scouts: the middle of the box
 
 
 @pytest.mark.parametrize("goal", ["minimize", "maximize"])

@@ -175,6 +175,7 @@ class KnobsConfig(_Section):
     sampler: Literal["tpe", "cmaes", "random"] = "cmaes"
     per_candidate: int = Field(default=6, ge=1)
     startup: int = Field(default=19, ge=1)  # TPE's random trials before it models
+    scouts: int = Field(default=10, ge=0)  # CMA-ES's points before it starts around the best (0: the box middle)
     local: float = Field(default=0.0928, ge=0.0, le=1.0)  # share of candidates that step near the champion
     local_scale: float = Field(default=0.2, gt=0.0)  # their step, as a fraction of each knob's range
     restart_after: int = Field(default=0, ge=0)  # experiments without a keep before the sampler starts over

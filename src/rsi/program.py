@@ -26,6 +26,7 @@ class Program:
     llm_weight: float = 1.0
     sampler: str = "cmaes"
     startup: int = 19
+    scouts: int = 10
     per_candidate: int = 6
     local: float = 0.0928
     local_scale: float = 0.2
@@ -46,6 +47,7 @@ _CHECKS: dict[str, tuple[type, Any, Any]] = {  # name -> (type, low, high); choi
     "knobs_weight": (float, 0.0, None),
     "llm_weight": (float, 0.0, None),
     "startup": (int, 1, 1000),
+    "scouts": (int, 0, 1000),
     "per_candidate": (int, 1, 100),
     "local": (float, 0.0, 1.0),
     "local_scale": (float, 1e-6, 10.0),
@@ -122,6 +124,7 @@ def apply_program(cfg: Config, p: Program) -> Config:
         {
             "sampler": p.sampler,
             "startup": p.startup,
+            "scouts": p.scouts,
             "per_candidate": p.per_candidate,
             "local": p.local,
             "local_scale": p.local_scale,

@@ -97,7 +97,7 @@ class KnobsProposer:
 
     def _sampler(self, seed: int) -> Sampler:
         c = self.cfg
-        return make_sampler(c.sampler, self.dists, self.goal, seed, c.startup, c.multivariate, c.candidates)
+        return make_sampler(c.sampler, self.dists, self.goal, seed, c.startup, c.multivariate, c.candidates, c.scouts)
 
     def _values(self, files: Mapping[str, str]) -> dict[str, Any]:
         """Current values of the knobs in the champion's files (they change as knobs are kept)."""

@@ -55,10 +55,17 @@ class Sampler(Protocol):
 
 
 def make_sampler(
-    kind: str, dists: Mapping[str, Dist], goal: Goal, seed: int, startup: int, multivariate: bool, candidates: int
+    kind: str,
+    dists: Mapping[str, Dist],
+    goal: Goal,
+    seed: int,
+    startup: int,
+    multivariate: bool,
+    candidates: int,
+    scouts: int = 0,
 ) -> Sampler:
     if kind == "cmaes":
-        return CmaSampler(dists, goal, seed)
+        return CmaSampler(dists, goal, seed, scouts)
     if kind == "random":
         return OptunaSampler(dists, goal, optuna.samplers.RandomSampler(seed=seed))
     tpe = optuna.samplers.TPESampler(
@@ -92,10 +99,18 @@ class OptunaSampler:
 
 class CmaSampler:
     """CMA-ES over the numeric knobs, each mapped to [0, 1] (log knobs in log space, integers widened by half a
-    step so the end values are as likely as the rest); categorical knobs drawn uniformly. The search starts at
-    the middle of the box with a step of a sixth of it, and samples at random until one outcome is complete."""
+    step so the end values are as likely as the rest); categorical knobs drawn uniformly. The search proceeds
+    with a step of a sixth of the box. It starts at the middle of the box, and samples at random until one
+    outcome is complete; or, with `scouts`, it first tries the middle of the box and then random points, and
+    starts around the best of the first `scouts` complete outcomes (the baseline's included).
 
-    def __init__(self, dists: Mapping[str, Dist], goal: Goal, seed: int) -> None:
+    Why scouts: where the optimum lies depends on where the range came from. A range set by hand tends to be
+    centred on where the optimum is thought to be, and the middle is a good start; a range rsi derives around
+    the value in the file (a factor of ten either way) has that value as its middle, and the optimum is as
+    likely near an edge (a learning rate ten times too small). Scouting keeps the middle as one candidate
+    start and lets a better-placed one win (rsi.suite's placements)."""
+
+    def __init__(self, dists: Mapping[str, Dist], goal: Goal, seed: int, scouts: int = 0) -> None:
         self.dists = dict(dists)
         self.sign = 1.0 if goal == "minimize" else -1.0
         self.rng = random.Random(seed)
@@ -109,18 +124,32 @@ class CmaSampler:
                 if d.log:
                     lo, hi = math.log(max(lo, d.low / 2)), math.log(hi)
                 self.box[key] = (lo, hi)
+        self.scouts = scouts
+        self.scouted: list[tuple[np.ndarray, float]] = []  # complete outcomes before CMA-ES starts: (unit point, value)
+        self.middle_asked = False
         self.cma: cmaes.CMA | None = None
-        if self.box:
-            dim = len(self.box)
-            self.cma = cmaes.CMA(
-                mean=np.full(dim, 0.5),
-                sigma=1 / 6,
-                bounds=np.array([[0.0, 1.0]] * dim),
-                seed=self.rng.randint(1, 2**31 - 2),
-                n_max_resampling=10 * dim,
-            )
+        if self.box and not scouts:
+            self.cma = self._cma(np.full(len(self.box), 0.5))
         self.started = False  # an outcome was complete: CMA-ES proposes from then on
         self.solutions: list[tuple[np.ndarray, float]] = []
+
+    def _cma(self, mean: np.ndarray) -> cmaes.CMA:
+        dim = len(self.box)
+        return cmaes.CMA(
+            mean=mean,
+            sigma=1 / 6,
+            bounds=np.array([[0.0, 1.0]] * dim),
+            seed=self.rng.randint(1, 2**31 - 2),
+            n_max_resampling=10 * dim,
+        )
+
+    def _scout(self, params: Mapping[str, Any], value: float) -> None:
+        """A complete outcome before CMA-ES starts; once there are `scouts`, it starts around the best (kept a
+        little inside the box, so that its first generation is not half outside it)."""
+        self.scouted.append((self._unit(params), self.sign * value))
+        if len(self.scouted) >= self.scouts:
+            best = min(self.scouted, key=lambda s: s[1])[0]
+            self.cma = self._cma(np.clip(best, 0.05, 0.95))
 
     def ask(self, fixed: Mapping[str, Any]) -> Point:
         """A point of CMA-ES's current generation, unless every knob is fixed (a step near the champion, which
@@ -132,6 +161,9 @@ class CmaSampler:
         )
         x = self.cma.ask() if self.cma is not None and self.started and free else None
         units = dict(zip(self.box, x, strict=True)) if x is not None else {}
+        if self.box and self.cma is None and free and not self.middle_asked:  # the first scout: the middle
+            self.middle_asked = True
+            units = dict.fromkeys(self.box, 0.5)
         params: dict[str, Any] = {}
         for key, d in self.dists.items():
             if key in fixed:
@@ -146,6 +178,9 @@ class CmaSampler:
         if state != "complete" or value is None:
             return
         self.started = True
+        if self.box and self.cma is None:
+            self._scout(point.params, value)
+            return
         if self.cma is None or point.handle != self.cma.generation:
             return  # a random start, or an older generation's point finished after its generation was told
         self.solutions.append((self._unit(point.params), self.sign * value))
@@ -156,6 +191,8 @@ class CmaSampler:
     def add(self, params: Mapping[str, Any], value: float | None, state: State) -> None:
         if state == "complete" and value is not None:
             self.started = True
+            if self.box and self.cma is None:
+                self._scout(params, value)
 
     def _value(self, key: str, u: float) -> Any:
         d = self.dists[key]
