@@ -203,26 +203,29 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
 
 def test_cma_es_with_scouts_starts_around_the_best_of_the_middle_and_random_points() -> None:
     """A range rsi derived around the file's value has that value as its middle, and the optimum may be near an
-    edge: scouting tries the middle first, then random points, and CMA-ES starts around the best of them."""
+    edge: scouting tries the middle first, then random points, and CMA-ES starts around the best of them.
+    Every outcome that took a run counts (a research that prunes most scouts must not scout for ever)."""
     dists = {
         "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
         "n": optuna.distributions.IntDistribution(1, 8),
+        "act": optuna.distributions.CategoricalDistribution(["relu", "gelu"]),
     }
-    s = CmaSampler(dists, "minimize", seed=3, scouts=4)
-    s.add({"lr": 1e-3, "n": 4}, 5.0, "complete")  # the baseline is the first scout
-    assert s.cma is None
-    middle = s.ask({})
+    s = CmaSampler(dists, "minimize", seed=3, scouts=5)
+    s.add({"lr": 1e-3, "n": 4, "act": "relu"}, 5.0, "complete")  # the baseline is the first scout
+    only_act = s.ask({"lr": 2e-3, "n": 2})  # no numeric knob free: this is not the middle's turn
+    assert only_act.params["lr"] == 2e-3 and only_act.handle is None
+    middle = s.ask({"act": "gelu"})
     assert middle.params["lr"] == pytest.approx(1e-3) and middle.params["n"] in (4, 5) and middle.handle is None
-    assert s.ask({"n": 2}).params["n"] == 2  # a fixed knob stays fixed while scouting too
-    scouts = [s.ask({}) for _ in range(3)]
+    scouts = [s.ask({"act": "gelu"}) for _ in range(3)]
     assert len({p.params["lr"] for p in scouts}) == 3 and all(p.handle is None for p in scouts)
+    s.tell(only_act, None, "skipped")  # given back unrun (a duplicate): no scout
     s.tell(middle, 4.0, "complete")
-    s.tell(scouts[0], None, "fail")  # a failure is no scout
-    s.tell(scouts[1], 1.0, "complete")
-    assert s.cma is None
-    s.tell(scouts[2], 3.0, "complete")
+    s.tell(scouts[0], None, "fail")  # a failed or pruned run counts, but cannot be the best
+    s.tell(scouts[1], None, "pruned")
+    assert s.cma is None and s.scouted == 4
+    s.tell(scouts[2], 1.0, "complete")
     assert s.cma is not None and s.cma.generation == 0
-    start = np.clip(s._unit(scouts[1].params), 0.05, 0.95)  # the best of the four
+    start = np.clip(s._unit(scouts[2].params), 0.05, 0.95)  # the best of the complete ones
     assert np.allclose(s.cma.mean, start)
     drawn = [s.ask({}) for _ in range(s.cma.population_size)]
     assert all(p.handle == 0 for p in drawn)
@@ -230,8 +233,15 @@ def test_cma_es_with_scouts_starts_around_the_best_of_the_middle_and_random_poin
     assert near < 0.3  # its first generation lies around that start (a step of a sixth of the box)
     s.tell(scouts[0], 0.5, "complete")  # a scout that finishes late is not a solution of a generation
     assert s.solutions == []
+    failing = CmaSampler(dists, "minimize", seed=3, scouts=2)  # no complete scout: the middle
+    failing.add({"lr": 5.0, "n": 4, "act": "relu"}, None, "fail")
+    failing.tell(failing.ask({}), None, "pruned")
+    assert failing.cma is not None and np.allclose(failing.cma.mean, 0.5) and failing.ask({}).handle == 0
+    odd = CmaSampler(dists, "minimize", seed=3, scouts=2)  # a resumed value that no longer fits its knob
+    odd.add({"lr": "fast", "n": 4, "act": "relu"}, 1.0, "complete")
+    assert odd.scouted == 1 and odd.best is None
     without = CmaSampler(dists, "minimize", seed=3)
-    without.add({"lr": 1e-3, "n": 4}, 5.0, "complete")
+    without.add({"lr": 1e-3, "n": 4, "act": "relu"}, 5.0, "complete")
     assert without.cma is not None and np.allclose(without.cma.mean, 0.5)  # no scouts: the middle of the box
 
 

@@ -26,7 +26,7 @@ class Program:
     llm_weight: float = 1.0
     sampler: str = "cmaes"
     startup: int = 19
-    scouts: int = 10
+    scouts: int = 0  # a program that names none predates scouts (programs/default.py has 10)
     per_candidate: int = 6
     local: float = 0.0928
     local_scale: float = 0.2

@@ -131,7 +131,7 @@ class KnobsProposer:
                 self.tried.add(signature)
                 self.pending[signature] = point
                 return self._proposal(ctx.files, current, params, changed)
-            self.sampler.tell(point, None, "pruned")
+            self.sampler.tell(point, None, "skipped")
         return None
 
     def _proposal(

@@ -26,11 +26,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
 
 Dist = optuna.distributions.BaseDistribution
-State = Literal["complete", "fail", "pruned"]
+State = Literal["complete", "fail", "pruned", "skipped"]  # skipped: a point given back unrun (a duplicate)
 _STATES = {
     "complete": optuna.trial.TrialState.COMPLETE,
     "fail": optuna.trial.TrialState.FAIL,
     "pruned": optuna.trial.TrialState.PRUNED,
+    "skipped": optuna.trial.TrialState.PRUNED,
 }
 
 
@@ -101,8 +102,9 @@ class CmaSampler:
     """CMA-ES over the numeric knobs, each mapped to [0, 1] (log knobs in log space, integers widened by half a
     step so the end values are as likely as the rest); categorical knobs drawn uniformly. The search proceeds
     with a step of a sixth of the box. It starts at the middle of the box, and samples at random until one
-    outcome is complete; or, with `scouts`, it first tries the middle of the box and then random points, and
-    starts around the best of the first `scouts` complete outcomes (the baseline's included).
+    outcome is complete; or, with `scouts`, it first tries the middle of the box (in the knobs a candidate
+    changes) and then random points, and after `scouts` outcomes (the baseline's included; a failed or pruned
+    run counts, as the run it took) starts around the best complete one. A restart (a new sampler) scouts again.
 
     Why scouts: where the optimum lies depends on where the range came from. A range set by hand tends to be
     centred on where the optimum is thought to be, and the middle is a good start; a range rsi derives around
@@ -125,7 +127,8 @@ class CmaSampler:
                     lo, hi = math.log(max(lo, d.low / 2)), math.log(hi)
                 self.box[key] = (lo, hi)
         self.scouts = scouts
-        self.scouted: list[tuple[np.ndarray, float]] = []  # complete outcomes before CMA-ES starts: (unit point, value)
+        self.scouted = 0  # outcomes before CMA-ES starts
+        self.best: tuple[float, np.ndarray] | None = None  # the best complete one: (signed value, unit point)
         self.middle_asked = False
         self.cma: cmaes.CMA | None = None
         if self.box and not scouts:
@@ -143,13 +146,23 @@ class CmaSampler:
             n_max_resampling=10 * dim,
         )
 
-    def _scout(self, params: Mapping[str, Any], value: float) -> None:
-        """A complete outcome before CMA-ES starts; once there are `scouts`, it starts around the best (kept a
-        little inside the box, so that its first generation is not half outside it)."""
-        self.scouted.append((self._unit(params), self.sign * value))
-        if len(self.scouted) >= self.scouts:
-            best = min(self.scouted, key=lambda s: s[1])[0]
-            self.cma = self._cma(np.clip(best, 0.05, 0.95))
+    def _scout(self, params: Mapping[str, Any], value: float | None) -> None:
+        """An outcome before CMA-ES starts (value None unless complete). Once there are `scouts`, CMA-ES starts
+        around the best complete one, kept a little inside the box so that its first generation is not half
+        outside it (the middle if none was complete)."""
+        if value is not None:
+            try:
+                unit = self._unit(params)
+            except (KeyError, TypeError, ValueError):  # a resumed ledger's value that no longer fits its knob
+                unit = None
+            if unit is not None and (self.best is None or self.sign * value < self.best[0]):
+                self.best = (self.sign * value, unit)
+        self.scouted += 1
+        if self.scouted >= self.scouts:
+            self.cma = self._cma(
+                np.full(len(self.box), 0.5) if self.best is None else np.clip(self.best[1], 0.05, 0.95)
+            )
+            self.started = True
 
     def ask(self, fixed: Mapping[str, Any]) -> Point:
         """A point of CMA-ES's current generation, unless every knob is fixed (a step near the champion, which
@@ -161,8 +174,8 @@ class CmaSampler:
         )
         x = self.cma.ask() if self.cma is not None and self.started and free else None
         units = dict(zip(self.box, x, strict=True)) if x is not None else {}
-        if self.box and self.cma is None and free and not self.middle_asked:  # the first scout: the middle
-            self.middle_asked = True
+        if self.cma is None and not self.middle_asked and any(key not in fixed for key in self.box):
+            self.middle_asked = True  # the first scout: the middle
             units = dict.fromkeys(self.box, 0.5)
         params: dict[str, Any] = {}
         for key, d in self.dists.items():
@@ -175,12 +188,12 @@ class CmaSampler:
         return Point(params, self.cma.generation if x is not None and self.cma is not None else None)
 
     def tell(self, point: Point, value: float | None, state: State) -> None:
+        if self.box and self.cma is None and state != "skipped":
+            self._scout(point.params, value if state == "complete" else None)
+            return
         if state != "complete" or value is None:
             return
         self.started = True
-        if self.box and self.cma is None:
-            self._scout(point.params, value)
-            return
         if self.cma is None or point.handle != self.cma.generation:
             return  # a random start, or an older generation's point finished after its generation was told
         self.solutions.append((self._unit(point.params), self.sign * value))
@@ -189,10 +202,10 @@ class CmaSampler:
             self.solutions = []
 
     def add(self, params: Mapping[str, Any], value: float | None, state: State) -> None:
-        if state == "complete" and value is not None:
+        if self.box and self.cma is None and state != "skipped":
+            self._scout(params, value if state == "complete" else None)
+        elif state == "complete" and value is not None:
             self.started = True
-            if self.box and self.cma is None:
-                self._scout(params, value)
 
     def _value(self, key: str, u: float) -> Any:
         d = self.dists[key]
