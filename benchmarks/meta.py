@@ -11,7 +11,8 @@
    averages it over the inner budget's runs (the area under the improvement curve), `final` takes it at the
    budget's end. Both are reported, from the same inner researches; the one named is the one researched.
    `--found FILE` skips the meta-research and scores FILE (the shipped default, say) against the original
-   the same way.
+   the same way, or against `--against FILE`. The synthetic tasks' placement (`--placement`, rsi.suite) is
+   "mixed" unless told: every second task starts at the middle of a range derived around the file's value.
 3. With `--examples N`, both programs are scored on the real examples suite (`rsi meta --holdout examples`:
    tabular and tinygpt at small budgets, the held-out gain relative to the baseline's) with N seeds.
 4. With `--tinygpt MIN`, both programs research `examples/tinygpt` for MIN minutes each (`rsi run

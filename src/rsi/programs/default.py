@@ -8,9 +8,9 @@ of tasks, checked on tasks it never saw. The `# rsi:` hints are that search's ra
 rsi found these values itself. `rsi meta` researched the original program (programs/original.py, frozen) and
 changed SAMPLER, STARTUP (TPE's, idle under CMA-ES), PER_CANDIDATE and LOCAL; a later meta-research of that
 program, on suites whose tasks also start at the middle of ranges derived around the file's values (as rsi's
-default ranges are), added SCOUTS. On held-out task families inner research with this program closed 1.19x the
+default ranges are), added SCOUTS. On held-out task families inner research with this program closed 1.21x the
 original's share of the gap to the optimum averaged over the budget researched at (60 runs; the area under the
-improvement curve, what `rsi meta` measures), 1.40x at 30 runs and 1.08x at 120, and more than the program
+improvement curve, what `rsi meta` measures), 1.42x at 30 runs and 1.09x at 120, and more than the program
 shipped before it at each of those budgets. The README has the evidence.
 """
 
