@@ -110,8 +110,8 @@ def main() -> None:
     base_text = args.against.read_text(encoding="utf-8") if args.against else original_text()
     base_name = "against" if args.against else "original"
     tmp = Path(tempfile.mkdtemp(prefix="rsi-meta-bench-"))
-    original = tmp / "original.py"
-    original.write_text(base_text, encoding="utf-8")
+    base = tmp / "base.py"  # the program compared against: the original unless --against
+    base.write_text(base_text, encoding="utf-8")
     if args.found is not None:
         improved_text = args.found.read_text(encoding="utf-8")
         found = compare(
@@ -130,7 +130,7 @@ def main() -> None:
         started = time.monotonic()
         limits = ["--max-experiments", str(experiments), "--workers", str(args.workers)]
         sized += ["--utility", args.utility, "--placement", args.placement]
-        rsi("meta", "--dir", str(where), "--program", str(original), *limits, *sized)
+        rsi("meta", "--dir", str(where), "--program", str(base), *limits, *sized)
         searched = time.monotonic() - started
         found = json.loads(rsi("meta", "report", "--dir", str(where), "--seeds", str(seeds), "--json").stdout)
         improved_text = subprocess.run(
@@ -199,7 +199,7 @@ def main() -> None:
     if args.tinygpt > 0:
         improved = tmp / "improved.py"
         improved.write_text(improved_text, encoding="utf-8")
-        programs = {base_name: original, "improved": improved}
+        programs = {base_name: base, "improved": improved}
         rows: list[tuple[str, dict[str, Any]]] = []
         for i in range(args.tinygpt_repeats):  # one after the other, the order alternating against drift
             for name in sorted(programs, reverse=i % 2 == 1):

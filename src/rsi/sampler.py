@@ -166,7 +166,8 @@ class CmaSampler:
 
     def ask(self, fixed: Mapping[str, Any]) -> Point:
         """A point of CMA-ES's current generation, unless every knob is fixed (a step near the champion, which
-        CMA-ES did not draw and is not told of) or no outcome is complete yet (a uniform draw)."""
+        CMA-ES did not draw and is not told of), no outcome is complete yet (a uniform draw), or CMA-ES has not
+        started (a scout: the middle of the box first, then uniform draws)."""
         free = any(key not in fixed for key in self.box) or any(
             key not in fixed and len(d.choices) > 1
             for key, d in self.dists.items()
