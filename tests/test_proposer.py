@@ -245,6 +245,21 @@ def test_cma_es_with_scouts_starts_around_the_best_of_the_middle_and_random_poin
     assert without.cma is not None and np.allclose(without.cma.mean, 0.5)  # no scouts: the middle of the box
 
 
+def test_the_middle_scout_of_ranges_derived_around_the_file_is_the_file() -> None:
+    """rsi derives a log range around an integer's value (a factor of four either way) and one around a
+    float's (ten): the middle scout of such knobs proposes the file's values, a duplicate the proposer gives back
+    unrun, rather than 15 for 16 (an integer box is widened by half a step at each end, unevenly in log space)."""
+    dists = {
+        "head_dim": optuna.distributions.IntDistribution(4, 64, log=True),
+        "block": optuna.distributions.IntDistribution(16, 256, log=True),
+        "lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True),
+        "layers": optuna.distributions.IntDistribution(1, 9),
+    }
+    s = CmaSampler(dists, "minimize", seed=3, scouts=4)
+    assert s.ask({}).params == {"head_dim": 16, "block": 64, "lr": pytest.approx(1e-4), "layers": 5}
+    assert s.ask({}).params != {"head_dim": 16, "block": 64, "lr": pytest.approx(1e-4), "layers": 5}
+
+
 @pytest.mark.parametrize("goal", ["minimize", "maximize"])
 def test_cma_es_moves_towards_the_better_end(goal: str) -> None:
     s = CmaSampler({"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, goal, seed=1)  # type: ignore[arg-type]

@@ -177,7 +177,7 @@ class CmaSampler:
         units = dict(zip(self.box, x, strict=True)) if x is not None else {}
         if self.cma is None and not self.middle_asked and any(key not in fixed for key in self.box):
             self.middle_asked = True  # the first scout: the middle
-            units = dict.fromkeys(self.box, 0.5)
+            units = {key: self._middle(key) for key in self.box}
         params: dict[str, Any] = {}
         for key, d in self.dists.items():
             if key in fixed:
@@ -207,6 +207,17 @@ class CmaSampler:
             self._scout(params, value if state == "complete" else None)
         elif state == "complete" and value is not None:
             self.started = True
+
+    def _middle(self, key: str) -> float:
+        """The unit of the knob's middle value: the box's middle, except for a log integer knob, whose box is
+        widened by half a step at each end, unevenly in log space: its middle is the geometric one of its
+        range, so that a range derived around the file's value (a factor of four either way) has that value as
+        its middle, as the other knobs' do."""
+        d = self.dists[key]
+        if not (isinstance(d, optuna.distributions.IntDistribution) and d.log):
+            return 0.5
+        lo, hi = self.box[key]
+        return (0.5 * (math.log(d.low) + math.log(d.high)) - lo) / (hi - lo)
 
     def _value(self, key: str, u: float) -> Any:
         d = self.dists[key]
