@@ -12,15 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import MakeTask, rsi
 
 from rsi.config import JudgeConfig, KnobsConfig
 from rsi.errors import UserError
-from rsi.ledger import Ledger
+from rsi.ledger import Experiment, Ledger, Run
 from rsi.meta import Progress, Scale, create, research_example, research_task, settings, utilities, utility
 from rsi.program import Program, default_program, default_text, original_text, parse_program
 from rsi.proposer import Context, KnobsProposer
+from rsi.sampler import CmaSampler
 from rsi.suite import FILE, HELD_OUT, TRAIN, Diverged, SyntheticTask, suite
 from rsi.swarm import SwarmProposer
 
@@ -195,13 +197,19 @@ def test_inner_research_closes_part_of_the_gap_measured_on_the_true_objective() 
     assert both["area"] < both["final"]
 
 
+def _run(metric: float) -> Run:
+    return Run(1, 0, "fresh", 1, "done", "ok", metric, "", 1.0, None, "", "")
+
+
 def test_local_steps_stay_near_the_champion_and_restarts_start_over() -> None:
     files = {"p.py": "a = 0.5  # rsi: range(0.0, 1.0)\nb = 50  # rsi: range(0, 100)\n"}
     ledger = Ledger(Path(":memory:"))
-    champion = ledger.experiment(0)
+    champion = Experiment(
+        0, None, None, None, None, "baseline", "", {}, "", "done", "ok", None, "", 0, False, None, 0.0, None
+    )
 
     def ask(proposer: KnobsProposer) -> dict[str, float]:
-        proposal = proposer.propose(Context(champion=champion, files=files, ledger=ledger))  # type: ignore[arg-type]
+        proposal = proposer.propose(Context(champion=champion, files=files, ledger=ledger))
         assert proposal is not None
         return proposal.params
 
@@ -218,6 +226,15 @@ def test_local_steps_stay_near_the_champion_and_restarts_start_over() -> None:
     restarting.dry = 2
     ask(restarting)
     assert restarting.sampler is not sampler and restarting.restarts == 1 and restarting.dry == 0
+    # a restart forgets where the sampler looked, not the champion: the new sampler's first scout is it
+    measured = dataclasses.replace(champion, runs=[_run(0.25)])
+    scouting = KnobsProposer(files, KnobsConfig(sampler="cmaes", restart_after=1, scouts=3), "minimize", seed=1)
+    scouting.dry = 1
+    proposal = scouting.propose(Context(champion=measured, files=files, ledger=ledger))
+    assert proposal is not None and scouting.restarts == 1
+    fresh = scouting.sampler
+    assert isinstance(fresh, CmaSampler) and fresh.scouted == 1 and fresh.best is not None
+    assert fresh.best[0] == 0.25 and np.allclose(fresh.best[1], fresh._unit({"a": 0.5, "b": 50}))
 
 
 def test_a_swarm_member_of_weight_zero_is_left_out() -> None:

@@ -111,9 +111,14 @@ class KnobsProposer:
     def propose(self, ctx: Context) -> Proposal | None:
         if not self.knobs:
             return None
+        current = self._values(ctx.files)
         if self.cfg.restart_after and self.dry >= self.cfg.restart_after:
             self._restart()
-        current = self._values(ctx.files)
+            # the new sampler forgets where it looked, not where the research stands: the champion is its first
+            # outcome (with scouts, the start to beat)
+            value = ctx.champion.mean()
+            if value is not None:
+                self.sampler.add({key: _clip(v, self.dists[key]) for key, v in current.items()}, value, "complete")
         rng = random.Random(self.seed * 100_003 + len(self.tried) * 7 + self.restarts)
         for _ in range(20):
             chosen = set(rng.sample(sorted(self.knobs), min(self.cfg.per_candidate, len(self.knobs))))
