@@ -18,8 +18,9 @@ Then, outside the budgets, each method's final pick (rsi's champion, the best tr
 held-out data: the task's command then its `[holdout]` command, in one directory, on the same fixed seeds for
 every pick and for the baseline (identical code is measured once, so a pick that is the baseline has a
 held-out gain of exactly 0). Figures per method: experiments run, selection gain (what the method believes:
-its pick's selection metric against its own baseline measurement), held-out gain (re-measured), and the gap
-between them. Gains are signed so that positive is better.
+its pick's selection metric against its own baseline measurement; for rsi, its champion's fresh runs, which did
+not decide its keep), held-out gain (re-measured), and the gap between them. Gains are signed so that
+positive is better.
 Target: rsi's held-out gain is at least the best of the others', and its |gap| is the smallest.
 """
 
@@ -238,7 +239,8 @@ def research(task: Task, budget: float, autoresearch: bool) -> Outcome:
     out.experiments = sum(e.state == "done" for e in every)
     # every run that finished, also those of an experiment the deadline cut (a keep's unfinished replication)
     out.runs = sum(1 for e in every for r in e.runs if r.kind in SELECT_KINDS and r.status is not None)
-    out.baseline, out.best = status["baseline"]["metric"], status["best"]["metric"]
+    # what rsi stands by: its champion's fresh runs, not the runs that decided the keep (`rsi.status.believed`)
+    out.baseline, out.best = status["baseline"]["metric"], status["best"]["fresh_metric"]
     ws = Workspace(task.root)
     commit = status["best"]["commit"] or ws.head()  # no baseline recorded yet: the pick is the start
     out.pick = {p: ws.read(commit, p) for p in ws.files(commit, cfg.task.editable)}

@@ -65,6 +65,29 @@ def test_a_real_gain_is_kept_and_replicated_a_null_is_not() -> None:
     assert len([run for run in base_exp.runs if run.kind == "fresh"]) >= 5 + 4  # replication's champion arm
 
 
+def test_the_selection_gain_stands_on_the_champions_fresh_runs_not_on_those_that_kept_it() -> None:
+    r = in_process(config(), {"f.py": "loss = 1.0\n"}, noisy, Scripted(["loss = 0.5\n"]))
+    r.run(Limits(max_experiments=2))
+    s = status_json(r.ledger)
+    base, kept = r.ledger.experiments()
+    fresh = [run.metric for run in kept.runs if run.kind == "fresh" and run.metric is not None]
+    before, after = base.mean(), kept.mean()
+    assert kept.verdict == "keep" and fresh and len(fresh) < len(kept.valid())
+    assert before is not None and after is not None
+    assert s["best"]["fresh_metric"] == pytest.approx(statistics.fmean(fresh))
+    assert s["best"]["metric"] == pytest.approx(after)  # the contract's figure: every run
+    assert s["selection_gain"] == pytest.approx(before - statistics.fmean(fresh))
+    assert s["selection_gain"] != pytest.approx(before - after)
+
+
+def test_with_nothing_kept_the_selection_gain_is_zero() -> None:
+    r = in_process(config(), {"f.py": "loss = 1.0\n"}, noisy, Scripted(["loss = 1.0\n# a comment\n"]))
+    r.run(Limits(max_experiments=2))
+    s = status_json(r.ledger)
+    assert s["experiments"][1]["verdict"] != "keep"
+    assert s["best"]["fresh_metric"] == s["baseline"]["metric"] and s["selection_gain"] == 0
+
+
 def test_deleting_code_at_no_cost_is_kept_by_the_simplicity_rule() -> None:
     base = "loss = 1.0\nunused_a = 1\nunused_b = 2\nunused_c = 3\n"
     r = in_process(config(), {"f.py": base}, noisy, Scripted(["loss = 1.0\n"]))

@@ -249,7 +249,8 @@ def status(
     noise = data["noise_sd"]
     out.print(
         f"baseline {data['baseline']['metric']}  best {data['best']['metric']} "
-        f"(experiment {data['best']['id']})  noise sd {noise if noise is None else f'{noise:.3g}'}"
+        f"(experiment {data['best']['id']}; {data['best']['fresh_metric']} on its fresh runs)  "
+        f"noise sd {noise if noise is None else f'{noise:.3g}'}"
         + (f", {data['noise_seed_share']:.0%} of it the seed's" if data["noise_seed_share"] else ""),
         highlight=False,
     )

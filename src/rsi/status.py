@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rsi.config import ConstraintConfig
-from rsi.experiment import constraint_value
+from rsi.experiment import champion_pool, constraint_value
 from rsi.judge import Goal, improvement, pooled_noise, with_seed_share
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED
@@ -30,6 +30,17 @@ def holdout_flag(e: Experiment, parent: Experiment | None, base: Experiment | No
         if theirs is not None and improvement(mine, theirs, goal) < 0:
             return f"kept on selection, but its held-out result is worse than {who}"
     return None
+
+
+def believed(best: Experiment, base: Experiment) -> float | None:
+    """The champion's selection figure rsi stands by: the mean of its fresh runs, taken after its keep was decided
+    (the runs that decided it are biased upward: it was kept because they were good). A champion without fresh
+    runs yet, or under a judge without replication, has only its deciding runs; the baseline's runs decided
+    nothing."""
+    if best.id == base.id:
+        return base.mean()
+    pool = [r.metric for r in champion_pool(best) if r.metric is not None]
+    return sum(pool) / len(pool) if pool else None
 
 
 def experiment_json(e: Experiment, flag: str | None = None) -> dict[str, Any]:
@@ -67,6 +78,7 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
     base = exps[0] if exps else None
     kept = [e for e in exps if e.verdict == "keep"]
     best = kept[-1] if kept else base
+    believed_best = believed(best, base) if best and base else None
     goal: Goal = "maximize" if ledger.get("goal") == "maximize" else "minimize"
     noise = with_seed_share(pooled_noise(list(ledger.select_metrics().values())), *ledger.replication_pairs())
     detectable = ledger.get("detectable")
@@ -86,13 +98,14 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
             "commit": (best.kept_commit or best.commit_sha) if best else None,
             "holdout": best.mean("holdout") if best else None,
             "id": best.id if best else None,
+            "fresh_metric": believed_best,  # what the selection gain uses (see `believed`)
         },
         "noise_sd": noise.sd if noise else None,
         "noise_dof": noise.dof if noise else 0,
         # the share of the noise's variance a seed gives every commit alike, as replication pairs show it
         "noise_seed_share": noise.shared / noise.sd**2 if noise and noise.sd > 0 else 0.0,
         "detectable": float(detectable) if detectable else None,
-        "selection_gain": _gain(best.mean(), base.mean(), goal) if best and base else None,
+        "selection_gain": _gain(believed_best, base.mean(), goal) if best and base else None,
         "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,
         "holdout_flags": sum(1 for r in rows if r["holdout_flag"]),
         "models": ledger.calls_by_model(),  # per model: calls, tokens_in, tokens_out, cost_usd, failed
