@@ -112,17 +112,18 @@ class KnobsProposer:
         if not self.knobs:
             return None
         current = self._values(ctx.files)
+        clipped = {key: _clip(v, self.dists[key]) for key, v in current.items()}  # the champion, in the box
         if self.cfg.restart_after and self.dry >= self.cfg.restart_after:
             self._restart()
             # the new sampler forgets where it looked, not where the research stands: the champion is its first
             # outcome (with scouts, the start to beat)
             value = ctx.champion.mean()
             if value is not None:
-                self.sampler.add({key: _clip(v, self.dists[key]) for key, v in current.items()}, value, "complete")
+                self.sampler.add(clipped, value, "complete")
         rng = random.Random(self.seed * 100_003 + len(self.tried) * 7 + self.restarts)
         for _ in range(20):
             chosen = set(rng.sample(sorted(self.knobs), min(self.cfg.per_candidate, len(self.knobs))))
-            fixed = {key: _clip(current[key], self.dists[key]) for key in self.knobs if key not in chosen}
+            fixed = {key: clipped[key] for key in self.knobs if key not in chosen}
             if rng.random() < self.cfg.local:  # a step near the champion instead of the sampler's choice
                 fixed.update(
                     {key: _near(current[key], self.dists[key], self.cfg.local_scale, rng) for key in sorted(chosen)}
