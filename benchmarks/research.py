@@ -20,7 +20,14 @@ every pick and for the baseline (identical code is measured once, so a pick that
 held-out gain of exactly 0). Figures per method: experiments run, selection gain (what the method believes:
 its pick's selection metric against its own baseline measurement; for rsi, its champion's fresh runs, which did
 not decide its keep), held-out gain (re-measured), and the gap between them. Gains are signed so that
-positive is better.
+positive is better. The command's metric on the held-out seeds comes with each re-measurement: the fresh gain
+(the selection gain on seeds no method used) and the claim gap (selection gain minus fresh gain), the winner's
+curse and the luck of a method's own baseline runs without the difference between validation and test.
+
+One research is one draw: which candidates a method meets, and so its pick, vary from one research to the
+next by more than the methods differ. `--repeats N` runs the whole comparison N times (every method's search
+seeded anew each time, the held-out measurements shared) and judges the target on the means, each printed with
+its standard error.
 Target: rsi's held-out gain is at least the best of the others', and its |gap| is the smallest.
 """
 
@@ -204,7 +211,7 @@ class Outcome:
 
 
 # rsi and the autoresearch rule: the engine
-def research(task: Task, budget: float, autoresearch: bool) -> Outcome:
+def research(task: Task, budget: float, autoresearch: bool, seed: int) -> Outcome:
     cfg = task.cfg
     judge: Judge | None = None
     if autoresearch:
@@ -212,9 +219,8 @@ def research(task: Task, budget: float, autoresearch: bool) -> Outcome:
         judge = ThresholdJudge(0.0)
 
     def factory(code: Code, start: str) -> Proposer:
-        return KnobsProposer(
-            {p: code.read(start, p) for p in code.files(start, cfg.task.editable)}, cfg.knobs, cfg.metric.goal
-        )
+        files = {p: code.read(start, p) for p in code.files(start, cfg.task.editable)}
+        return KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=seed)
 
     out = Outcome()
     started = time.monotonic()
@@ -251,8 +257,9 @@ def research(task: Task, budget: float, autoresearch: bool) -> Outcome:
 class Direct:
     """The shared part of the two direct loops: write the knob values, run once on the fixed seed, record."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, trial_seed: int) -> None:
         self.task = task
+        self.trial_seed = trial_seed
         space = knob_space(task)
         self.knobs, self.dists = space.knobs, space.dists
         self.start = {key: k.value for key, k in self.knobs.items()}
@@ -273,7 +280,7 @@ class Direct:
         written = {key: literal_eval(format_value(v)) for key, v in values.items()}
         files = self.files(written)
         write_files(self.task, files)
-        value = select_run(self.task, TRIAL_SEED)
+        value = select_run(self.task, self.trial_seed)
         self.out.experiments += 1
         self.out.runs += 1
         if value is not None:
@@ -325,8 +332,8 @@ def draw(dist: optuna.distributions.BaseDistribution, rng: random.Random) -> Any
     return rng.randint(dist.low, dist.high)
 
 
-def random_search(task: Task, budget: float, seed: int) -> Outcome:
-    loop, rng = Direct(task), random.Random(seed)
+def random_search(task: Task, budget: float, seed: int, trial_seed: int = TRIAL_SEED) -> Outcome:
+    loop, rng = Direct(task, trial_seed), random.Random(seed)
 
     def body(deadline: float) -> None:
         setup(task)
@@ -342,8 +349,8 @@ class RunFailed(Exception):
     """A trial's run gave no metric: Optuna records it as failed and goes on."""
 
 
-def optuna_search(task: Task, budget: float, seed: int) -> Outcome:
-    loop = Direct(task)
+def optuna_search(task: Task, budget: float, seed: int, trial_seed: int = TRIAL_SEED) -> Outcome:
+    loop = Direct(task, trial_seed)
     study = optuna.create_study(direction=task.cfg.metric.goal, sampler=optuna.samplers.TPESampler(seed=seed))
     study.enqueue_trial(loop.start)  # the baseline is trial 0: Optuna learns from it, as rsi's proposer does
 
@@ -372,24 +379,31 @@ def optuna_search(task: Task, budget: float, seed: int) -> Outcome:
 
 # held-out re-measurement, outside every budget
 class Holdout:
-    """Measures picks on held-out data, command then holdout command in one directory, on fixed seeds."""
+    """Measures picks on held-out data, command then holdout command in one directory, on fixed seeds.
+
+    The command's own metric on those seeds comes with it: the pick's selection metric re-measured on seeds
+    no method used, which shows how much of what a method believes was the luck of its own runs."""
 
     def __init__(self, task: Task, seeds: int) -> None:
         self.task = task
         self.seeds = [HOLDOUT_SEED + i for i in range(seeds)]
-        self.known: dict[str, float | None] = {}
+        self.known: dict[str, tuple[float | None, float | None]] = {}  # files -> (fresh selection, held-out)
         setup(task)
 
-    def measure(self, files: Files) -> float | None:
+    def both(self, files: Files) -> tuple[float | None, float | None]:
         key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         if key not in self.known:
             write_files(self.task, files)
-            values = []
+            fresh, held = [], []
             for seed in self.seeds:
-                if select_run(self.task, seed) is not None and (v := holdout_run(self.task, seed)) is not None:
-                    values.append(v)
-            self.known[key] = statistics.fmean(values) if values else None
+                if (s := select_run(self.task, seed)) is not None and (v := holdout_run(self.task, seed)) is not None:
+                    fresh.append(s)
+                    held.append(v)
+            self.known[key] = (statistics.fmean(fresh), statistics.fmean(held)) if held else (None, None)
         return self.known[key]
+
+    def measure(self, files: Files) -> float | None:
+        return self.both(files)[1]
 
 
 def gain(candidate: float | None, reference: float | None, goal: Goal) -> float | None:
@@ -398,8 +412,9 @@ def gain(candidate: float | None, reference: float | None, goal: Goal) -> float 
 
 def figures(task: Task, out: Outcome, holdout: Holdout) -> dict[str, Any]:
     goal = task.cfg.metric.goal
-    base_holdout, pick_holdout = holdout.measure(task.files), holdout.measure(out.pick)
+    (base_fresh, base_holdout), (pick_fresh, pick_holdout) = holdout.both(task.files), holdout.both(out.pick)
     selection = gain(out.best, out.baseline, goal)
+    fresh = gain(pick_fresh, base_fresh, goal)
     held = gain(pick_holdout, base_holdout, goal)
     space = knob_space(task)
     before, after = knob_values(space, task.files), knob_values(space, out.pick)
@@ -412,6 +427,9 @@ def figures(task: Task, out: Outcome, holdout: Holdout) -> dict[str, Any]:
         "selection_gain": rounded(selection),
         "holdout_gain": rounded(held),
         "gap": rounded(None if selection is None or held is None else selection - held),
+        "abs_gap": rounded(None if selection is None or held is None else abs(selection - held)),
+        "fresh_gain": rounded(fresh),  # the selection gain re-measured on the held-out seeds
+        "claim_gap": rounded(None if selection is None or fresh is None else selection - fresh),
         "baseline_selection": rounded(out.baseline),
         "pick_selection": rounded(out.best),
         "baseline_holdout": rounded(base_holdout),
@@ -424,36 +442,77 @@ def rounded(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.6g}")
 
 
+SUMMED = ("experiments", "runs", "selection_gain", "holdout_gain", "gap", "abs_gap", "fresh_gain", "claim_gap")
+
+
 def met(by_method: Mapping[str, Mapping[str, Any]]) -> bool:
+    """The target on one run's figures or on their means over repeats (same keys)."""
     mine = by_method.get("rsi")
     others = [by_method[m] for m in OTHERS if m in by_method]
-    if mine is None or not others or mine["holdout_gain"] is None or mine["gap"] is None:
+    if mine is None or not others or mine["holdout_gain"] is None or mine["abs_gap"] is None:
         return False  # a comparison needs rsi and at least one other method
     best_gain = max((f["holdout_gain"] for f in others if f["holdout_gain"] is not None), default=-math.inf)
-    least_gap = min((abs(f["gap"]) for f in others if f["gap"] is not None), default=math.inf)
-    return bool(mine["holdout_gain"] >= best_gain and abs(mine["gap"]) <= least_gap)
+    least_gap = min((f["abs_gap"] for f in others if f["abs_gap"] is not None), default=math.inf)
+    return bool(mine["holdout_gain"] >= best_gain and mine["abs_gap"] <= least_gap)
+
+
+def summarize(repeats: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per method, each figure's mean over the repeats and its standard error (`<figure>_se`)."""
+    summary: dict[str, dict[str, Any]] = {}
+    for method in repeats[0]:
+        row: dict[str, Any] = {"repeats": len(repeats)}
+        for name in SUMMED:
+            xs = [r[method][name] for r in repeats if r[method][name] is not None]
+            row[name] = rounded(statistics.fmean(xs)) if xs else None
+            row[f"{name}_se"] = rounded(statistics.stdev(xs) / math.sqrt(len(xs))) if len(xs) > 1 else None
+        summary[method] = row
+    return summary
 
 
 def show(x: float | None) -> str:
     return "-" if x is None else f"{x:+.4f}"
 
 
-def print_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+def print_table(results: Sequence[Mapping[str, Mapping[str, Mapping[str, Any]]]]) -> None:
+    """One row per example, method and repeat of the benchmark."""
     print(
-        f"{'example':10}{'method':14}{'experiments':>12}{'runs':>6}{'selection gain':>16}{'held-out gain':>15}"
-        f"{'gap':>9}  pick"
+        f"{'example':10}{'method':14}{'repeat':>7}{'experiments':>12}{'runs':>6}{'selection gain':>16}"
+        f"{'held-out gain':>15}{'gap':>9}{'fresh gain':>12}{'claim gap':>11}  pick"
     )
-    for example, by_method in results.items():
+    for k, by_example in enumerate(results, 1):
+        for example, by_method in by_example.items():
+            for method, f in by_method.items():
+                print(
+                    f"{example:10}{method:14}{k:>7}{f['experiments']:>12}{f['runs']:>6}{show(f['selection_gain']):>16}"
+                    f"{show(f['holdout_gain']):>15}{show(f['gap']):>9}{show(f['fresh_gain']):>12}"
+                    f"{show(f['claim_gap']):>11}  {f['change'] or '(baseline)'}"
+                )
+
+
+def print_summary(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+    """Means over the repeats, each with its standard error."""
+
+    def pm(f: Mapping[str, Any], name: str) -> str:
+        se = f[f"{name}_se"]
+        return show(f[name]) + ("" if se is None else f" ± {se:.4f}")
+
+    print(
+        f"\n{'example':10}{'method':14}{'repeats':>8}{'experiments':>12}{'held-out gain':>20}{'|gap|':>18}"
+        f"{'gap':>19}{'claim gap':>19}"
+    )
+    for example, by_method in summary.items():
         for method, f in by_method.items():
             print(
-                f"{example:10}{method:14}{f['experiments']:>12}{f['runs']:>6}{show(f['selection_gain']):>16}"
-                f"{show(f['holdout_gain']):>15}{show(f['gap']):>9}  {f['change'] or '(baseline)'}"
+                f"{example:10}{method:14}{f['repeats']:>8}{f['experiments']:>12.1f}{pm(f, 'holdout_gain'):>20}"
+                f"{pm(f, 'abs_gap'):>18}{pm(f, 'gap'):>19}{pm(f, 'claim_gap'):>19}"
             )
 
 
 def run_example(
-    example: str, work: Path, minutes: float, train_budget: str, seeds: int, seed: int, methods: Sequence[str]
+    example: str, work: Path, minutes: float, train_budget: str, holdout: Holdout, seed: int, methods: Sequence[str]
 ) -> dict[str, Any]:
+    """One repeat of the benchmark on one example. `seed` seeds every method's search; the direct loops'
+    fixed run seed moves with it (seed 0: seed 1, the baseline's first, as in rsi)."""
     budget = minutes * 60
     outcomes: dict[str, tuple[Task, Outcome]] = {}
     for method in methods:
@@ -463,19 +522,18 @@ def run_example(
             log(f"warning: the CPU is {busy:.0f}% busy with other work; it skews the comparison (keep it idle)")
         log(f"{example} / {method}: {budget:.0f} s ...")
         if method in ("rsi", "autoresearch"):
-            out = research(task, budget, autoresearch=method == "autoresearch")
+            out = research(task, budget, autoresearch=method == "autoresearch", seed=seed)
         elif method == "random":
-            out = random_search(task, budget, seed)
+            out = random_search(task, budget, seed, TRIAL_SEED + seed)
         else:
-            out = optuna_search(task, budget, seed)
+            out = optuna_search(task, budget, seed, TRIAL_SEED + seed)
         log(
             f"{example} / {method}: {out.experiments} experiments, {out.runs} runs in {out.wall_s:.0f} s; "
             f"selection {out.baseline} -> {out.best}"
         )
         out.busy = busy
         outcomes[method] = (task, out)
-    log(f"{example}: held-out re-measurement of the picks ({seeds} seed(s) each) ...")
-    holdout = Holdout(prepare(example, work / example / "holdout", train_budget), seeds)
+    log(f"{example}: held-out re-measurement of the picks ({len(holdout.seeds)} seed(s) each) ...")
     return {method: figures(task, out, holdout) for method, (task, out) in outcomes.items()}
 
 
@@ -489,7 +547,10 @@ def main() -> None:
     ap.add_argument("--train-budget", help="tinygpt's per-candidate training budget (default 15s; --quick 2s)")
     ap.add_argument("--holdout-seeds", type=int, help="held-out re-measurements per pick (default 3; --quick 1)")
     ap.add_argument("--methods", help=f"comma-separated, a subset of {','.join(METHODS)} (default: all)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random search and of Optuna's sampler")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every method's search (repeat k adds k - 1)")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="independent repeats of the whole comparison, judged on their means"
+    )
     ap.add_argument("--dir", type=Path, help="keep the copies here (default: a temporary folder, removed)")
     args = ap.parse_args()
     examples = (args.examples or ("tabular" if args.quick else "tabular,tinygpt")).split(",")
@@ -500,27 +561,44 @@ def main() -> None:
     for method in methods:
         if method not in METHODS:
             ap.error(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     train_budget = args.train_budget or ("2s" if args.quick else "15s")
     seeds = args.holdout_seeds or (1 if args.quick else 3)
     work = args.dir or Path(tempfile.mkdtemp(prefix="rsi-bench-research-"))
     minutes = {e: args.minutes_per_method or (QUICK_MINUTES if args.quick else FULL_MINUTES)[e] for e in examples}
-    results: dict[str, dict[str, dict[str, Any]]] = {}
+    results: list[dict[str, dict[str, dict[str, Any]]]] = [{} for _ in range(args.repeats)]
     try:
         for example in examples:
-            results[example] = run_example(example, work, minutes[example], train_budget, seeds, args.seed, methods)
+            holdout = Holdout(prepare(example, work / example / "holdout", train_budget), seeds)
+            for k in range(args.repeats):
+                where = work / f"repeat-{k + 1}" if args.repeats > 1 else work
+                log(f"{example}: repeat {k + 1} of {args.repeats}")
+                results[k][example] = run_example(
+                    example, where, minutes[example], train_budget, holdout, args.seed + k, methods
+                )
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
     print_table(results)
-    verdicts = {example: met(by_method) for example, by_method in results.items()}
-    settings = {"minutes_per_method": minutes, "holdout_seeds": seeds, "seed": args.seed}
+    summary = {example: summarize([r[example] for r in results]) for example in examples}
+    if args.repeats > 1:
+        print_summary(summary)
+    verdicts = {example: met(by_method) for example, by_method in summary.items()}
+    settings: dict[str, Any] = {
+        "minutes_per_method": minutes,
+        "holdout_seeds": seeds,
+        "seed": args.seed,
+        "repeats": args.repeats,
+    }
     if "tinygpt" in examples:
         settings["tinygpt_train_budget"] = train_budget
     print(
         json.dumps(
             {
                 "benchmark": "research",
-                "figures": results,
+                "figures": results[0] if args.repeats == 1 else summary,
+                "repeats": results,
                 "settings": settings,
                 "met_by_example": verdicts,
                 "target": TARGET,
