@@ -14,7 +14,7 @@ from rsi.experiment import CLEAR_GAIN, FRESH_FAILURES, SHORT_TOP_UP
 from rsi.judge import SIMPLER_RUNS, Noise, NoisePool, SequentialJudge, looks, pooled_noise, with_seed_share
 from rsi.ledger import Experiment
 from rsi.proposer import Context, Proposal
-from rsi.status import status_json
+from rsi.status import standing, status_json
 
 
 def config(goal: str = "minimize") -> Config:
@@ -78,6 +78,7 @@ def test_the_selection_gain_stands_on_the_champions_fresh_runs_not_on_those_that
     assert s["best"]["metric"] == pytest.approx(after)  # the contract's figure: every run
     assert s["selection_gain"] == pytest.approx(before - statistics.fmean(fresh))
     assert s["selection_gain"] != pytest.approx(before - after)
+    assert f"(experiment {kept.id}; {s['best']['fresh_metric']} on its fresh runs)" in standing(s)
 
 
 def test_with_nothing_kept_the_selection_gain_is_zero() -> None:
@@ -86,6 +87,7 @@ def test_with_nothing_kept_the_selection_gain_is_zero() -> None:
     s = status_json(r.ledger)
     assert s["experiments"][1]["verdict"] != "keep"
     assert s["best"]["fresh_metric"] == s["baseline"]["metric"] and s["selection_gain"] == 0
+    assert "(experiment 0)" in standing(s) and "fresh runs" not in standing(s)  # the baseline's runs decided nothing
 
 
 def test_deleting_code_at_no_cost_is_kept_by_the_simplicity_rule() -> None:

@@ -29,7 +29,7 @@ from rsi.program import apply_program, default_program, load_program
 from rsi.proposer import KnobsProposer, Proposer
 from rsi.report import write_report
 from rsi.researcher import LLMProposer
-from rsi.status import status_json
+from rsi.status import standing, status_json
 from rsi.store import Store
 from rsi.swarm import SwarmProposer
 from rsi.view import LiveView
@@ -246,14 +246,7 @@ def status(
             x["verdict"],
         )
     out.print(table)
-    noise = data["noise_sd"]
-    out.print(
-        f"baseline {data['baseline']['metric']}  best {data['best']['metric']} "
-        f"(experiment {data['best']['id']}; {data['best']['fresh_metric']} on its fresh runs)  "
-        f"noise sd {noise if noise is None else f'{noise:.3g}'}"
-        + (f", {data['noise_seed_share']:.0%} of it the seed's" if data["noise_seed_share"] else ""),
-        highlight=False,
-    )
+    out.print(standing(data), highlight=False)
     for who, b in data["proposers"].items():
         out.print(
             f"proposer {who}: {int(b['proposals'] or 0)} proposals, {int(b['keeps'] or 0)} kept, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rsi.config import ConstraintConfig
@@ -142,3 +143,15 @@ def _proposers(ledger: Ledger) -> dict[str, dict[str, float | None]]:
     """The bandit's view of each proposer; an untried member's infinite index is shown as null (JSON)."""
     table = bandit_table(ledger)
     return {n: {k: (None if v == float("inf") else v) for k, v in row.items()} for n, row in table.items()}
+
+
+def standing(data: Mapping[str, Any]) -> str:
+    """`rsi status`'s line under its table, from `status_json`: baseline, best, noise."""
+    noise, best = data["noise_sd"], data["best"]
+    # the fresh figure differs only where the champion has fresh runs apart from those that decided its keep
+    fresh = f"; {best['fresh_metric']} on its fresh runs" if best["fresh_metric"] != best["metric"] else ""
+    share = f", {data['noise_seed_share']:.0%} of it the seed's" if data["noise_seed_share"] else ""
+    return (
+        f"baseline {data['baseline']['metric']}  best {best['metric']} (experiment {best['id']}{fresh})  "
+        f"noise sd {noise if noise is None else f'{noise:.3g}'}{share}"
+    )
