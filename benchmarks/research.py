@@ -27,7 +27,8 @@ curse and the luck of a method's own baseline runs without the difference betwee
 One research is one draw: which candidates a method meets, and so its pick, vary from one research to the
 next by more than the methods differ. `--repeats N` runs the whole comparison N times (every method's search
 seeded anew each time, the held-out measurements shared) and judges the target on the means, each printed with
-its standard error.
+its standard error, and then rsi's difference from the best other method on each criterion, paired by repeat,
+in standard errors: how far the means are from deciding the target either way.
 Target: rsi's held-out gain is at least the best of the others', and its |gap| is the smallest.
 """
 
@@ -469,6 +470,39 @@ def summarize(repeats: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, d
     return summary
 
 
+def compare(
+    summary: Mapping[str, Mapping[str, Any]], repeats: Sequence[Mapping[str, Mapping[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """rsi against the other method that is best by its mean on each criterion (the highest held-out gain, the
+    smallest |gap|): the mean and standard error of their differences, paired by repeat (every repeat runs each
+    method once), with its sign such that positive favours rsi. Empty without rsi, another method, or two
+    repeats with both figures."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, sign, pick in (("holdout_gain", 1.0, max), ("abs_gap", -1.0, min)):
+        means = {m: f[name] for m, f in summary.items() if m != "rsi" and f[name] is not None}
+        if "rsi" not in summary or not means:
+            continue
+        other = pick(means, key=lambda m: means[m])
+        diffs = [
+            sign * (r["rsi"][name] - r[other][name])
+            for r in repeats
+            if r["rsi"][name] is not None and r[other][name] is not None
+        ]
+        if len(diffs) > 1:
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            out[name] = {"against": other, "diff": rounded(statistics.fmean(diffs)), "se": rounded(se)}
+    return out
+
+
+def print_comparison(comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+    """How far the means are from deciding the target: each difference in standard errors."""
+    words = {"holdout_gain": "held-out gain above the best other's", "abs_gap": "|gap| below the smallest other's"}
+    for example, by_name in comparisons.items():
+        for name, c in by_name.items():
+            z = f" ({c['diff'] / c['se']:+.1f} SE)" if c["se"] else ""
+            print(f"{example}: rsi's {words[name]} ({c['against']}): {c['diff']:+.4f} ± {c['se']:.4f}{z}")
+
+
 def show(x: float | None) -> str:
     return "-" if x is None else f"{x:+.4f}"
 
@@ -582,8 +616,10 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print_table(results)
     summary = {example: summarize([r[example] for r in results]) for example in examples}
+    comparisons = {example: compare(summary[example], [r[example] for r in results]) for example in examples}
     if args.repeats > 1:
         print_summary(summary)
+        print_comparison(comparisons)
     verdicts = {example: met(by_method) for example, by_method in summary.items()}
     settings: dict[str, Any] = {
         "minutes_per_method": minutes,
@@ -601,6 +637,7 @@ def main() -> None:
                 "repeats": results,
                 "settings": settings,
                 "met_by_example": verdicts,
+                "rsi_against_best_other": comparisons,
                 "target": TARGET,
                 "met": all(verdicts.values()),
             }
