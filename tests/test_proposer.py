@@ -169,7 +169,8 @@ pattern = '^loss: (\\S+)$'
 
 
 def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
-    """Failures and pruned points are not solutions; a point of a generation already told is not told again."""
+    """A pruned point is a solution ranked below every complete one, a failure is none; a point of a generation
+    already told is not told again."""
     dists = {
         "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
         "n": optuna.distributions.IntDistribution(1, 8),
@@ -191,13 +192,26 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
     assert all(p.params["act"] == "gelu" and p.handle == 0 for p in points)
     s.tell(points[0], None, "fail")
     s.tell(points[1], None, "pruned")
-    for p in points[2:-1]:
-        s.tell(p, 1.0, "complete")
+    assert len(s.solutions) == 1
+    for p in points[2:-2]:
+        s.tell(p, 0.5, "complete")
     assert s.cma.generation == 0 and len(s.solutions) == size - 1
-    s.tell(points[-1], 2.0, "complete")
+    told: list[list[tuple[np.ndarray, float]]] = []
+    real_tell = s.cma.tell
+    s.cma.tell = lambda solutions: (told.append(list(solutions)), real_tell(solutions))  # type: ignore[method-assign]
+    s.tell(points[-2], 2.0, "complete")
     assert s.cma.generation == 1 and s.solutions == []
+    values = [v for _, v in told[0]]  # signed: maximized
+    assert values[0] > max(values[1:]) and values[0] > -0.5  # the pruned one ranks below every complete one
     s.tell(points[0], 3.0, "complete")  # finished late: its generation was told without it
     assert s.solutions == [] and s.ask({}).handle == 1
+    for _ in range(3):  # a research that prunes all but one point of each generation still moves on
+        generation = s.cma.generation
+        batch = [s.ask({}) for _ in range(size)]
+        s.tell(batch[0], 1.5, "complete")
+        for p in batch[1:]:
+            s.tell(p, None, "pruned")
+        assert s.cma.generation == generation + 1
     assert s.ask({"lr": 1e-2, "n": 4, "act": "relu"}).handle is None  # a step near the champion: not CMA-ES's
 
 

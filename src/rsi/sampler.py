@@ -129,12 +129,13 @@ class CmaSampler:
         self.scouts = scouts
         self.scouted = 0  # outcomes before CMA-ES starts
         self.best: tuple[float, np.ndarray] | None = None  # the best complete one: (signed value, unit point)
+        self.worst: float | None = None  # the worst signed value of any complete outcome: where a pruned one ranks
         self.middle_asked = False
         self.cma: cmaes.CMA | None = None
         if self.box and not scouts:
             self.cma = self._cma(np.full(len(self.box), 0.5))
         self.started = False  # an outcome was complete: CMA-ES proposes from then on
-        self.solutions: list[tuple[np.ndarray, float]] = []
+        self.solutions: list[tuple[np.ndarray, float | None]] = []  # None: pruned
 
     def _cma(self, mean: np.ndarray) -> cmaes.CMA:
         dim = len(self.box)
@@ -151,6 +152,7 @@ class CmaSampler:
         around the best complete one, kept a little inside the box so that its first generation is not half
         outside it (the middle if none was complete)."""
         if value is not None:
+            self._seen(value)
             try:
                 unit = self._unit(params)
             except (KeyError, TypeError, ValueError):  # a resumed ledger's value that no longer fits its knob
@@ -189,24 +191,38 @@ class CmaSampler:
         return Point(params, self.cma.generation if x is not None and self.cma is not None else None)
 
     def tell(self, point: Point, value: float | None, state: State) -> None:
+        """A complete outcome is a solution of its generation; so is a pruned one, ranked just below the worst
+        complete outcome so far (it was stopped for being clearly behind; CMA-ES only uses the ranks). Were it
+        left out, a research that prunes most points would never fill a generation, and CMA-ES would draw
+        from its first one for ever. A failure is not a solution."""
         if self.box and self.cma is None and state != "skipped":
             self._scout(point.params, value if state == "complete" else None)
             return
-        if state != "complete" or value is None:
+        signed: float | None = None  # a pruned point's is set when its generation is told
+        if state == "complete" and value is not None:
+            self._seen(value)
+            self.started, signed = True, self.sign * value
+        elif state != "pruned":
             return
-        self.started = True
         if self.cma is None or point.handle != self.cma.generation:
             return  # a random start, or an older generation's point finished after its generation was told
-        self.solutions.append((self._unit(point.params), self.sign * value))
+        self.solutions.append((self._unit(point.params), signed))
         if len(self.solutions) >= self.cma.population_size:
-            self.cma.tell(self.solutions)
+            assert self.worst is not None  # CMA-ES has a generation once an outcome was complete
+            below = self.worst + max(abs(self.worst), 1.0) * 1e-6
+            self.cma.tell([(x, below if v is None else v) for x, v in self.solutions])
             self.solutions = []
 
     def add(self, params: Mapping[str, Any], value: float | None, state: State) -> None:
         if self.box and self.cma is None and state != "skipped":
             self._scout(params, value if state == "complete" else None)
         elif state == "complete" and value is not None:
+            self._seen(value)
             self.started = True
+
+    def _seen(self, value: float) -> None:
+        signed = self.sign * value
+        self.worst = signed if self.worst is None else max(self.worst, signed)
 
     def _middle(self, key: str) -> float:
         """The unit of the knob's middle value: the box's middle, except for a log integer knob, whose box is
