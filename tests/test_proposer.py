@@ -198,7 +198,12 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
     assert s.cma.generation == 0 and len(s.solutions) == size - 1
     told: list[list[tuple[np.ndarray, float]]] = []
     real_tell = s.cma.tell
-    s.cma.tell = lambda solutions: (told.append(list(solutions)), real_tell(solutions))  # type: ignore[method-assign]
+
+    def recording(solutions: list[tuple[np.ndarray, float]]) -> None:
+        told.append(list(solutions))
+        real_tell(solutions)
+
+    s.cma.tell = recording
     s.tell(points[-2], 2.0, "complete")
     assert s.cma.generation == 1 and s.solutions == []
     values = [v for _, v in told[0]]  # signed: maximized
