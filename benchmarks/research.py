@@ -478,9 +478,11 @@ def compare(
     method once), with its sign such that positive favours rsi. Empty without rsi, another method, or two
     repeats with both figures."""
     out: dict[str, dict[str, Any]] = {}
+    if "rsi" not in summary:
+        return out
     for name, sign, pick in (("holdout_gain", 1.0, max), ("abs_gap", -1.0, min)):
         means = {m: f[name] for m, f in summary.items() if m != "rsi" and f[name] is not None}
-        if "rsi" not in summary or not means:
+        if not means:
             continue
         other = pick(means, key=lambda m: means[m])
         diffs = [

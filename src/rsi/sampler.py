@@ -193,8 +193,8 @@ class CmaSampler:
     def tell(self, point: Point, value: float | None, state: State) -> None:
         """A complete outcome is a solution of its generation; so is a pruned one, ranked just below the worst
         complete outcome so far (it was stopped for being clearly behind; CMA-ES only uses the ranks). Were it
-        left out, a research that prunes most points would never fill a generation, and CMA-ES would draw
-        from its first one for ever. A failure is not a solution."""
+        left out, a research that prunes most points would fill a generation only after many times its size,
+        all drawn from one distribution. A failure is not a solution."""
         if self.box and self.cma is None and state != "skipped":
             self._scout(point.params, value if state == "complete" else None)
             return
