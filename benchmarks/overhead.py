@@ -1,6 +1,6 @@
 """Harness cost of one experiment against a bare `subprocess.run` of the same command.
 
-One experiment is: propose (knobs + Optuna), commit the candidate, add a worktree, launch the run under its
+One experiment is: propose (knobs + CMA-ES), commit the candidate, add a worktree, launch the run under its
 limits, parse the metric, check for tampering, judge, record in SQLite, remove the worktree. Both sides run the
 same trivial script; the figure is the difference of medians, so machine noise largely cancels.
 Target: at most 50 ms of overhead per experiment.

@@ -256,6 +256,9 @@ def test_cma_es_with_scouts_starts_around_the_best_of_the_middle_and_random_poin
     failing.add({"lr": 5.0, "n": 4, "act": "relu"}, None, "fail")
     failing.tell(failing.ask({}), None, "pruned")
     assert failing.cma is not None and np.allclose(failing.cma.mean, 0.5) and failing.ask({}).handle == 0
+    for p in [failing.ask({}) for _ in range(failing.cma.population_size)]:
+        failing.tell(p, None, "pruned")  # no complete outcome yet to rank them below: they tie
+    assert failing.cma.generation == 1
     odd = CmaSampler(dists, "minimize", seed=3, scouts=2)  # a resumed value that no longer fits its knob
     odd.add({"lr": "fast", "n": 4, "act": "relu"}, 1.0, "complete")
     assert odd.scouted == 1 and odd.best is None

@@ -20,7 +20,7 @@ research branch:
 The stages use disjoint runs, so a candidate with no real effect is kept with probability at most
 alpha_s * alpha_c = 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for 0.99). Over a night
 of 500 candidates that is at most 5 false keeps expected in the worst case, and benchmarks/judge.py measures
-0.2% to 0.25% (about one in a night). The constants below were chosen with that benchmark: at most 3 runs per
+0.15% to 0.22% (about one in a night). The constants below were chosen with that benchmark: at most 3 runs per
 candidate on a realistic mix, and at least 80% of true 2-sigma gains kept, under Gaussian and heavy tails.
 """
 

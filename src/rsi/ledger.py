@@ -125,7 +125,7 @@ class Experiment:
 
     def metrics(self, kind: str = "select") -> list[float | None]:
         """Metrics of its runs of one kind (None for a failed run); "select" is every run of the task's
-        command (screening and fresh), as opposed to "holdout" runs."""
+        command (screening, confirmation and fresh), as opposed to "holdout" runs."""
         kinds = SELECT_KINDS if kind == "select" else (kind,)
         return [r.metric if r.status == "ok" else None for r in self.runs if r.kind in kinds]
 

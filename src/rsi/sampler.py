@@ -2,9 +2,10 @@
 
 A sampler is asked for a point (some knobs held fixed at the champion's values) and told what became of it.
 `OptunaSampler` drives an Optuna study (TPE, random). `CmaSampler` drives CMA-ES from the `cmaes` package
-directly: the same algorithm Optuna's CmaEsSampler runs (a generation is told once it has its population of
-completed points; failures and pruned points are not solutions), without a study whose trials are copied and
-whose optimizer is unpickled on every ask, which was most of an in-process inner experiment's cost.
+directly: the algorithm Optuna's CmaEsSampler runs (a generation is told once it has its population of
+solutions), except that a pruned point is a solution ranked below every complete one (failures are not
+solutions), and without a study whose trials are copied and whose optimizer is unpickled on every ask, which
+was most of an in-process inner experiment's cost.
 """
 
 from __future__ import annotations
@@ -208,8 +209,8 @@ class CmaSampler:
             return  # a random start, or an older generation's point finished after its generation was told
         self.solutions.append((self._unit(point.params), signed))
         if len(self.solutions) >= self.cma.population_size:
-            assert self.worst is not None  # CMA-ES has a generation once an outcome was complete
-            below = self.worst + max(abs(self.worst), 1.0) * 1e-6
+            # with scouts, CMA-ES may start before any outcome was complete: pruned points then tie
+            below = 0.0 if self.worst is None else self.worst + max(abs(self.worst), 1.0) * 1e-6
             self.cma.tell([(x, below if v is None else v) for x, v in self.solutions])
             self.solutions = []
 

@@ -28,8 +28,8 @@ LOCAL = 0.0928  # rsi: range(0.0, 0.9)
 LOCAL_SCALE = 0.2  # rsi: log-range(0.02, 0.5)
 MULTIVARIATE = True  # rsi: choice(False, True)
 CANDIDATES = 24  # rsi: log-range(4, 256)
-# CMA-ES's scouts: the middle of the box, then random points; it starts around the best of this many complete
-# outcomes, the baseline's included (0: it starts at the middle of the box).
+# CMA-ES's scouts: the middle of the box, then random points; after this many outcomes (the baseline's included;
+# a failed or pruned one counts) it starts around the best complete one (0: it starts at the middle of the box).
 SCOUTS = 10  # rsi: range(0, 16)
 
 # The judge: what a keep can be trusted to mean, so not a knob of the meta search. A cheaper judge buys
