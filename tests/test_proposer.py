@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import statistics
 import time
 from collections.abc import Mapping
@@ -50,10 +51,12 @@ def test_proposals_change_at_most_per_candidate_knobs_of_the_champion(sampler: s
     )
     assert set(p.knobs) == {"lr", "DEPTH", "use_bias"}
     told: list[str] = []
+    values_told: list[float | None] = []
     tell, add = p.sampler.tell, p.sampler.add
 
     def spy_tell(point: Point, value: float | None, state: State) -> None:
         told.append(state)
+        values_told.append(value)
         tell(point, value, state)
 
     def spy_add(params: Mapping[str, Any], value: float | None, state: State) -> None:
@@ -81,6 +84,11 @@ def test_proposals_change_at_most_per_candidate_knobs_of_the_champion(sampler: s
         seen.add(signature)
         p.observe(experiment(i + 1, prop.params, None if i % 3 == 0 else float(i), "ok" if i % 3 else "crash"))
     assert told.count("fail") == 4 and told.count("complete") == 9  # the baseline and every run that measured
+    prop = p.propose(Context(base, {"train.py": champion_text}, ledger))
+    assert prop is not None
+    why = "pruned: at step 3.8 its value 2.4 is behind the champion's 2 (by more than 0.1, 4 runs)"
+    p.observe(dataclasses.replace(experiment(13, prop.params, None), reason=why))
+    assert told[-1] == "pruned" and values_told[-1] == pytest.approx(0.2)  # how far behind, for the ranking
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
@@ -218,6 +226,37 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
             s.tell(p, None, "pruned")
         assert s.cma.generation == generation + 1
     assert s.ask({"lr": 1e-2, "n": 4, "act": "relu"}).handle is None  # a step near the champion: not CMA-ES's
+
+
+def test_cma_es_ranks_pruned_points_by_how_far_behind_they_were() -> None:
+    """Where nearly every point is pruned, CMA-ES still learns: pruned points rank by their shortfall (an
+    unknown one last), and its mean moves towards those stopped nearest the champion's level. Tied, as they
+    were, a generation of pruned points was ranked by chance."""
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "n": optuna.distributions.IntDistribution(1, 8),
+    }
+    s = CmaSampler(dists, "minimize", seed=0)
+    s.add({"lr": 1e-2, "n": 4}, 1.0, "complete")
+    assert s.cma is not None
+    told: list[list[tuple[np.ndarray, float]]] = []
+    real_tell = s.cma.tell
+
+    def recording(solutions: list[tuple[np.ndarray, float]]) -> None:
+        told.append(list(solutions))
+        real_tell(solutions)
+
+    s.cma.tell = recording
+    for _ in range(8):
+        batch = [s.ask({}) for _ in range(s.cma.population_size)]
+        s.tell(batch[0], None, "pruned")  # a shortfall not known: last
+        for p in batch[1:]:
+            s.tell(p, 0.01 + s._unit(p.params)[0], "pruned")  # the smaller the learning rate, the nearer
+    first = told[0]
+    ranked = sorted(range(1, len(first)), key=lambda i: first[i][0][0])
+    assert [first[i][1] for i in ranked] == sorted(first[i][1] for i in ranked)  # nearer ranks first
+    assert all(v > 1.0 for _, v in first) and first[0][1] == max(v for _, v in first)
+    assert s.cma.mean[0] < 0.2  # from the middle (0.5) towards the small learning rates
 
 
 def test_cma_es_with_scouts_starts_around_the_best_of_the_middle_and_random_points() -> None:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import MakeTask, rsi
 
 from rsi import pruning
@@ -84,6 +85,17 @@ def test_the_rule_needs_enough_runs_and_uses_the_noise_at_each_look() -> None:
     # more looks, each held to a stricter interval: a value behind at one look is not at every one of 50
     many = Reference(ref.curves, "minimize", 0.95, 0.25, 50)
     assert flat(1.0).behind(10.0, 1.07) != "" and many.behind(10.0, 1.07) == ""
+
+
+def test_the_shortfall_of_a_pruned_run_is_read_back_from_its_reason() -> None:
+    """How far behind the champion's level a stopped run was, relative to that level, for the sampler to rank
+    pruned points by; from the reason the rule wrote, either goal."""
+    ref = flat(2.0)
+    far, near = (pruning.shortfall(f"{pruning.PRUNED}: {ref.behind(10.0, v)}") for v in (3.0, 2.5))
+    assert far == pytest.approx(0.5, rel=1e-3) and near == pytest.approx(0.25, rel=1e-3)
+    up = Reference(ref.curves, "maximize")
+    assert pruning.shortfall(up.behind(10.0, 1.0)) == pytest.approx(0.5, rel=1e-3)
+    assert pruning.shortfall("improvement -0.02; even the optimistic bound 0.04 is too small") is None
 
 
 def test_the_level_comes_from_the_unbiased_runs_and_the_spread_is_pooled_with_the_others() -> None:

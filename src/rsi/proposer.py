@@ -20,7 +20,7 @@ from rsi.errors import UserError
 from rsi.judge import Goal
 from rsi.knobs import Knob, apply_values, as_written, describe, find_knobs
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
-from rsi.pruning import PRUNED
+from rsi.pruning import PRUNED, shortfall
 from rsi.sampler import Point, Sampler, State, make_sampler
 
 
@@ -176,8 +176,8 @@ class KnobsProposer:
         self.tried.add(signature)
         value = exp.mean() if exp.status == "ok" else None
         state: State = "complete" if value is not None else "fail"
-        if exp.reason.startswith(PRUNED):  # clearly behind: TPE ranks a pruned trial below every complete one
-            value, state = None, "pruned"
+        if exp.reason.startswith(PRUNED):  # clearly behind: ranked below every complete one, by how far behind
+            value, state = shortfall(exp.reason), "pruned"
         point = self.pending.pop(signature, None)
         if point is not None:
             self.sampler.tell(point, value, state)

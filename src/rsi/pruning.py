@@ -94,6 +94,24 @@ class Reference:
         return f"at step {step:g} its value {value:.5g} is behind {champion}"
 
 
+BEHIND = re.compile(r"at step \S+ its value (\S+) is behind the champion's (\S+) ")
+
+
+def shortfall(reason: str) -> float | None:
+    """How far behind the champion a pruned run was where it was stopped, relative to the champion's level
+    there (0.05: 5% worse), read from the reason `Reference.behind` wrote; None for another reason. A run
+    stopped at a later look was closer to the champion's curve: its shortfall is smaller."""
+    m = BEHIND.search(reason)
+    if m is None:
+        return None
+    try:
+        value, level = float(m.group(1)), float(m.group(2))
+    except ValueError:
+        return None
+    gap = abs(value - level) / max(abs(level), 1e-12)
+    return gap if math.isfinite(gap) else None
+
+
 def reference(
     curves: Sequence[Sequence[Point]],
     goal: str,

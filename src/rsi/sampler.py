@@ -3,9 +3,10 @@
 A sampler is asked for a point (some knobs held fixed at the champion's values) and told what became of it.
 `OptunaSampler` drives an Optuna study (TPE, random). `CmaSampler` drives CMA-ES from the `cmaes` package
 directly: the algorithm Optuna's CmaEsSampler runs (a generation is told once it has its population of
-solutions), except that a pruned point is a solution ranked below every complete one (failures are not
-solutions), and without a study whose trials are copied and whose optimizer is unpickled on every ask, which
-was most of an in-process inner experiment's cost.
+solutions), except that a pruned point is a solution ranked below every complete one, pruned points among
+themselves by how far behind they were when stopped (failures are not solutions), and without a study whose
+trials are copied and whose optimizer is unpickled on every ask, which was most of an in-process inner
+experiment's cost.
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ class Sampler(Protocol):
         ...
 
     def tell(self, point: Point, value: float | None, state: State) -> None:
-        """The outcome of a point this sampler gave (value None unless complete)."""
+        """The outcome of a point this sampler gave: a complete one's value; a pruned one's shortfall, how far
+        behind the champion it was when stopped (`rsi.pruning.shortfall`; None when not known); else None."""
         ...
 
     def add(self, params: Mapping[str, Any], value: float | None, state: State) -> None:
-        """The outcome of a point it did not give (the baseline, a resumed ledger)."""
+        """The outcome of a point it did not give (the baseline, a resumed ledger), as for `tell`."""
         ...
 
 
@@ -92,7 +94,10 @@ class OptunaSampler:
     def add(self, params: Mapping[str, Any], value: float | None, state: State) -> None:
         try:
             trial = optuna.trial.create_trial(
-                params=dict(params), distributions=self.dists, value=value, state=_STATES[state]
+                params=dict(params),
+                distributions=self.dists,
+                value=value if state == "complete" else None,
+                state=_STATES[state],
             )
             self.study.add_trial(trial)
         except ValueError:
@@ -136,7 +141,8 @@ class CmaSampler:
         if self.box and not scouts:
             self.cma = self._cma(np.full(len(self.box), 0.5))
         self.started = False  # an outcome was complete: CMA-ES proposes from then on
-        self.solutions: list[tuple[np.ndarray, float | None]] = []  # None: pruned
+        # (unit point, signed value or None when pruned, a pruned point's shortfall)
+        self.solutions: list[tuple[np.ndarray, float | None, float | None]] = []
 
     def _cma(self, mean: np.ndarray) -> cmaes.CMA:
         dim = len(self.box)
@@ -192,10 +198,13 @@ class CmaSampler:
         return Point(params, self.cma.generation if x is not None and self.cma is not None else None)
 
     def tell(self, point: Point, value: float | None, state: State) -> None:
-        """A complete outcome is a solution of its generation; so is a pruned one, ranked just below the worst
-        complete outcome so far (it was stopped for being clearly behind; CMA-ES only uses the ranks). Were it
-        left out, a research that prunes most points would fill a generation only after many times its size,
-        all drawn from one distribution. A failure is not a solution."""
+        """A complete outcome is a solution of its generation; so is a pruned one, ranked below the worst complete
+        outcome so far (it was stopped for being clearly behind; CMA-ES only uses the ranks), and below the pruned
+        points that were less far behind (its shortfall; an unknown one last). Were pruned points left out, a
+        research that prunes most points would fill a generation only after many times its size, all drawn from
+        one distribution; were they tied, a generation of mostly pruned points would be ranked by chance, and
+        CMA-ES would neither move towards the points nearest the champion's level nor narrow its steps. A
+        failure is not a solution."""
         if self.box and self.cma is None and state != "skipped":
             self._scout(point.params, value if state == "complete" else None)
             return
@@ -207,11 +216,19 @@ class CmaSampler:
             return
         if self.cma is None or point.handle != self.cma.generation:
             return  # a random start, or an older generation's point finished after its generation was told
-        self.solutions.append((self._unit(point.params), signed))
+        self.solutions.append((self._unit(point.params), signed, value if state == "pruned" else None))
         if len(self.solutions) >= self.cma.population_size:
-            # with scouts, CMA-ES may start before any outcome was complete: pruned points then tie
-            below = 0.0 if self.worst is None else self.worst + max(abs(self.worst), 1.0) * 1e-6
-            self.cma.tell([(x, below if v is None else v) for x, v in self.solutions])
+            # with scouts, CMA-ES may start before any outcome was complete: pruned points then rank from 0
+            worst = 0.0 if self.worst is None else self.worst
+            step = max(abs(worst), 1.0) * 1e-6
+            behind = sorted(
+                (i for i, (_, v, _) in enumerate(self.solutions) if v is None),
+                key=lambda i: math.inf if (gap := self.solutions[i][2]) is None else gap,
+            )
+            rank = {i: k + 1 for k, i in enumerate(behind)}
+            self.cma.tell(
+                [(x, worst + step * rank[i] if v is None else v) for i, (x, v, _) in enumerate(self.solutions)]
+            )
             self.solutions = []
 
     def add(self, params: Mapping[str, Any], value: float | None, state: State) -> None:
