@@ -81,6 +81,43 @@ def test_the_selection_gain_stands_on_the_champions_fresh_runs_not_on_those_that
     assert f"(experiment {kept.id}; {s['best']['fresh_metric']} on its fresh runs)" in standing(s)
 
 
+def test_a_candidate_that_blows_up_on_one_seed_does_not_freeze_the_research() -> None:
+    """Its two runs (0.9, then 50 on seed 2: training diverged) pooled with everyone's would make the noise
+    some fifty times what it is, and no later gain could be kept: it is left out of the pool, and said so."""
+
+    def metric(files: Mapping[str, str], seed: int) -> float:
+        return 50.0 if "unstable" in files["f.py"] and seed == 2 else noisy(files, seed)
+
+    unstable, gain = "loss = 0.85\nunstable = 1\n", "loss = 0.5\n"
+    r = in_process(config(), {"f.py": "loss = 1.0\n"}, metric, Scripted([gain, unstable][::-1]))
+    r.run(Limits(max_experiments=3))
+    _, blew, kept = r.ledger.experiments()
+    assert [run.metric for run in blew.runs][:2] == [pytest.approx(0.85, abs=0.3), 50.0] and blew.verdict == "discard"
+    assert kept.verdict == "keep"
+    s = status_json(r.ledger)
+    assert s["noise_left_out"] == [blew.id] and s["noise_sd"] < 0.3
+    assert f"(without #{blew.id}: runs too spread to share it)" in standing(s)
+
+
+def test_the_noise_pool_leaves_out_only_what_cannot_share_the_others_noise() -> None:
+    rng = random.Random(5)
+    alike = {i: [rng.gauss(3.0, 0.05) for _ in range(rng.choice((2, 2, 3, 5)))] for i in range(2000)}
+    pool = NoisePool(anchor=0)
+    assert pool(alike) == pooled_noise(list(alike.values())) and pool.left_out == []  # none by chance
+    noise = pool({**alike, 2000: [3.16, 12.53]})
+    assert pool.left_out == [2000]
+    same = pool(alike)
+    assert noise is not None and same is not None and noise.dof == same.dof and noise.sd == pytest.approx(same.sd)
+    floor = NoisePool(anchor=0)({0: [3.16, 12.53], 1: [3.0, 3.01]})
+    assert floor is not None and floor.sd > 1  # the baseline's noise is the floor
+    tiny = NoisePool(anchor=0)
+    flat = tiny({0: [1.0, 1.0], 1: [1.0, 1.0], 2: [1.0, 1.001]})
+    assert flat is not None and flat.sd > 0 and tiny.left_out == []  # nothing to test against
+    few = NoisePool()
+    few({1: [3.0, 3.05], 2: [3.0, 3.9]})  # one degree of freedom each: an F test cannot tell them apart
+    assert few.left_out == []
+
+
 def test_with_nothing_kept_the_selection_gain_is_zero() -> None:
     r = in_process(config(), {"f.py": "loss = 1.0\n"}, noisy, Scripted(["loss = 1.0\n# a comment\n"]))
     r.run(Limits(max_experiments=2))

@@ -72,7 +72,7 @@ class Experimenter:
         version = self.ledger.version()
         cached = self._noise.get(threading.get_ident())
         if cached is None or cached[0] != version:
-            pool = self._pools.setdefault(threading.get_ident(), NoisePool())
+            pool = self._pools.setdefault(threading.get_ident(), NoisePool(anchor=0))  # the baseline: the floor
             noise = pool(self.ledger.select_metrics())
             cached = (version, noise, with_seed_share(noise, *self.ledger.replication_pairs()))
             self._noise[threading.get_ident()] = cached

@@ -43,6 +43,12 @@ SIMPLER_RUNS = 4  # runs before the simplicity rule may keep a deletion
 FUTILITY = 1.0  # discard when the optimistic bound is below this fraction of the smallest detectable effect
 FIRST_LOOK = 0.9  # ... an optimistic bound at this level after one run: one run discards only the clearly worse
 EARLY_CONFIRM = 0.1  # the share of replication's alpha spent after its first pair: a large effect lands at once
+# an experiment whose runs spread more than the others' with a chance under this, were they alike, and by more
+# than this ratio of variances (ten times their sd: not a tail of heavy-tailed noise), is left out of the pooled
+# noise: code that blows up on some seeds has a noise of its own, and one such pair of runs would otherwise make
+# every later comparison too wide to keep anything
+OUTLIER_LEVEL = 1e-6
+OUTLIER_RATIO = 100.0
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,20 @@ def t_quantile(level: float, dof: int) -> float:
 
 
 def pooled_noise(samples: Sequence[Sequence[float]]) -> Noise | None:
-    """Pooled within-experiment sd of repeated runs of the same code (one sequence per experiment)."""
+    """Pooled within-experiment sd of repeated runs of the same code (one sequence per experiment), outliers
+    left out (see NoisePool)."""
     return NoisePool()(dict(enumerate(samples)))
+
+
+@functools.lru_cache(maxsize=4096)
+def f_quantile(level: float, dfn: int, dfd: int) -> float:
+    return float(stats.f.ppf(level, dfn, dfd))
+
+
+def _floor2(n: int) -> int:
+    """The largest power of two at most n: F quantiles fall as the denominator's dof grows, so a bound taken at
+    this one is a little stricter, and only a few distinct ones are ever computed."""
+    return 1 << (n.bit_length() - 1)
 
 
 def _squares(runs: Sequence[float]) -> float:
@@ -85,22 +103,41 @@ def _squares(runs: Sequence[float]) -> float:
 
 class NoisePool:
     """`pooled_noise` of experiments whose runs only ever grow in number, called again and again as they do:
-    an experiment's sum of squares is computed again only when it has new runs. Same figure, to the bit."""
+    an experiment's sum of squares is computed again only when it has new runs. Same figure, to the bit.
 
-    def __init__(self) -> None:
+    Pooling assumes every code's runs spread alike. An experiment whose spread is too large for that (an F test
+    against the pool of the others at OUTLIER_LEVEL, and OUTLIER_RATIO times their variance at least, the most
+    extreme first) is left out, and named in
+    `left_out`: a candidate whose training diverged on one seed of two would otherwise widen every later
+    interval many times over, and nothing could be kept for the rest of the research. The `anchor` (the
+    baseline, whose runs are the noise floor) is never left out: if it is the noisy one, so is the task."""
+
+    def __init__(self, anchor: int | None = None) -> None:
         self._squares: dict[int, tuple[int, float]] = {}  # experiment -> (runs, sum of squared deviations)
+        self.anchor = anchor
+        self.left_out: list[int] = []
 
     def __call__(self, samples: Mapping[int, Sequence[float]]) -> Noise | None:
-        num, dof = 0.0, 0
+        parts: list[tuple[int, int, float]] = []  # (experiment, dof, sum of squares)
         for exp_id, runs in samples.items():
             n = len(runs)
             if n >= 2:
                 seen = self._squares.get(exp_id)
                 if seen is None or seen[0] != n:
                     seen = self._squares[exp_id] = (n, _squares(runs))
-                num += seen[1]
-                dof += n - 1
-        return Noise(math.sqrt(num / dof), dof) if dof else None
+                parts.append((exp_id, n - 1, seen[1]))
+        num, dof = math.fsum(s for _, _, s in parts), sum(d for _, d, _ in parts)
+        self.left_out = []
+        for exp_id, d, s in sorted(parts, key=lambda p: p[2] / p[1], reverse=True):
+            rest, rest_dof = num - s, dof - d
+            if exp_id == self.anchor or rest_dof < 1 or rest <= 0:
+                continue
+            if s / d <= rest / rest_dof:
+                break  # this one and the next spread no more than the rest
+            if s / d > rest / rest_dof * max(OUTLIER_RATIO, f_quantile(1 - OUTLIER_LEVEL, d, _floor2(rest_dof))):
+                num, dof = rest, rest_dof
+                self.left_out.append(exp_id)
+        return Noise(math.sqrt(max(num, 0.0) / dof), dof) if dof else None
 
 
 PAIRED_DOF = 4  # replication pairs' degrees of freedom before the seed's share of the noise is estimated

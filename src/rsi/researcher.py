@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from rsi.config import ModelConfig, ProposerConfig
 from rsi.edits import EditError, apply, parse
 from rsi.errors import UserError
-from rsi.judge import pooled_noise
+from rsi.judge import NoisePool
 from rsi.ledger import Experiment
 from rsi.models import Attempt, Caller, Model, make_model
 from rsi.prompt import SYSTEM, fix_prompt, user_prompt
@@ -135,7 +135,7 @@ class LLMProposer:
             waited += 5.0
 
     def _prompt(self, ctx: Context) -> str:
-        noise = pooled_noise(list(ctx.ledger.select_metrics().values()))
+        noise = NoisePool(anchor=0)(ctx.ledger.select_metrics())
         detectable = ctx.ledger.get("detectable")
         return user_prompt(
             program=self.program,

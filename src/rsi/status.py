@@ -7,7 +7,7 @@ from typing import Any
 
 from rsi.config import ConstraintConfig
 from rsi.experiment import champion_pool, constraint_value
-from rsi.judge import Goal, improvement, pooled_noise, with_seed_share
+from rsi.judge import Goal, NoisePool, improvement, with_seed_share
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED
 from rsi.swarm import bandit_table
@@ -81,7 +81,8 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
     best = kept[-1] if kept else base
     believed_best = believed(best, base) if best and base else None
     goal: Goal = "maximize" if ledger.get("goal") == "maximize" else "minimize"
-    noise = with_seed_share(pooled_noise(list(ledger.select_metrics().values())), *ledger.replication_pairs())
+    pool = NoisePool(anchor=0)
+    noise = with_seed_share(pool(ledger.select_metrics()), *ledger.replication_pairs())
     detectable = ledger.get("detectable")
     rows = [experiment_json(e, holdout_flag(e, by_id.get(e.parent or 0), base, goal)) for e in exps]
     return {
@@ -105,6 +106,8 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "noise_dof": noise.dof if noise else 0,
         # the share of the noise's variance a seed gives every commit alike, as replication pairs show it
         "noise_seed_share": noise.shared / noise.sd**2 if noise and noise.sd > 0 else 0.0,
+        # experiments whose runs spread too much to share the noise of the others (code unstable on some seeds)
+        "noise_left_out": pool.left_out,
         "detectable": float(detectable) if detectable else None,
         "selection_gain": _gain(believed_best, base.mean(), goal) if best and base else None,
         "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,
@@ -151,7 +154,9 @@ def standing(data: Mapping[str, Any]) -> str:
     # the fresh figure differs only where the champion has fresh runs apart from those that decided its keep
     fresh = f"; {best['fresh_metric']} on its fresh runs" if best["fresh_metric"] != best["metric"] else ""
     share = f", {data['noise_seed_share']:.0%} of it the seed's" if data["noise_seed_share"] else ""
+    out = data.get("noise_left_out") or []
+    unstable = f" (without {', '.join(f'#{i}' for i in out)}: runs too spread to share it)" if out else ""
     return (
         f"baseline {data['baseline']['metric']}  best {best['metric']} (experiment {best['id']}{fresh})  "
-        f"noise sd {noise if noise is None else f'{noise:.3g}'}{share}"
+        f"noise sd {noise if noise is None else f'{noise:.3g}'}{share}{unstable}"
     )
