@@ -12,7 +12,9 @@ compete for the CPU:
 
 Every method's clock covers everything it does (setup, baseline, search) and is a hard stop: a run still
 going at the deadline is killed and does not count, for rsi as for the others. The random and Optuna loops
-give every run the same seed as the baseline's first run (a fixed seed, as a user of those tools would).
+give every run the same seed as the baseline's first run (a fixed seed, as a user of those tools would). The
+engine's own `[holdout]` runs are left out (the benchmark measures every pick on held-out data itself, outside
+the budgets): within a budget, every method runs only the task's command.
 
 Then, outside the budgets, each method's final pick (rsi's champion, the best trial) is re-measured on
 held-out data: the task's command then its `[holdout]` command, in one directory, on the same fixed seeds for
@@ -71,6 +73,7 @@ from rsi.workspace import Workspace
 METHODS = ("rsi", "autoresearch", "random", "optuna")
 OTHERS = METHODS[1:]
 TRIAL_SEED = 1  # the random and Optuna loops run every trial on this seed, the baseline's first
+SEED_STRIDE = 1_000_000  # search seed s moves every run's seed by s * SEED_STRIDE: repeats share no run seed
 HOLDOUT_SEED = 7001  # held-out re-measurements use seeds from here on: none of the methods ever used them
 SETUP_TIMEOUT = 600.0
 FULL_MINUTES = {"tinygpt": 10.0, "tabular": 3.0}
@@ -151,6 +154,8 @@ def execute(task: Task, command: str, metric: MetricSpec, seed: int, timeout: fl
     env = scrub_env(os.environ, deny=cfg.secret_patterns, allow=cfg.env_pass)
     env.update(cfg.env)
     env.update(RSI_SEED=str(seed), RSI_CACHE_DIR=str(task.cache))
+    # the loops rewrite files in place, maybe within a second at the same size: a cached .pyc would be trusted
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     if cfg.budget is not None:
         env["RSI_BUDGET_SECONDS"] = f"{cfg.budget:g}"
     spec = RunSpec(command, task.root, env, timeout, cfg.memory, cfg.output_cap, task.logs, metric)
@@ -213,7 +218,7 @@ class Outcome:
 
 # rsi and the autoresearch rule: the engine
 def research(task: Task, budget: float, autoresearch: bool, seed: int) -> Outcome:
-    cfg = task.cfg
+    cfg = engine_config(task.cfg, seed * SEED_STRIDE)
     judge: Judge | None = None
     if autoresearch:
         cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"baseline_repeats": 1})})
@@ -252,6 +257,25 @@ def research(task: Task, budget: float, autoresearch: bool, seed: int) -> Outcom
     commit = status["best"]["commit"] or ws.head()  # no baseline recorded yet: the pick is the start
     out.pick = {p: ws.read(commit, p) for p in ws.files(commit, cfg.task.editable)}
     return out
+
+
+def engine_config(cfg: Config, offset: int) -> Config:
+    """The engine's configuration here: without `[holdout]` (no method runs one within its budget), and with
+    every run's RSI_SEED moved by `offset`. The engine numbers its seeds from 1 in every research; moved, a
+    repeat's runs share no seed with another's, as the direct loops' fixed seed moves with the search seed."""
+    task, metric = cfg.task, cfg.metric
+
+    def moved(command: str) -> str:
+        return f"export RSI_SEED=$((RSI_SEED + {offset})); {command}" if offset else command
+
+    evaluator = metric.evaluator and moved(metric.evaluator)
+    return cfg.model_copy(
+        update={
+            "holdout": None,
+            "task": task.model_copy(update={"command": moved(task.command)}),
+            "metric": metric.model_copy(update={"evaluator": evaluator}),
+        }
+    )
 
 
 # random search and Optuna: direct loops, one run per candidate
@@ -545,13 +569,21 @@ def print_summary(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Non
 
 
 def run_example(
-    example: str, work: Path, minutes: float, train_budget: str, holdout: Holdout, seed: int, methods: Sequence[str]
+    example: str,
+    work: Path,
+    minutes: float,
+    train_budget: str,
+    holdout: Holdout,
+    seed: int,
+    methods: Sequence[str],
+    turn: int = 0,
 ) -> dict[str, Any]:
-    """One repeat of the benchmark on one example. `seed` seeds every method's search; the direct loops'
-    fixed run seed moves with it (seed 0: seed 1, the baseline's first, as in rsi)."""
+    """One repeat of the benchmark on one example. `seed` seeds every method's search and moves every run's
+    seed (seed 0: the direct loops' fixed seed is 1, the baseline's first, as in rsi). The methods take their
+    turns in the order given, rotated by `turn` (the repeat's index), so that none always goes first."""
     budget = minutes * 60
     outcomes: dict[str, tuple[Task, Outcome]] = {}
-    for method in methods:
+    for method in [*methods[turn % len(methods) :], *methods[: turn % len(methods)]]:
         task = prepare(example, work / example / method, train_budget)
         busy = psutil.cpu_percent(interval=1.0)  # nothing of ours runs now: this is other work
         if busy > 20:
@@ -560,17 +592,19 @@ def run_example(
         if method in ("rsi", "autoresearch"):
             out = research(task, budget, autoresearch=method == "autoresearch", seed=seed)
         elif method == "random":
-            out = random_search(task, budget, seed, TRIAL_SEED + seed)
+            out = random_search(task, budget, seed, TRIAL_SEED + seed * SEED_STRIDE)
         else:
-            out = optuna_search(task, budget, seed, TRIAL_SEED + seed)
+            out = optuna_search(task, budget, seed, TRIAL_SEED + seed * SEED_STRIDE)
         log(
             f"{example} / {method}: {out.experiments} experiments, {out.runs} runs in {out.wall_s:.0f} s; "
             f"selection {out.baseline} -> {out.best}"
         )
+        if out.wall_s > budget * 1.02 + 5:  # the alarm's exception can be lost (raised in a finalizer)
+            log(f"warning: {example} / {method} ran {out.wall_s - budget:.0f} s past its budget")
         out.busy = busy
         outcomes[method] = (task, out)
     log(f"{example}: held-out re-measurement of the picks ({len(holdout.seeds)} seed(s) each) ...")
-    return {method: figures(task, out, holdout) for method, (task, out) in outcomes.items()}
+    return {method: figures(*outcomes[method], holdout) for method in methods}
 
 
 def main() -> None:
@@ -611,7 +645,7 @@ def main() -> None:
                 where = work / f"repeat-{k + 1}" if args.repeats > 1 else work
                 log(f"{example}: repeat {k + 1} of {args.repeats}")
                 results[k][example] = run_example(
-                    example, where, minutes[example], train_budget, holdout, args.seed + k, methods
+                    example, where, minutes[example], train_budget, holdout, args.seed + k, methods, k
                 )
     finally:
         if args.dir is None:
