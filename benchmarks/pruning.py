@@ -157,7 +157,7 @@ def noise_before(ledger_path: Path, run_id: int) -> Noise | None:
     metrics: dict[int, list[float]] = {}
     for exp_id, metric in rows:
         metrics.setdefault(int(exp_id), []).append(float(metric))
-    return NoisePool()(metrics)
+    return NoisePool(anchor=0)(metrics)  # as the research pools it: the baseline is never left out
 
 
 def wrongly_pruned(task: Task, ws_root: Path, sample: list[tuple[Experiment, Run, Experiment]]) -> tuple[int, int, int]:
