@@ -176,6 +176,20 @@ pattern = '^loss: (\\S+)$'
 """
 
 
+def record_generations(s: CmaSampler) -> list[list[tuple[np.ndarray, float]]]:
+    """Every generation `s` tells CMA-ES from now on, as told (the solutions and their values)."""
+    assert s.cma is not None
+    told: list[list[tuple[np.ndarray, float]]] = []
+    real_tell = s.cma.tell
+
+    def recording(solutions: list[tuple[np.ndarray, float]]) -> None:
+        told.append(list(solutions))
+        real_tell(solutions)
+
+    s.cma.tell = recording
+    return told
+
+
 def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
     """A pruned point is a solution ranked below every complete one, a failure is none; a point of a generation
     already told is not told again."""
@@ -204,14 +218,7 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
     for p in points[2:-2]:
         s.tell(p, 0.5, "complete")
     assert s.cma.generation == 0 and len(s.solutions) == size - 1
-    told: list[list[tuple[np.ndarray, float]]] = []
-    real_tell = s.cma.tell
-
-    def recording(solutions: list[tuple[np.ndarray, float]]) -> None:
-        told.append(list(solutions))
-        real_tell(solutions)
-
-    s.cma.tell = recording
+    told = record_generations(s)
     s.tell(points[-2], 2.0, "complete")
     assert s.cma.generation == 1 and s.solutions == []
     values = [v for _, v in told[0]]  # signed: maximized
@@ -239,14 +246,7 @@ def test_cma_es_ranks_pruned_points_by_how_far_behind_they_were() -> None:
     s = CmaSampler(dists, "minimize", seed=0)
     s.add({"lr": 1e-2, "n": 4}, 1.0, "complete")
     assert s.cma is not None
-    told: list[list[tuple[np.ndarray, float]]] = []
-    real_tell = s.cma.tell
-
-    def recording(solutions: list[tuple[np.ndarray, float]]) -> None:
-        told.append(list(solutions))
-        real_tell(solutions)
-
-    s.cma.tell = recording
+    told = record_generations(s)
     for _ in range(8):
         batch = [s.ask({}) for _ in range(s.cma.population_size)]
         s.tell(batch[0], None, "pruned")  # a shortfall not known: last
