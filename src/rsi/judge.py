@@ -107,10 +107,10 @@ class NoisePool:
 
     Pooling assumes every code's runs spread alike. An experiment whose spread is too large for that (an F test
     against the pool of the others at OUTLIER_LEVEL, and OUTLIER_RATIO times their variance at least, the most
-    extreme first) is left out, and named in
-    `left_out`: a candidate whose training diverged on one seed of two would otherwise widen every later
-    interval many times over, and nothing could be kept for the rest of the research. The `anchor` (the
-    baseline, whose runs are the noise floor) is never left out: if it is the noisy one, so is the task."""
+    extreme first) is left out, and named in `left_out`: a candidate whose training diverged on one seed of two
+    would otherwise widen every later interval many times over, and nothing could be kept for the rest of the
+    research. The `anchor` (the baseline, whose runs are the noise floor) is never left out: if it is the noisy
+    one, so is the task."""
 
     def __init__(self, anchor: int | None = None) -> None:
         self._squares: dict[int, tuple[int, float]] = {}  # experiment -> (runs, sum of squared deviations)
