@@ -191,8 +191,8 @@ def record_generations(s: CmaSampler) -> list[list[tuple[np.ndarray, float]]]:
 
 
 def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
-    """A pruned point is a solution ranked below every complete one, a failure is none; a point of a generation
-    already told is not told again."""
+    """Pruned and failed points are solutions ranked below every complete one, failures last; a point of a
+    generation already told is not told again."""
     dists = {
         "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
         "n": optuna.distributions.IntDistribution(1, 8),
@@ -214,16 +214,16 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
     assert all(p.params["act"] == "gelu" and p.handle == 0 for p in points)
     s.tell(points[0], None, "fail")
     s.tell(points[1], None, "pruned")
-    assert len(s.solutions) == 1
-    for p in points[2:-2]:
+    assert len(s.solutions) == 2
+    for p in points[2 : size - 1]:
         s.tell(p, 0.5, "complete")
     assert s.cma.generation == 0 and len(s.solutions) == size - 1
     told = record_generations(s)
-    s.tell(points[-2], 2.0, "complete")
+    s.tell(points[size - 1], 2.0, "complete")
     assert s.cma.generation == 1 and s.solutions == []
     values = [v for _, v in told[0]]  # signed: maximized
-    assert values[0] > max(values[1:]) and values[0] > -0.5  # the pruned one ranks below every complete one
-    s.tell(points[0], 3.0, "complete")  # finished late: its generation was told without it
+    assert values[0] > values[1] > max(values[2:]) > -1.0  # the pruned below every complete one, the failure last
+    s.tell(points[size], 3.0, "complete")  # finished late: its generation was told without it
     assert s.solutions == [] and s.ask({}).handle == 1
     for _ in range(3):  # a research that prunes all but one point of each generation still moves on
         generation = s.cma.generation
@@ -257,6 +257,35 @@ def test_cma_es_ranks_pruned_points_by_how_far_behind_they_were() -> None:
     assert [first[i][1] for i in ranked] == sorted(first[i][1] for i in ranked)  # nearer ranks first
     assert all(v > 1.0 for _, v in first) and first[0][1] == max(v for _, v in first)
     assert s.cma.mean[0] < 0.2  # from the middle (0.5) towards the small learning rates
+
+
+def test_cma_es_learns_to_leave_a_region_where_runs_fail() -> None:
+    """Where large learning rates crash (NaN, out of memory), CMA-ES is told so: a failure ranks below every
+    other outcome, a generation is told once it has its population whatever became of its points, and the search
+    moves away from the failing region. Left out, failures kept a generation open for many times its size."""
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "n": optuna.distributions.IntDistribution(1, 8),
+    }
+    s = CmaSampler(dists, "minimize", seed=1)
+    s.add({"lr": 1e-3, "n": 4}, 1.0, "complete")
+    assert s.cma is not None
+    runs = 0
+    for generation in range(6):
+        assert s.cma.generation == generation
+        for _ in range(s.cma.population_size):
+            p = s.ask({})
+            runs += 1
+            if s._unit(p.params)[0] > 0.4:
+                s.tell(p, None, "fail")
+            else:
+                s.tell(p, 1.0 + 0.01 * s._unit(p.params)[1], "complete")  # the rest alike, but for n
+    assert runs == 6 * s.cma.population_size and s.cma.generation == 6
+    assert s.cma.mean[0] < 0.3  # from the middle (0.5) to where runs complete
+    everything_fails = [s.ask({}) for _ in range(s.cma.population_size)]
+    for p in everything_fails:
+        s.tell(p, None, "fail")
+    assert s.cma.generation == 7  # still moves on
 
 
 def test_cma_es_with_scouts_starts_around_the_best_of_the_middle_and_random_points() -> None:

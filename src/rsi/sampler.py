@@ -3,8 +3,8 @@
 A sampler is asked for a point (some knobs held fixed at the champion's values) and told what became of it.
 `OptunaSampler` drives an Optuna study (TPE, random). `CmaSampler` drives CMA-ES from the `cmaes` package
 directly: the algorithm Optuna's CmaEsSampler runs (a generation is told once it has its population of
-solutions), except that a pruned point is a solution ranked below every complete one, pruned points among
-themselves by how far behind they were when stopped (failures are not solutions), and without a study whose
+solutions), except that pruned and failed points are solutions too, ranked below every complete one (pruned
+points among themselves by how far behind they were when stopped, failures last), and without a study whose
 trials are copied and whose optimizer is unpickled on every ask, which was most of an in-process inner
 experiment's cost.
 """
@@ -141,8 +141,8 @@ class CmaSampler:
         if self.box and not scouts:
             self.cma = self._cma(np.full(len(self.box), 0.5))
         self.started = False  # an outcome was complete: CMA-ES proposes from then on
-        # (unit point, signed value or None when pruned, a pruned point's shortfall)
-        self.solutions: list[tuple[np.ndarray, float | None, float | None]] = []
+        # (unit point, signed value or None when pruned or failed, how far behind: (0, shortfall) or (1, 0))
+        self.solutions: list[tuple[np.ndarray, float | None, tuple[float, float]]] = []
 
     def _cma(self, mean: np.ndarray) -> cmaes.CMA:
         dim = len(self.box)
@@ -198,34 +198,36 @@ class CmaSampler:
         return Point(params, self.cma.generation if x is not None and self.cma is not None else None)
 
     def tell(self, point: Point, value: float | None, state: State) -> None:
-        """A complete outcome is a solution of its generation; so is a pruned one, ranked below the worst complete
-        outcome so far (it was stopped for being clearly behind; CMA-ES only uses the ranks), and below the pruned
-        points that were less far behind (its shortfall; an unknown one last). Were pruned points left out, a
-        research that prunes most points would fill a generation only after many times its size, all drawn from
-        one distribution; were they tied, a generation of mostly pruned points would be ranked by chance, and
-        CMA-ES would neither move towards the points nearest the champion's level nor narrow its steps. A
-        failure is not a solution."""
+        """A complete outcome is a solution of its generation; so are a pruned one and a failed one, ranked below
+        the worst complete outcome so far (CMA-ES only uses the ranks): pruned points by how far behind they were
+        when stopped (their shortfall; an unknown one last), failures below them all. Were they left out, a
+        research that prunes or crashes on most points would fill a generation only after many times its size,
+        all drawn from one distribution, and CMA-ES would never learn to leave the region that crashes (a batch
+        too large for the memory limit, a learning rate that ends in NaN); were pruned points tied, a generation
+        of mostly pruned points would be ranked by chance, and CMA-ES would neither move towards the points
+        nearest the champion's level nor narrow its steps."""
         if self.box and self.cma is None and state != "skipped":
             self._scout(point.params, value if state == "complete" else None)
             return
-        signed: float | None = None  # a pruned point's is set when its generation is told
+        signed: float | None = None  # a pruned or failed point's is set when its generation is told
         if state == "complete" and value is not None:
             self._seen(value)
             self.started, signed = True, self.sign * value
-        elif state != "pruned":
+        elif state not in ("pruned", "fail"):
             return
         if self.cma is None or point.handle != self.cma.generation:
             return  # a random start, or an older generation's point finished after its generation was told
-        self.solutions.append((self._unit(point.params), signed, value if state == "pruned" else None))
+        # below every complete outcome, in this order: pruned by shortfall (unknown last), then failures
+        behind = (0.0, math.inf if value is None else value) if state == "pruned" else (1.0, 0.0)
+        self.solutions.append((self._unit(point.params), signed, behind))
         if len(self.solutions) >= self.cma.population_size:
-            # with scouts, CMA-ES may start before any outcome was complete: pruned points then rank from 0
+            # with scouts, CMA-ES may start before any outcome was complete: the rest then rank from 0
             worst = 0.0 if self.worst is None else self.worst
             step = max(abs(worst), 1.0) * 1e-6
-            behind = sorted(
-                (i for i, (_, v, _) in enumerate(self.solutions) if v is None),
-                key=lambda i: math.inf if (gap := self.solutions[i][2]) is None else gap,
+            order = sorted(
+                (i for i, (_, v, _) in enumerate(self.solutions) if v is None), key=lambda i: self.solutions[i][2]
             )
-            rank = {i: k + 1 for k, i in enumerate(behind)}
+            rank = {i: k + 1 for k, i in enumerate(order)}
             self.cma.tell(
                 [(x, worst + step * rank[i] if v is None else v) for i, (x, v, _) in enumerate(self.solutions)]
             )
