@@ -118,6 +118,27 @@ def test_the_noise_pool_leaves_out_only_what_cannot_share_the_others_noise() -> 
     assert few.left_out == []
 
 
+def test_two_blown_up_candidates_cannot_hide_each_other_from_the_noise_pool() -> None:
+    """tinygpt, 30 minutes, seed 1 (2026-11-28): two candidates diverged on their second run. Tested one at a
+    time against the pool of all the others, each hid the other, and the noise sd was 0.52 instead of 0.12 for the
+    last 80 experiments of the research: nothing more was kept."""
+    runs = {
+        0: [4.748, 4.801, 4.816, 4.582, 4.558, 4.703],  # the baseline
+        1: [4.734, 7.727],
+        4: [3.371, 3.447, 3.563, 3.396, 3.452, 3.396, 3.427, 3.464, 3.531, 3.429, 3.342, 3.25, 3.283],  # the keep
+        22: [3.241, 4.925],
+        97: [3.222, 3.769],  # wider than most, but not beyond what the others' noise allows
+        99: [3.167, 3.302],
+        100: [3.281, 3.235],
+        101: [3.339, 3.185],
+    }
+    pool = NoisePool(anchor=0)
+    noise = pool(runs)
+    assert pool.left_out == [1, 22]
+    assert noise is not None and noise.dof == 21 and noise.sd < 0.13
+    assert pool({k: v for k, v in runs.items() if k != 22}) is not None and pool.left_out == [1]
+
+
 def test_with_nothing_kept_the_selection_gain_is_zero() -> None:
     r = in_process(config(), {"f.py": "loss = 1.0\n"}, noisy, Scripted(["loss = 1.0\n# a comment\n"]))
     r.run(Limits(max_experiments=2))

@@ -44,11 +44,11 @@ FUTILITY = 1.0  # discard when the optimistic bound is below this fraction of th
 FIRST_LOOK = 0.9  # ... an optimistic bound at this level after one run: one run discards only the clearly worse
 EARLY_CONFIRM = 0.1  # the share of replication's alpha spent after its first pair: a large effect lands at once
 # an experiment whose runs spread more than the others' with a chance under this, were they alike, and by more
-# than this ratio of variances (ten times their sd: not a tail of heavy-tailed noise), is left out of the pooled
+# than this ratio of variances (seven times their sd: not a tail of heavy-tailed noise), is left out of the pooled
 # noise: code that blows up on some seeds has a noise of its own, and one such pair of runs would otherwise make
 # every later comparison too wide to keep anything
 OUTLIER_LEVEL = 1e-6
-OUTLIER_RATIO = 100.0
+OUTLIER_RATIO = 50.0
 
 
 @dataclass(frozen=True)
@@ -105,12 +105,15 @@ class NoisePool:
     """`pooled_noise` of experiments whose runs only ever grow in number, called again and again as they do:
     an experiment's sum of squares is computed again only when it has new runs. Same figure, to the bit.
 
-    Pooling assumes every code's runs spread alike. An experiment whose spread is too large for that (an F test
-    against the pool of the others at OUTLIER_LEVEL, and OUTLIER_RATIO times their variance at least, the most
-    extreme first) is left out, and named in `left_out`: a candidate whose training diverged on one seed of two
-    would otherwise widen every later interval many times over, and nothing could be kept for the rest of the
-    research. The `anchor` (the baseline, whose runs are the noise floor) is never left out: if it is the noisy
-    one, so is the task."""
+    Pooling assumes every code's runs spread alike. Experiments whose spread is too large for that are left out,
+    and named in `left_out`: a candidate whose training diverged on one seed of two would otherwise widen every
+    later interval many times over, and nothing could be kept for the rest of the research. Outliers are
+    sought as the generalized ESD test seeks them, so that two of them cannot hide each other: the experiments
+    in order of their variance, the largest first, each tested (an F test at OUTLIER_LEVEL, and OUTLIER_RATIO
+    times the variance at least) against the pool without it and without every one before it; those up to the
+    last that fails the test are left out. The search stops at the first that spreads no more than the rest, or
+    where it would leave out half of the degrees of freedom. The `anchor` (the baseline, whose runs are the
+    noise floor) is never left out: if it is the noisy one, so is the task."""
 
     def __init__(self, anchor: int | None = None) -> None:
         self._squares: dict[int, tuple[int, float]] = {}  # experiment -> (runs, sum of squared deviations)
@@ -127,16 +130,18 @@ class NoisePool:
                     seen = self._squares[exp_id] = (n, _squares(runs))
                 parts.append((exp_id, n - 1, seen[1]))
         num, dof = math.fsum(s for _, _, s in parts), sum(d for _, d, _ in parts)
-        self.left_out = []
-        for exp_id, d, s in sorted(parts, key=lambda p: p[2] / p[1], reverse=True):
-            rest, rest_dof = num - s, dof - d
-            if exp_id == self.anchor or rest_dof < 1 or rest <= 0:
-                continue
-            if s / d <= rest / rest_dof:
-                break  # this one and the next spread no more than the rest
+        suspects = sorted((p for p in parts if p[0] != self.anchor), key=lambda p: p[2] / p[1], reverse=True)
+        rest, rest_dof, out = num, dof, 0
+        for i, (_, d, s) in enumerate(suspects):
+            rest, rest_dof = rest - s, rest_dof - d
+            if rest_dof < 1 or rest <= 0 or 2 * rest_dof < dof or s / d <= rest / rest_dof:
+                break
             if s / d > rest / rest_dof * max(OUTLIER_RATIO, f_quantile(1 - OUTLIER_LEVEL, d, _floor2(rest_dof))):
-                num, dof = rest, rest_dof
-                self.left_out.append(exp_id)
+                out = i + 1
+        self.left_out = [exp_id for exp_id, _, _ in suspects[:out]]
+        if out:
+            kept = [(d, s) for exp_id, d, s in parts if exp_id not in self.left_out]
+            num, dof = math.fsum(s for _, s in kept), sum(d for d, _ in kept)
         return Noise(math.sqrt(max(num, 0.0) / dof), dof) if dof else None
 
 
