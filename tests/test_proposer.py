@@ -235,14 +235,19 @@ def test_cma_es_tells_a_generation_once_its_population_is_complete() -> None:
     assert s.ask({"lr": 1e-2, "n": 4, "act": "relu"}).handle is None  # a step near the champion: not CMA-ES's
 
 
+def lr_and_n() -> dict[str, optuna.distributions.BaseDistribution]:
+    """A log learning rate and an integer: the two knobs of the CMA-ES ranking tests."""
+    return {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "n": optuna.distributions.IntDistribution(1, 8),
+    }
+
+
 def test_cma_es_ranks_pruned_points_by_how_far_behind_they_were() -> None:
     """Where nearly every point is pruned, CMA-ES still learns: pruned points rank by their shortfall (an
     unknown one last), and its mean moves towards those stopped nearest the champion's level. Tied, as they
     were, a generation of pruned points was ranked by chance."""
-    dists = {
-        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
-        "n": optuna.distributions.IntDistribution(1, 8),
-    }
+    dists = lr_and_n()
     s = CmaSampler(dists, "minimize", seed=0)
     s.add({"lr": 1e-2, "n": 4}, 1.0, "complete")
     assert s.cma is not None
@@ -263,10 +268,7 @@ def test_cma_es_learns_to_leave_a_region_where_runs_fail() -> None:
     """Where large learning rates crash (NaN, out of memory), CMA-ES is told so: a failure ranks below every
     other outcome, a generation is told once it has its population whatever became of its points, and the search
     moves away from the failing region. Left out, failures kept a generation open for many times its size."""
-    dists = {
-        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
-        "n": optuna.distributions.IntDistribution(1, 8),
-    }
+    dists = lr_and_n()
     s = CmaSampler(dists, "minimize", seed=1)
     s.add({"lr": 1e-3, "n": 4}, 1.0, "complete")
     assert s.cma is not None
