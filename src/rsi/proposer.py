@@ -186,11 +186,12 @@ class KnobsProposer:
 
 
 def _near(value: Any, dist: optuna.distributions.BaseDistribution, scale: float, rng: random.Random) -> Any:
-    """A random step from `value`: Gaussian with sd `scale` of the range (in log space for log knobs), or
-    another choice."""
+    """A random step from `value`: Gaussian with sd `scale` of the range (in log space for log knobs); for a
+    categorical knob, another choice with probability `scale`. (Always another, as it was, a step near a
+    champion with three switches flipped all three: far from near.)"""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         others = [c for c in dist.choices if c != value]
-        return rng.choice(others) if others else value
+        return rng.choice(others) if others and rng.random() < scale else value
     assert isinstance(dist, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution)
     value = _clip(value, dist)
     lo, hi, x = float(dist.low), float(dist.high), float(value)

@@ -106,8 +106,13 @@ class OptunaSampler:
 
 class CmaSampler:
     """CMA-ES over the numeric knobs, each mapped to [0, 1] (log knobs in log space, integers widened by half a
-    step so the end values are as likely as the rest); categorical knobs drawn uniformly. The search proceeds
-    with a step of a sixth of the box. It starts at the middle of the box, and samples at random until one
+    step so the end values are as likely as the rest). The search proceeds with a step of a sixth of the box.
+    Categorical knobs (a switch, a choice of activation) are searched with the numbers by CatCMA (`cmaes.CatCMA`:
+    CMA-ES plus a distribution over each knob's choices, moved by the same ranking of outcomes, and never below a
+    floor, so every choice stays possible), when there are two numeric knobs or more (what CatCMA needs); else
+    they are drawn uniformly. Drawn uniformly for ever, as they were, a champion whose good numbers need the
+    right switches saw most of its neighbours flip some switch, and most of a research's candidates were spent
+    on settings already known to be bad. It starts at the middle of the box, and samples at random until one
     outcome is complete; or, with `scouts`, it first tries the middle of the box (in the knobs a candidate
     changes) and then random points, and after `scouts` outcomes (the baseline's included; a failed or pruned
     run counts, as the run it took) starts around the best complete one. A restart (a new sampler) scouts again.
@@ -132,20 +137,38 @@ class CmaSampler:
                 if d.log:
                     lo, hi = math.log(max(lo, d.low / 2)), math.log(hi)
                 self.box[key] = (lo, hi)
+        self.choices = {
+            key: list(d.choices)
+            for key, d in self.dists.items()
+            if isinstance(d, optuna.distributions.CategoricalDistribution) and len(d.choices) > 1
+        }
+        self.joint = len(self.box) >= 2 and bool(self.choices)  # CatCMA searches the choices with the numbers
         self.scouts = scouts
         self.scouted = 0  # outcomes before CMA-ES starts
         self.best: tuple[float, np.ndarray] | None = None  # the best complete one: (signed value, unit point)
+        self.best_choices: dict[str, Any] = {}  # and its categorical knobs' values
         self.worst: float | None = None  # the worst signed value of any complete outcome: where a pruned one ranks
         self.middle_asked = False
-        self.cma: cmaes.CMA | None = None
+        self.cma: cmaes.CMA | cmaes.CatCMA | None = None
         if self.box and not scouts:
             self.cma = self._cma(np.full(len(self.box), 0.5))
         self.started = False  # an outcome was complete: CMA-ES proposes from then on
-        # (unit point, signed value or None when pruned or failed, how far behind: (0, shortfall) or (1, 0))
-        self.solutions: list[tuple[np.ndarray, float | None, tuple[float, float]]] = []
+        # (solution as CMA-ES takes it, signed value or None when pruned or failed, how far behind: (0, shortfall)
+        # or (1, 0))
+        self.solutions: list[tuple[Any, float | None, tuple[float, float]]] = []
 
-    def _cma(self, mean: np.ndarray) -> cmaes.CMA:
+    def _cma(self, mean: np.ndarray) -> cmaes.CMA | cmaes.CatCMA:
         dim = len(self.box)
+        if self.joint:
+            return cmaes.CatCMA(
+                mean=mean,
+                sigma=1 / 6,
+                cat_num=np.array([len(c) for c in self.choices.values()]),
+                bounds=np.array([[0.0, 1.0]] * dim),
+                seed=self.rng.randint(1, 2**31 - 2),
+                n_max_resampling=10 * dim,
+                cat_param=self._leaning(),
+            )
         return cmaes.CMA(
             mean=mean,
             sigma=1 / 6,
@@ -166,6 +189,7 @@ class CmaSampler:
                 unit = None
             if unit is not None and (self.best is None or self.sign * value < self.best[0]):
                 self.best = (self.sign * value, unit)
+                self.best_choices = {key: params.get(key) for key in self.choices}
         self.scouted += 1
         if self.scouted >= self.scouts:
             self.cma = self._cma(
@@ -182,7 +206,9 @@ class CmaSampler:
             for key, d in self.dists.items()
             if isinstance(d, optuna.distributions.CategoricalDistribution)
         )
-        x = self.cma.ask() if self.cma is not None and self.started and free else None
+        x, c = None, None
+        if self.cma is not None and self.started and free:
+            x, c = self.cma.ask() if isinstance(self.cma, cmaes.CatCMA) else (self.cma.ask(), None)
         units = dict(zip(self.box, x, strict=True)) if x is not None else {}
         if self.cma is None and not self.middle_asked and any(key not in fixed for key in self.box):
             self.middle_asked = True  # the first scout: the middle
@@ -193,6 +219,8 @@ class CmaSampler:
                 params[key] = fixed[key]
             elif key in self.box:
                 params[key] = self._value(key, float(units[key]) if key in units else self.rng.random())
+            elif c is not None and key in self.choices:
+                params[key] = self.choices[key][int(np.argmax(c[list(self.choices).index(key)]))]
             else:
                 params[key] = self._draw(d)
         return Point(params, self.cma.generation if x is not None and self.cma is not None else None)
@@ -219,7 +247,10 @@ class CmaSampler:
             return  # a random start, or an older generation's point finished after its generation was told
         # below every complete outcome, in this order: pruned by shortfall (unknown last), then failures
         behind = (0.0, math.inf if value is None else value) if state == "pruned" else (1.0, 0.0)
-        self.solutions.append((self._unit(point.params), signed, behind))
+        solution = self._solution(point.params)
+        if solution is None:
+            return  # a fixed choice this research no longer offers: nothing CatCMA can be told
+        self.solutions.append((solution, signed, behind))
         if len(self.solutions) >= self.cma.population_size:
             # with scouts, CMA-ES may start before any outcome was complete: the rest then rank from 0
             worst = 0.0 if self.worst is None else self.worst
@@ -272,6 +303,27 @@ class CmaSampler:
             v = math.log(max(v, 1e-300)) if self.dists[key].log else v  # type: ignore[attr-defined]
             units.append(min(max((v - lo) / (hi - lo), 0.0), 1.0))
         return np.array(units)
+
+    def _solution(self, params: Mapping[str, Any]) -> Any:
+        """A point as CMA-ES takes it: the unit point; for CatCMA, with a one-hot row per categorical knob."""
+        x = self._unit(params)
+        if not self.joint:
+            return x
+        onehot = np.zeros((len(self.choices), max(len(c) for c in self.choices.values())))
+        for i, (key, choices) in enumerate(self.choices.items()):
+            if params.get(key) not in choices:
+                return None
+            onehot[i, choices.index(params[key])] = 1.0
+        return (x, onehot)
+
+    def _leaning(self) -> np.ndarray:
+        """CatCMA's first distribution over each categorical knob's choices: leaning to the best scout's choice
+        (twice as likely as each other one) as the numbers start around its values; uniform without one."""
+        q = np.zeros((len(self.choices), max(len(c) for c in self.choices.values())))
+        for i, (key, choices) in enumerate(self.choices.items()):
+            weights = [2.0 if self.best_choices.get(key) == choice else 1.0 for choice in choices]
+            q[i, : len(choices)] = np.array(weights) / sum(weights)
+        return q
 
     def _draw(self, d: Dist) -> Any:
         if isinstance(d, optuna.distributions.CategoricalDistribution):
