@@ -143,6 +143,7 @@ class CmaSampler:
             if isinstance(d, optuna.distributions.CategoricalDistribution) and len(d.choices) > 1
         }
         self.joint = len(self.box) >= 2 and bool(self.choices)  # CatCMA searches the choices with the numbers
+        self.row = {key: i for i, key in enumerate(self.choices)}  # each one's row in CatCMA's matrices
         self.scouts = scouts
         self.scouted = 0  # outcomes before CMA-ES starts
         self.best: tuple[float, np.ndarray] | None = None  # the best complete one: (signed value, unit point)
@@ -201,11 +202,7 @@ class CmaSampler:
         """A point of CMA-ES's current generation, unless every knob is fixed (a step near the champion, which
         CMA-ES did not draw and is not told of), no outcome is complete yet (a uniform draw), or CMA-ES has not
         started (a scout: the middle of the box first, then uniform draws)."""
-        free = any(key not in fixed for key in self.box) or any(
-            key not in fixed and len(d.choices) > 1
-            for key, d in self.dists.items()
-            if isinstance(d, optuna.distributions.CategoricalDistribution)
-        )
+        free = any(key not in fixed for key in (*self.box, *self.choices))
         x, c = None, None
         if self.cma is not None and self.started and free:
             x, c = self.cma.ask() if isinstance(self.cma, cmaes.CatCMA) else (self.cma.ask(), None)
@@ -220,7 +217,7 @@ class CmaSampler:
             elif key in self.box:
                 params[key] = self._value(key, float(units[key]) if key in units else self.rng.random())
             elif c is not None and key in self.choices:
-                params[key] = self.choices[key][int(np.argmax(c[list(self.choices).index(key)]))]
+                params[key] = self.choices[key][int(np.argmax(c[self.row[key]]))]
             else:
                 params[key] = self._draw(d)
         return Point(params, self.cma.generation if x is not None and self.cma is not None else None)
@@ -309,21 +306,25 @@ class CmaSampler:
         x = self._unit(params)
         if not self.joint:
             return x
-        onehot = np.zeros((len(self.choices), max(len(c) for c in self.choices.values())))
-        for i, (key, choices) in enumerate(self.choices.items()):
+        onehot = self._categorical()
+        for key, choices in self.choices.items():
             if params.get(key) not in choices:
                 return None
-            onehot[i, choices.index(params[key])] = 1.0
+            onehot[self.row[key], choices.index(params[key])] = 1.0
         return (x, onehot)
 
     def _leaning(self) -> np.ndarray:
         """CatCMA's first distribution over each categorical knob's choices: leaning to the best scout's choice
         (twice as likely as each other one) as the numbers start around its values; uniform without one."""
-        q = np.zeros((len(self.choices), max(len(c) for c in self.choices.values())))
-        for i, (key, choices) in enumerate(self.choices.items()):
+        q = self._categorical()
+        for key, choices in self.choices.items():
             weights = [2.0 if self.best_choices.get(key) == choice else 1.0 for choice in choices]
-            q[i, : len(choices)] = np.array(weights) / sum(weights)
+            q[self.row[key], : len(choices)] = np.array(weights) / sum(weights)
         return q
+
+    def _categorical(self) -> np.ndarray:
+        """Zeros in the shape of CatCMA's categorical matrices: a row per knob, padded to the most choices."""
+        return np.zeros((len(self.choices), max(len(c) for c in self.choices.values())))
 
     def _draw(self, d: Dist) -> Any:
         if isinstance(d, optuna.distributions.CategoricalDistribution):
