@@ -13,7 +13,9 @@
    `--found FILE` skips the meta-research and scores FILE (the shipped default, say) against the original
    the same way, or against `--against FILE`. The synthetic tasks' placement (`--placement`, rsi.suite) is
    "mixed" unless told: every second task starts at the middle of a range derived around the file's value.
-3. With `--examples N`, both programs are scored on the real examples suite (`rsi meta --holdout examples`:
+3. With `--switches`, both programs are also scored on the switches family (rsi.suite: a bowl with categorical
+   knobs, one right choice each; no training or held-out family has any), at the same scale and seeds.
+   With `--examples N`, both programs are scored on the real examples suite (`rsi meta --holdout examples`:
    tabular and tinygpt at small budgets, the held-out gain relative to the baseline's) with N seeds.
 4. With `--tinygpt MIN`, both programs research `examples/tinygpt` for MIN minutes each (`rsi run
    --program`), one after the other (`--tinygpt-repeats N` times, in alternating order; the i-th pair's
@@ -66,6 +68,21 @@ def tinygpt(program: Path, minutes: float, where: Path, seed: int) -> dict[str, 
     }
 
 
+def print_per_seed(at: dict[str, Any], kinds: list[str], base_name: str) -> None:
+    """Both programs' means on a suite, the ratio, the paired p, and every seed's pair."""
+    head = f"{'meta-utility':13s} {base_name:>9s} {'improved':>9s} {'ratio':>7s} {'p':>8s}"
+    print(f"{head}  per seed ({base_name}/improved)")
+    for kind in kinds:
+        row = at["by_utility"][kind]
+        pairs = " ".join(
+            f"{a:.3f}/{b:.3f}" for a, b in zip(row["default"]["runs"], row["improved"]["runs"], strict=True)
+        )
+        print(
+            f"{kind:13s} {row['default']['mean']:9.3f} {row['improved']['mean']:9.3f} "
+            f"{row['ratio'] or 0.0:6.3f}x {row['p_value']:8.2g}  {pairs}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small meta-research (minutes, not a verdict)")
@@ -87,6 +104,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="keep the meta-task here (default: a temp dir)")
     parser.add_argument(
         "--examples", type=int, default=0, help="also compare both programs on the real examples suite, N seeds"
+    )
+    parser.add_argument(
+        "--switches", action="store_true", help="also compare both programs on the switches family (rsi.suite)"
     )
     parser.add_argument("--tinygpt", type=float, default=0.0, help="minutes of tinygpt research per program")
     parser.add_argument("--tinygpt-repeats", type=int, default=1, help="tinygpt researches per program")
@@ -178,24 +198,21 @@ def main() -> None:
                     f"{budget:24d} {kind:>13s} {row['default']['mean']:9.3f} {row['improved']['mean']:9.3f} "
                     f"{row['ratio'] or 0.0:6.3f}x {row['p_value']:8.2g}{mark}"
                 )
+    if args.switches:
+        print(
+            f"\nthe switches family (categorical knobs, which no training or held-out family has), {seeds} seeds, "
+            f"{sizes[0]} tasks x {sizes[1]} seeds x {sizes[2]} runs, the same two programs"
+        )
+        at = compare(
+            parse_program(base_text), parse_program(improved_text), "switches", scale, range(900_001, 900_001 + seeds)
+        )
+        print_per_seed(at, kinds, base_name)
     if args.examples > 0:
         print(f"\nthe real examples suite (`--holdout examples`), {args.examples} seeds, the same two programs")
         at = compare(
             parse_program(base_text), parse_program(improved_text), "examples", scale, range(1, args.examples + 1)
         )
-        print(
-            f"{'meta-utility':13s} {base_name:>9s} {'improved':>9s} {'ratio':>7s} {'p':>8s}  "
-            f"per seed ({base_name}/improved)"
-        )
-        for kind in kinds:
-            row = at["by_utility"][kind]
-            pairs = " ".join(
-                f"{a:.3f}/{b:.3f}" for a, b in zip(row["default"]["runs"], row["improved"]["runs"], strict=True)
-            )
-            print(
-                f"{kind:13s} {row['default']['mean']:9.3f} {row['improved']['mean']:9.3f} "
-                f"{row['ratio'] or 0.0:6.3f}x {row['p_value']:8.2g}  {pairs}"
-            )
+        print_per_seed(at, kinds, base_name)
     if args.tinygpt > 0:
         improved = tmp / "improved.py"
         improved.write_text(improved_text, encoding="utf-8")

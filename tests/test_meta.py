@@ -4,12 +4,14 @@ in process, real meta-research through `rsi run`'s engine on a git repository.""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from rsi.meta import Progress, Scale, create, research_example, research_task, s
 from rsi.program import Program, default_program, default_text, original_text, parse_program
 from rsi.proposer import Context, KnobsProposer
 from rsi.sampler import CmaSampler
-from rsi.suite import FILE, HELD_OUT, TRAIN, Diverged, SyntheticTask, suite
+from rsi.suite import FILE, HELD_OUT, TRAIN, Diverged, KnobSpec, SyntheticTask, suite
 from rsi.swarm import SwarmProposer
 
 ORIGINAL_SHA256 = "3b64ec12096dae9cb4df47f3828317a89372b7aeccac373b3ca551f40401c5e7"
@@ -153,6 +155,54 @@ def test_half_the_tasks_start_at_the_middle_of_a_range_derived_around_the_value_
     assert old_heldout.measure(old_heldout.files(), 5) == 1.162105929324368
     with pytest.raises(ValueError, match="unknown placement"):
         suite("train", 2, placement="edge")
+
+
+def test_the_switches_family_has_categorical_knobs_each_with_one_right_choice() -> None:
+    """Neither suite has a categorical knob; the switches family does: a wrong choice costs the same wherever
+    the numbers are, and the first switch's right choice moves the learning rate's best value, so that from its
+    start (always with that switch wrong) the two have to move together."""
+    tasks = suite("switches", 8, seed=3)
+    assert {t.family for t in tasks} == {"switches"} and not {"switches"} & (set(TRAIN) | set(HELD_OUT))
+    for task in tasks:
+        files = task.files()
+        assert task.gap_closed(files) == 0.0 and task.measure(files, 1) != task.measure(files, 2)
+        flips = [k for k in task.knobs if k.kind == "choice"]
+        assert 2 <= len(flips) <= 3 and sum(k.kind != "choice" for k in task.knobs) >= 3  # CatCMA needs 2
+        assert all(f"{k.name} = {k.value(task.start[k.name])!r}  # rsi: choice(" in files[FILE] for k in flips)
+        lr = task.live[0]
+
+        value = functools.partial(_value, task)
+
+        def at(k: KnobSpec, i: int) -> float:
+            return i / (len(k.choices) - 1)
+
+        for k in flips[1:]:  # a fixed cost: the same at the start and at another point
+            at_start = [value({**task.start, k.name: at(k, i)}) for i in range(len(k.choices))]
+            at_other = [value({**task.start, lr: 0.5, k.name: at(k, i)}) for i in range(len(k.choices))]
+            costs = [a - min(at_start) for a in at_start]
+            assert costs == pytest.approx([b - min(at_other) for b in at_other])
+            assert costs.count(0.0) == 1 and sorted(costs)[1] >= 0.1
+        # the first switch: along the learning rate, every wrong choice has the same curve; the right one's is
+        # lower by its cost at its own best learning rate, which lies 0.1 to 0.2 of the range away
+        first, grid = flips[0], [i / 200 for i in range(201)]
+        curves = [
+            [value({**task.start, first.name: at(first, i), lr: u}) for u in grid] for i in range(len(first.choices))
+        ]
+        right = min(range(len(curves)), key=lambda i: min(curves[i]))
+        assert task.start[first.name] != at(first, right)  # wrong at the start
+        wrong = [c for i, c in enumerate(curves) if i != right]
+        assert all(c == wrong[0] for c in wrong) and min(wrong[0]) - min(curves[right]) >= 0.1
+        moved = abs(grid[curves[right].index(min(curves[right]))] - grid[wrong[0].index(min(wrong[0]))])
+        assert 0.09 <= moved <= 0.21
+    assert research_task(tasks[0], default_program(), budget=60, seed=2).final > 0.0
+
+
+def _value(task: SyntheticTask, point: Mapping[str, float]) -> float:
+    """The noise-free objective at a point, infinite in the crash region."""
+    try:
+        return task.surface(dict(point))
+    except ArithmeticError:
+        return math.inf
 
 
 def _targets(task: SyntheticTask) -> list[float]:

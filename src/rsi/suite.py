@@ -171,6 +171,10 @@ def _start_and_target(rng: random.Random, knobs: Sequence[KnobSpec], centred: bo
     return start, target
 
 
+# switches' effect at a point, given the live knobs' optimum: how far each one's optimum moves, and a cost
+Switched = Callable[[Point, Point], tuple[Point, float]]
+
+
 def _crash_guard(lr: str, edge: float) -> Callable[[Point], None]:
     def guard(p: Point) -> None:
         if p[lr] > edge:
@@ -188,14 +192,17 @@ def _finish(
     core: Callable[[Point], float],
     centred: bool,
     heavy: bool = False,
+    switched: Switched | None = None,
 ) -> SyntheticTask:
     start, target = _start_and_target(rng, knobs, centred)
     shifted = {n: target[n] for n in live}
-    guard = _crash_guard(live[0], min(max(0.85, shifted[live[0]] + 0.2), 0.99))  # a crash region in every task
+    # a crash region in every task, never over the start (which rounding the value in the file can lift past 0.85)
+    guard = _crash_guard(live[0], min(max(0.85, shifted[live[0]] + 0.2, start[live[0]]), 0.99))
 
     def surface(p: Point) -> float:
         guard(p)
-        return core({n: p[n] - shifted[n] for n in live})
+        moved, cost = switched(p, shifted) if switched else ({}, 0.0)
+        return core({n: p[n] - shifted[n] - moved.get(n, 0.0) for n in live}) + cost
 
     base = surface(start)
     return SyntheticTask(
@@ -288,10 +295,46 @@ def wells(seed: int, centred: bool = False) -> SyntheticTask:
     return _finish(f"wells-{seed}", "wells", rng, knobs, live, core, centred)
 
 
+# ---- switches: categorical knobs, a family apart (neither suite above has any)
+def switches(seed: int, centred: bool = False) -> SyntheticTask:
+    """A bowl with switches: categorical knobs (an optimizer, a normalization, ...), each with one right choice
+    and a fixed cost for any other, whatever the numbers. The first switch's right choice also moves the learning
+    rate's best value towards the middle of its range, as changing the optimizer does: from a start with it
+    wrong, both have to move together."""
+    rng = random.Random(seed)
+    knobs, live = _layout(rng, rng.randint(2, 3), 1)
+    weights = {n: rng.uniform(0.3, 3.0) for n in live}
+    flips = [KnobSpec(f"S{i}", "choice", choices=tuple("abcd"[: rng.randint(2, 4)])) for i in range(rng.randint(2, 3))]
+    right = {k.name: rng.randrange(len(k.choices)) for k in flips}
+    costs = {k.name: rng.uniform(0.1, 0.3) for k in flips}
+    move = rng.uniform(0.1, 0.2)
+    first, lr = flips[0].name, live[0]
+
+    def chosen(k: KnobSpec, p: Point) -> bool:
+        return round(p[k.name] * (len(k.choices) - 1)) == right[k.name]
+
+    def switched(p: Point, optimum: Point) -> tuple[Point, float]:
+        cost = sum(costs[k.name] for k in flips if not chosen(k, p))
+        towards = move if optimum[lr] < 0.5 else -move
+        return ({lr: towards} if chosen(flips[0], p) else {}), cost
+
+    def core(d: Point) -> float:
+        return sum(weights[n] * d[n] ** 2 for n in d)
+
+    task = _finish(f"switches-{seed}", "switches", rng, (*knobs, *flips), live, core, centred, switched=switched)
+    if chosen(flips[0], task.start):  # start with the first switch wrong: the research has to find it
+        wrong = (right[first] + 1) % len(flips[0].choices)
+        start = {**task.start, first: flips[0].position(flips[0].choices[wrong])}
+        noise = task.noise / task.surface(task.start) * task.surface(start)  # the same share of a new start's value
+        task = dataclasses.replace(task, start=start, noise=noise)
+    return task
+
+
 Family = Callable[[int, bool], SyntheticTask]  # (seed, centred) -> task
 TRAIN: dict[str, Family] = {"bowl": bowl, "valley": valley, "steps": steps}
 HELD_OUT: dict[str, Family] = {"ridge": ridge, "kinked": kinked, "wells": wells}
-SUITES = {"train": TRAIN, "heldout": HELD_OUT}
+SWITCHES: dict[str, Family] = {"switches": switches}
+SUITES = {"train": TRAIN, "heldout": HELD_OUT, "switches": SWITCHES}
 PLACEMENTS = ("mixed", "hinted")
 
 
