@@ -104,6 +104,8 @@ def test_init_writes_a_valid_config(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     text = (tmp_path / "rsi.toml").read_text()
     assert 'editable = ["train.py"]' in text and '"prepare.py"' in text and "^val_bpb:" in text
+    # the comments of the lines filled in line up with the others
+    assert {line.index("  # ") + 2 for line in text.splitlines() if "  # " in line and line[0] != "#"} == {38}
     again = rsi("init", str(tmp_path))
     assert again.returncode == 2 and "already exists" in again.stderr
     assert rsi("init", str(tmp_path), "--force").returncode == 0

@@ -42,6 +42,20 @@ kind = "knobs"                        # knobs: tunes the numeric literals of the
 """
 
 
+COMMENT_COLUMN = 38  # where the template's inline comments start
+
+
+def _aligned(text: str) -> str:
+    """The template with its filled-in lines' comments moved back to the column of the others."""
+    lines = []
+    for line in text.splitlines():
+        code, sep, comment = line.rpartition("  # ")
+        if sep and not line.startswith("#") and code.strip() and f"  # {comment}\n" in TEMPLATE:
+            line = f"{code.rstrip():<{COMMENT_COLUMN - 1}} # {comment}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def _quote(globs: list[str]) -> str:
     return ", ".join(f'"{g}"' for g in globs)
 
@@ -52,29 +66,33 @@ def render(root: Path, layout: str | None) -> str:
         missing = [f for f in ("train.py", "prepare.py") if not (root / f).is_file()]
         if missing:
             raise UserError(f"not an autoresearch layout: {', '.join(missing)} missing in {root}")
-        return TEMPLATE.format(
-            name=name,
-            editable=_quote(["train.py"]),
-            frozen=_quote(["prepare.py"] + (["program.md"] if (root / "program.md").is_file() else [])),
-            command="python train.py",
-            timeout="15m",
-            metric="val_bpb",
-            goal="minimize",
-            pattern="^val_bpb:\\s*(\\S+)",
+        return _aligned(
+            TEMPLATE.format(
+                name=name,
+                editable=_quote(["train.py"]),
+                frozen=_quote(["prepare.py"] + (["program.md"] if (root / "program.md").is_file() else [])),
+                command="python train.py",
+                timeout="15m",
+                metric="val_bpb",
+                goal="minimize",
+                pattern="^val_bpb:\\s*(\\S+)",
+            )
         )
     if layout is not None:
         raise UserError(f"unknown layout {layout!r} for --from (known: autoresearch)")
     scripts = sorted(p.name for p in root.glob("*.py"))
     main = "train.py" if "train.py" in scripts else (scripts[0] if scripts else "main.py")
-    return TEMPLATE.format(
-        name=name,
-        editable=_quote([main]),
-        frozen=_quote([s for s in scripts if s != main]),
-        command=f"python {main}",
-        timeout="10m",
-        metric="loss",
-        goal="minimize",
-        pattern="^loss:\\s*(\\S+)",
+    return _aligned(
+        TEMPLATE.format(
+            name=name,
+            editable=_quote([main]),
+            frozen=_quote([s for s in scripts if s != main]),
+            command=f"python {main}",
+            timeout="10m",
+            metric="loss",
+            goal="minimize",
+            pattern="^loss:\\s*(\\S+)",
+        )
     )
 
 
