@@ -122,6 +122,9 @@ class TwoSigmaJudge:
     def with_repeats(self, most: int) -> Judge:
         return self
 
+    def holds(self, fresh: Sequence[float], before: Sequence[float], goal: Goal, noise: Noise | None) -> Decision:
+        return Decision("keep", "nothing is re-measured")
+
 
 def config(baseline_repeats: int) -> Config:
     return Config.model_validate(

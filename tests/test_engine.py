@@ -283,6 +283,41 @@ def test_cli_run_and_status(make_task: MakeTask) -> None:
     assert table.returncode == 0 and "baseline" in table.stdout
 
 
+def test_a_keep_that_stops_holding_after_it_landed_is_reverted_on_the_branch(make_task: MakeTask) -> None:
+    """A change whose gain holds on the seeds that kept it (screening on the baseline's, replication on
+    experiment i's 10000 i + 1...4) and not on those it is measured with after it landed (its top-up, from
+    10000 i + 5 on; runs cannot keep a count: the cache is read-only to them): a commit on the research branch
+    undoes it (history kept), `rsi status` says so, `rsi doctor` agrees with the branch, and the research goes
+    on from the champion before it."""
+    drifting = """\
+    import os, random
+    lr = 0.5
+    seed = int(os.environ["RSI_SEED"])
+    random.seed(seed)
+    loss = (lr - 0.12) ** 2 * 10 + random.gauss(0, 0.01)
+    if lr != 0.5 and seed > 10000 and seed % 10000 >= 5:
+        loss += 5.0
+    print(f"loss: {loss:.6f}")
+    """
+    root = make_task(train=drifting)
+    assert rsi("run", str(root), "--max-experiments", "6", "--tag", "drift").returncode == 0
+    s = json.loads(rsi("status", str(root), "--json").stdout)
+    undone = [e for e in s["experiments"] if e["revert_commit"]]
+    assert undone and all(e["verdict"] == "discard" and e["reverted"] for e in undone)
+    assert all("reverted after it landed: worse on" in e["reason"] for e in undone)
+    first = undone[0]
+    log = git(root, "log", "--format=%H %P %s", "rsi/drift").splitlines()
+    revert = next(line.split() for line in log if line.startswith(first["revert_commit"]))
+    assert revert[1] == first["commit"] and f"rsi: revert experiment {first['id']}," in " ".join(revert[2:])
+    # the revert holds the tree of the start (nothing was kept before it), and the keep stays in history
+    tree = git(root, "rev-parse", f"{first['revert_commit']}^{{tree}}", "main^{tree}").split()
+    assert tree[0] == tree[1] and any(line.startswith(first["commit"]) for line in log)
+    table = rsi("status", str(root)).stdout
+    assert f" {first['id']} │" in table and "discard (reverted)" in table
+    doctor = rsi("doctor", str(root))
+    assert doctor.returncode == 0 and "branch rsi/drift: at the last keep (or its revert)" in doctor.stdout
+
+
 def test_time_budget_stops_starting_experiments(make_task: MakeTask) -> None:
     slow = "import time\nlr = 0.5\ntime.sleep(0.2)\nprint(f'loss: {(lr - 0.1) ** 2}')\n"
     root = make_task(train=slow, extra_toml="[judge]\nbaseline_repeats = 2\n")

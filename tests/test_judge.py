@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import statistics
 from collections.abc import Mapping
@@ -11,10 +12,20 @@ import pytest
 from rsi.config import Config
 from rsi.engine import Limits, in_process
 from rsi.experiment import CLEAR_GAIN, FRESH_FAILURES, SHORT_TOP_UP
-from rsi.judge import SIMPLER_RUNS, Noise, NoisePool, SequentialJudge, looks, pooled_noise, with_seed_share
+from rsi.judge import (
+    SIMPLER_RUNS,
+    Noise,
+    NoisePool,
+    SequentialJudge,
+    ThresholdJudge,
+    looks,
+    pooled_noise,
+    with_seed_share,
+)
 from rsi.ledger import Experiment
 from rsi.proposer import Context, Proposal
 from rsi.status import standing, status_json
+from rsi.store import MemoryStore
 
 
 def config(goal: str = "minimize") -> Config:
@@ -352,12 +363,71 @@ def test_a_failed_fresh_run_of_the_champion_is_made_up_and_a_champion_that_keeps
         r = in_process(config(), {"f.py": "loss = 1.0\n"}, task, Scripted(["loss = 0.7\n", "loss = 0.9\n"]))
         r.run(Limits(max_experiments=3))  # the next candidate's start asks for the top-up again
         kept = r.ledger.experiment(1)
-        assert kept is not None and kept.verdict == "keep"  # a modest gain: the baseline's count, 5
+        assert kept is not None and kept.kept_commit is not None  # a modest gain: the baseline's count, 5
         fresh = [run for run in kept.runs if run.kind == "fresh"]
         assert sum(run.metric is not None for run in fresh) == valid
         assert sum(run.status == "crash" for run in fresh) == min(failing, FRESH_FAILURES)
-        worse = r.ledger.experiment(2)
-        assert worse is not None and worse.verdict == "discard" and len(worse.runs) == 1
+        if failing < FRESH_FAILURES:
+            assert kept.verdict == "keep" and not kept.reverted
+            worse = r.ledger.experiment(2)
+            assert worse is not None and worse.verdict == "discard" and len(worse.runs) == 1
+        else:  # it does not hold on fresh seeds: reverted before it judges the next candidate
+            assert kept.verdict == "discard" and kept.reverted and kept.revert_commit is not None
+            assert f"reverted after it landed: its last {FRESH_FAILURES} fresh runs failed" in kept.reason
+            assert r.store.branches[r.tag] == kept.revert_commit  # type: ignore[attr-defined]
+            assert r.experimenter.champion().id == 0
+
+
+def drifting(files: Mapping[str, str], seed: int, text: str, calls: list[int]) -> float:
+    """`noisy`, except that `text`'s runs after its first two (a screening run and a replication pair's, all
+    a large gain needs) are 1.0 worse: a gain that held while it was judged, and not after it landed."""
+    if files["f.py"] == text:
+        calls.append(seed)
+    return noisy(files, seed) + (1.0 if files["f.py"] == text and len(calls) > 2 else 0.0)
+
+
+def test_a_keep_that_does_not_hold_after_it_landed_is_reverted_by_a_commit_and_research_goes_on() -> None:
+    base, gain, null, later = "loss = 1.0\n", "loss = 0.5\n", "loss = 1.0\n# a comment\n", "loss = 0.4\n"
+    task = functools.partial(drifting, text=gain, calls=[])
+    r = in_process(config(), {"f.py": base}, task, Scripted([gain, null, later]))
+    r.run(Limits(max_experiments=4))
+    _, first, _, second = r.ledger.experiments()
+    store = r.store
+    assert isinstance(store, MemoryStore)
+    # the keep landed, then its fresh runs (its top-up) showed it worse than the baseline it replaced
+    assert first.kept_commit is not None and first.reverted and first.verdict == "discard"
+    assert "reverted after it landed: worse on" in first.reason and "against #0" in first.reason
+    fresh = [run.metric for run in first.runs if run.kind == "fresh" and run.metric is not None]
+    assert len(fresh) >= SHORT_TOP_UP and min(fresh) > 1.2
+    # a commit on the branch with the baseline's files, on top of the keep: history kept
+    sha = first.revert_commit
+    assert sha is not None and store.parents[sha] == first.kept_commit and store.snapshot(sha) == {"f.py": base}
+    # the next keep lands on top of the revert, judged against the baseline
+    assert second.verdict == "keep" and second.parent_commit == sha and store.parents[second.kept_commit or ""] == sha
+    assert store.branches[r.tag] == second.kept_commit
+    s = status_json(r.ledger)
+    row = s["experiments"][1]
+    assert row["verdict"] == "discard" and row["reverted"] is True and row["revert_commit"] == sha
+
+
+def test_a_true_gain_is_not_reverted_and_a_loss_is() -> None:
+    """`holds` reverts only a keep its fresh runs show worse than the champion before it: over its looks at
+    2, 3, ... 12 fresh runs, a keep no better than the one before is reverted at most 1 - confidence of the
+    time, and a clear loss nearly always by its fourth run."""
+    judge, rng, noise = SequentialJudge(), random.Random(5), Noise(1.0, 60)
+    reverted = {0.0: 0, -3.0: 0}
+    for effect in reverted:
+        for _ in range(400):
+            before = [rng.gauss(0, 1) for _ in range(5)]
+            fresh: list[float] = []
+            for _ in range(12):
+                fresh.append(rng.gauss(effect, 1))  # minimize: a positive effect is worse
+                if judge.holds(fresh, before, "maximize", noise).verdict == "discard":
+                    reverted[effect] += 1
+                    break
+    assert reverted[0.0] <= 4 and reverted[-3.0] >= 380
+    assert judge.holds([1.0], [0.0], "maximize", noise).verdict == "keep"  # one run never reverts
+    assert ThresholdJudge().holds([-9.0, -9.0], [0.0], "maximize", noise).verdict == "keep"
 
 
 # ---- paired seeds: where a seed moves every commit's metric alike, replication's pairs say so

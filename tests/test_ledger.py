@@ -47,6 +47,7 @@ def test_an_older_ledger_is_upgraded_even_when_opened_read_only(tmp_path: Path) 
     base, kept = ledger.experiments()
     assert base.mean() == pytest.approx(3.1) and [r.kind for r in base.runs] == ["fresh", "fresh"]
     assert kept.metrics() == [2.0] and kept.runs[0].kind == "screen" and kept.reverted is False
+    assert kept.revert_commit is None and ledger.branch_head() is None  # a keep with no kept commit recorded
     assert ledger.get("schema_version") == str(SCHEMA_VERSION)
 
 

@@ -243,7 +243,7 @@ def status(
             metric,
             str(len(x["runs"])),
             x["status"],
-            x["verdict"],
+            x["verdict"] + (" (reverted)" if x["revert_commit"] else ""),
         )
     out.print(table)
     out.print(standing(data), highlight=False)

@@ -126,19 +126,18 @@ class Doctor:
         if tag is None:
             self.say("ok", "branch: none yet (the research has not started)")
             return
-        row = ledger.db.execute(
-            "SELECT kept_commit FROM experiments WHERE verdict = 'keep' AND kept_commit IS NOT NULL "
-            "ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        want = str(row[0]) if row else ledger.get("start_commit") or ""
+        want = ledger.branch_head() or ledger.get("start_commit") or ""
         have = self.ws.ref(f"refs/heads/rsi/{tag}")
         if not want:
             self.say("problem", "ledger: no start commit recorded, so the branch cannot be checked")
         elif have == want:
-            self.say("ok", f"branch rsi/{tag}: at the last kept commit {want[:10]}")
+            self.say("ok", f"branch rsi/{tag}: at the last keep (or its revert) {want[:10]}")
         elif repair:
             self.ws.set_branch(tag, want)
-            self.say("fixed", f"branch rsi/{tag}: moved from {(have or 'nothing')[:10]} to the last kept {want[:10]}")
+            self.say(
+                "fixed",
+                f"branch rsi/{tag}: moved from {(have or 'nothing')[:10]} to where the ledger says, {want[:10]}",
+            )
         else:
             self.say("problem", f"branch rsi/{tag} is at {(have or 'nothing')[:10]}, the ledger says {want[:10]}")
 

@@ -6,7 +6,8 @@ Order of effects, so that a kill at any point is safe:
   group killed, and the run done again with the same seed;
 - a verdict is written in one transaction with the kept commit, and only then does the research branch move;
   on resume the branch is set from the ledger.
-A keep lands only after the judge's replication on fresh seeds, so the branch never needs a revert.
+A keep lands only after the judge's replication on fresh seeds; one whose later fresh runs show it did not hold
+is reverted by a commit on the branch (Experimenter.holds), recorded in the same way: ledger first, then branch.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ class Research:
         self.experimenter = Experimenter(
             cfg, self.store, self.ledger, self.measurer, self.judge, self.tag, self.start_commit
         )
+        self.experimenter.say = self._reverted
         self._recover()
         ex = cfg.executor
         if ex.kind == "ray":  # the cluster places each run: the driver's threads only wait for them
@@ -225,10 +227,15 @@ class Research:
         return cached[1]
 
     # the loop
+    def _reverted(self, exp: Experiment, message: str) -> None:
+        self.listener("message", None, message)
+        self.listener("reverted", exp, message)
+
     def run(self, limits: Limits) -> None:
         try:
             with slots.using(self.slots[0]):  # the baseline's noise floor is measured in what candidates get
                 self._loop(limits)
+            self.experimenter.holds()  # the last champion's top-up came after the last candidate's check
         finally:
             self.store.close()
 

@@ -45,6 +45,8 @@ class Experimenter:
         self._noise: dict[int, tuple[tuple[int, int], Noise | None, Noise | None]] = {}  # per thread: version,
         # the pooled noise, and with the seed's share
         self._pools: dict[int, NoisePool] = {}  # per thread
+        # what the research's listener is told of a revert: the experiment as it is now, and why
+        self.say: Callable[[Experiment, str], None] = lambda exp, message: None
 
     def champion_worktree(self) -> str:
         """Where this thread measures the champion: one checkout per slot, so workers never share one."""
@@ -52,11 +54,9 @@ class Experimenter:
         return "champion" if slot is None else f"champion-{slot.name}"
 
     def branch_head(self) -> str:
-        """The last kept commit: what the research branch must point at (the ledger decides)."""
-        row = self.ledger.db.execute(
-            "SELECT kept_commit FROM experiments WHERE verdict = 'keep' ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        return str(row[0]) if row else self.start_commit
+        """What the research branch must point at (the ledger decides): the last kept commit, or the commit that
+        reverted it."""
+        return self.ledger.branch_head() or self.start_commit
 
     def champion(self) -> Experiment:
         row = self.ledger.db.execute("SELECT id FROM experiments WHERE verdict = 'keep' ORDER BY id DESC LIMIT 1")
@@ -98,6 +98,7 @@ class Experimenter:
         # a keep's top-up cut short (a kill, a deadline) is finished before anything is compared with it
         champion = self.champion()
         champion = self._top_up(champion, None, self._top_up_runs(champion))
+        champion = self.holds(champion)  # a champion that did not hold is reverted before it judges anyone
         deletes = deletes_code(exp.diff)
         remeasured = False
         judge, most = self.judge, self.cfg.judge.max_repeats
@@ -220,6 +221,55 @@ class Experimenter:
             with self.lock:
                 running.discard(seed)
         return wt
+
+    def holds(self, champion: Experiment | None = None) -> Experiment:
+        """The champion, or the one before it when this one did not hold on the fresh runs it had since it
+        landed (none of which decided its keep): its last FRESH_FAILURES failed, or they show it worse than the
+        champion it replaced (`Judge.holds`). Then it is reverted: a commit on the branch with the tree of the
+        one before it (history kept), its verdict discard with `reverted` and the reason. Only the last keep,
+        while the branch holds it, is checked: a champion restored by a revert stays."""
+        champion = champion or self.champion()
+        if champion.id == 0 or champion.kept_commit is None:
+            return champion
+        fresh = sorted((r for r in champion.runs if r.kind == FRESH), key=lambda r: r.id)
+        valid = [r.metric for r in fresh if r.status == "ok" and r.metric is not None]
+        failed = len(fresh) - max((i + 1 for i, r in enumerate(fresh) if r.metric is not None), default=0)
+        with self.lock:
+            row = self.ledger.db.execute(
+                "SELECT id FROM experiments WHERE verdict = 'keep' AND id < ? ORDER BY id DESC LIMIT 1", (champion.id,)
+            ).fetchone()
+            before = self.ledger.experiment(int(row[0]) if row else 0)
+            assert before is not None
+            if failed >= FRESH_FAILURES:
+                why = f"its last {failed} fresh runs failed"
+            else:
+                previous = [r.metric for r in champion_pool(before) if r.metric is not None]
+                # the noise without its own runs: those that kept it and those since, were it not to hold, would
+                # spread as two levels, and make the test too wide to see it
+                others = {k: v for k, v in self.ledger.select_metrics().items() if k != champion.id}
+                held = self.judge.holds(valid, previous, self.cfg.metric.goal, NoisePool(anchor=0)(others))
+                if held.verdict != "discard":
+                    return champion
+                why = f"{held.reason} against #{before.id}"
+            head = self.branch_head()
+            if head != champion.kept_commit:
+                return champion
+            tree = before.kept_commit or before.commit_sha or self.start_commit
+            message = f"rsi: revert experiment {champion.id}, which did not hold after it landed: {why}"
+            sha = self.store.keep(tree, head, message)
+            with self.ledger.transaction():
+                self.ledger.update_experiment(
+                    champion.id,
+                    verdict="discard",
+                    reverted=1,
+                    revert_commit=sha,
+                    reason=f"{champion.reason}; reverted after it landed: {why}",
+                )
+            self.store.set_branch(self.tag, sha)
+        self.say(
+            self._reload(champion), f"#{champion.id} reverted ({sha[:10]}): it did not hold after it landed: {why}"
+        )
+        return self.champion()
 
     def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
         """Candidate and champion on the same fresh seeds, new to both, a pair at a time until the judge

@@ -237,6 +237,11 @@ class Judge(Protocol):
         --repeats`)."""
         ...
 
+    def holds(self, fresh: Sequence[float], before: Sequence[float], goal: Goal, noise: Noise | None) -> Decision:
+        """After a keep landed: whether its fresh runs (`fresh`, none of which decided its keep) still show it
+        no worse than the champion it replaced (that one's fresh runs, `before`). "discard": revert it."""
+        ...
+
 
 @dataclass(frozen=True)
 class ThresholdJudge:
@@ -278,6 +283,9 @@ class ThresholdJudge:
     def with_repeats(self, most: int) -> ThresholdJudge:
         return self  # one run decides, however many are allowed
 
+    def holds(self, fresh: Sequence[float], before: Sequence[float], goal: Goal, noise: Noise | None) -> Decision:
+        return Decision("keep", "one run decides: nothing is re-measured")
+
 
 @dataclass(frozen=True)
 class SequentialJudge:
@@ -311,6 +319,22 @@ class SequentialJudge:
 
     def with_repeats(self, most: int) -> SequentialJudge:
         return dataclasses.replace(self, max_repeats=most)
+
+    def holds(self, fresh: Sequence[float], before: Sequence[float], goal: Goal, noise: Noise | None) -> Decision:
+        """Reverted only when the fresh runs show it worse than the champion it replaced: its improvement's
+        upper bound below zero. Not a second replication, which would revert true small gains about as often
+        as replication misses them. Looked at again as its fresh runs grow in number: the look at n runs spends
+        2 alpha / (n (n + 1)) of alpha = 1 - confidence, so that all of them together spend at most alpha,
+        whichever counts are looked at."""
+        n = len(fresh)
+        if noise is None or noise.sd == 0 or n < 2 or not before:
+            return Decision("keep", "too few fresh runs to tell")
+        gain = improvement(statistics.fmean(fresh), statistics.fmean(before), goal)
+        se = noise.sd * math.sqrt(1 / n + 1 / len(before))
+        high = gain + self._quantile(1 - 2 * (1 - self.confidence) / (n * (n + 1)), noise.dof) * se
+        if high < 0:
+            return Decision("discard", f"worse on {n} fresh runs: {gain:.4g}, bound {high:.4g}", (gain, high))
+        return Decision("keep", f"holds on {n} fresh runs: {gain:.4g}, bound {high:.4g}", (gain, high))
 
     def decide(
         self,

@@ -21,7 +21,7 @@ from typing import Any
 
 from rsi.errors import UserError
 
-SCHEMA_VERSION = 4  # 3: calls (what each model call cost); 4: runs.progress
+SCHEMA_VERSION = 5  # 3: calls (what each model call cost); 4: runs.progress; 5: experiments.revert_commit
 SELECT_KINDS = ("screen", "confirm", "fresh")  # runs of the task's command; "holdout" and "verify" are apart
 
 _SCHEMA = """
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     reverted INTEGER NOT NULL DEFAULT 0,
     ci_low REAL,
     ci_high REAL,
+    revert_commit TEXT,
     created REAL NOT NULL,
     finished REAL
 );
@@ -117,10 +118,11 @@ class Experiment:
     verdict: str | None
     reason: str
     interrupts: int  # runs of it cut short by the orchestrator's death, in a row
-    reverted: bool  # screening kept it, replication on fresh seeds did not: never reached the branch
+    reverted: bool  # a keep that did not hold on fresh seeds: replication refused it, or it was reverted
     ci: tuple[float, float] | None  # bounds on its improvement over the champion when decided
     created: float
     finished: float | None
+    revert_commit: str | None = None  # it landed, then did not hold: the commit that undid it on the branch
     runs: list[Run] = field(default_factory=list)
 
     def metrics(self, kind: str = "select") -> list[float | None]:
@@ -140,7 +142,7 @@ class Experiment:
 # the columns of Experiment and Run, in the order of their fields
 _EXPERIMENT_COLUMNS = (
     "id, parent, parent_commit, commit_sha, kept_commit, proposer, hypothesis, params, diff, state, status, verdict,"
-    " reason, interrupts, reverted, ci_low, ci_high, created, finished"
+    " reason, interrupts, reverted, ci_low, ci_high, created, finished, revert_commit"
 )
 _RUN_COLUMNS = (
     "id, experiment, kind, seed, state, status, metric, reason, duration_s, peak_memory_mb, stdout_tail, stderr_tail"
@@ -249,7 +251,8 @@ class Ledger:
         with self.transaction():
             if "attempts" in columns:
                 self.db.execute("ALTER TABLE experiments RENAME COLUMN attempts TO interrupts")
-            for column, kind in (("reverted", "INTEGER NOT NULL DEFAULT 0"), ("ci_low", "REAL"), ("ci_high", "REAL")):
+            added = (("reverted", "INTEGER NOT NULL DEFAULT 0"), ("ci_low", "REAL"), ("ci_high", "REAL"))
+            for column, kind in (*added, ("revert_commit", "TEXT")):
                 if column not in columns:
                     self.db.execute(f"ALTER TABLE experiments ADD COLUMN {column} {kind}")
             if "progress" not in {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}:
@@ -373,6 +376,16 @@ class Ledger:
         self._forget(exp_id)
         self.db.execute(f"UPDATE experiments SET {cols} WHERE id = ?", (*fields.values(), exp_id))
 
+    def branch_head(self) -> str | None:
+        """The commit the research branch points at: the last keep's, or the commit that reverted it when it
+        did not hold (None before the first keep). Only the last keep can be reverted, so the later of the two
+        is the one with the larger experiment id."""
+        row = self.db.execute(
+            "SELECT COALESCE(revert_commit, kept_commit) FROM experiments WHERE"
+            " (verdict = 'keep' AND kept_commit IS NOT NULL) OR revert_commit IS NOT NULL ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return str(row[0]) if row else None
+
     def experiment(self, exp_id: int) -> Experiment | None:
         """One experiment with its finished runs: read once, then from the cache until something changes it
         (the engine asks for the same few experiments many times per candidate)."""
@@ -409,6 +422,7 @@ class Ledger:
                 ci=None if r[15] is None else (r[15], r[16]),
                 created=r[17],
                 finished=r[18],
+                revert_commit=r[19],
             )
             for r in rows
         ]

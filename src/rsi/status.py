@@ -62,6 +62,7 @@ def experiment_json(e: Experiment, flag: str | None = None) -> dict[str, Any]:
         "parent": e.parent,
         "reason": e.reason,
         "reverted": e.reverted,
+        "revert_commit": e.revert_commit,
         "ci": list(e.ci) if e.ci else None,
         "holdout_flag": flag,
         "peak_memory_mb": max(memory) if memory else None,

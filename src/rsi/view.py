@@ -31,7 +31,6 @@ class LiveView:
         self.time_budget_s = time_budget_s
         self.started = time.monotonic()
         self.rows: dict[int, tuple[Experiment, str]] = {}
-        self.best: float | None = None
         self.durations: list[float] = []
         self.messages: list[str] = []
         self.live = Live(console=console, refresh_per_second=4, transient=False) if console.is_terminal else None
@@ -48,12 +47,9 @@ class LiveView:
 
     def __call__(self, event: str, exp: Experiment | None, message: str) -> None:
         if exp is not None:
-            self.rows[exp.id] = (exp, event)
-            if event == "done":
-                if exp.verdict in ("keep",) or exp.id == 0:
-                    self.best = exp.mean()
-                if exp.finished:
-                    self.durations.append(exp.finished - exp.created)
+            self.rows[exp.id] = (exp, "done" if event == "reverted" else event)  # a landed keep, undone
+            if event == "done" and exp.finished:
+                self.durations.append(exp.finished - exp.created)
         elif message:
             self.messages.append(message)
         if self.live:
@@ -62,6 +58,13 @@ class LiveView:
             self.console.print(self._line(exp), highlight=False, soft_wrap=True)
         elif exp is None and message:
             self.console.print(f"rsi: {message}", highlight=False, soft_wrap=True)
+
+    @property
+    def best(self) -> float | None:
+        """The champion's mean: the last keep's (a resumed research's too; not a reverted one's), or the
+        baseline's."""
+        kept = [e for e, _ in self.rows.values() if e.id == 0 or e.verdict == "keep"]
+        return max(kept, key=lambda e: e.id).mean() if kept else None
 
     def _remaining(self) -> str:
         if not self.durations:
