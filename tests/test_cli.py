@@ -96,6 +96,39 @@ def test_bad_states_exit_2(make_task: MakeTask, tmp_path: Path) -> None:
         assert expected in p.stderr, (case, p.stderr)
 
 
+def test_a_failed_baseline_is_measured_again_and_the_metric_cannot_change_under_a_research(
+    make_task: MakeTask,
+) -> None:
+    """A baseline that gave no metric stops the research; with the task fixed, `rsi run` measures it again
+    (before, it went on without one and ended in a traceback). Once it has a metric, rsi.toml's [metric] is
+    the research's: a resume under another goal, name or pattern is refused, and nothing recorded changes."""
+    root = make_task(extra_toml="[judge]\nbaseline_repeats = 2\n")
+    edit_toml(root, "pattern = '^loss:", "pattern = '^LOSS:")
+    failed = rsi("run", str(root), "--max-experiments", "4")
+    assert failed.returncode == 2 and "the baseline gave no metric" in failed.stderr
+    assert rsi("export", str(root), "--format", "tsv").stdout.splitlines()[1].split("\t")[3] == "crash"
+    edit_toml(root, "pattern = '^LOSS:", "pattern = '^loss:")
+    again = rsi("run", str(root), "--max-experiments", "4")
+    assert again.returncode == 0 and "measuring it again" in again.stdout, again.stderr
+    s = json.loads(rsi("status", str(root), "--json").stdout)
+    assert s["baseline"]["metric"] is not None and None not in s["baseline"]["runs"]  # the failed runs are gone
+    assert len(s["experiments"]) == 4 and rsi("export", str(root)).stdout.splitlines()[1].split("\t")[3] == "keep"
+    for old, new, said in (
+        ('goal = "minimize"', 'goal = "maximize"', "(goal: 'minimize' -> 'maximize')"),
+        ('name = "loss"', 'name = "val_loss"', "(metric: 'loss' -> 'val_loss')"),
+        ("pattern = '^loss:", "pattern = 'loss:", "(pattern: '^loss:"),
+    ):
+        edit_toml(root, old, new)
+        p = rsi("run", str(root), "--max-experiments", "6")
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "is not the one this research was measured with " + said in p.stderr and "Traceback" not in p.stderr
+        edit_toml(root, new, old)
+    assert json.loads(rsi("status", str(root), "--json").stdout) == s  # nothing recorded changed
+    # a resumed run's live lines show the best so far from the first one on
+    resumed = rsi("run", str(root), "--max-experiments", "5")
+    assert resumed.returncode == 0 and "best -" not in resumed.stdout and "#4 " in resumed.stdout
+
+
 def test_init_writes_a_valid_config(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("lr = 0.1\nprint('loss:', lr)\n")
     (tmp_path / "prepare.py").write_text("X = 1\n")

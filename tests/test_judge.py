@@ -89,7 +89,7 @@ def test_the_selection_gain_stands_on_the_champions_fresh_runs_not_on_those_that
     assert s["best"]["metric"] == pytest.approx(after)  # the contract's figure: every run
     assert s["selection_gain"] == pytest.approx(before - statistics.fmean(fresh))
     assert s["selection_gain"] != pytest.approx(before - after)
-    assert f"(experiment {kept.id}; {s['best']['fresh_metric']} on its fresh runs)" in standing(s)
+    assert f"(experiment {kept.id}; {s['best']['fresh_metric']:.6g} on its fresh runs)" in standing(s)
 
 
 def test_a_candidate_that_blows_up_on_one_seed_does_not_freeze_the_research() -> None:

@@ -35,7 +35,12 @@ from rsi.swarm import SwarmProposer
 from rsi.view import LiveView
 from rsi.workspace import Workspace
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Autonomous research on code, judged honestly.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,  # help texts hold [brackets] (rsi[serve], [[proposer.models]]): no markup
+    help="Autonomous research on code, judged honestly.",
+)
 err = Console(stderr=True)
 out = Console(soft_wrap=True)
 
@@ -409,7 +414,9 @@ def export(
         fail(str(e))
 
 
-meta_app = typer.Typer(help="rsi researches its own research program, and checks it on tasks it never saw.")
+meta_app = typer.Typer(
+    rich_markup_mode=None, help="rsi researches its own research program, and checks it on tasks it never saw."
+)
 app.add_typer(meta_app, name="meta")
 MetaDir = Annotated[Path, typer.Option("--dir", help="the meta-task's folder (made on first use)")]
 

@@ -143,7 +143,7 @@ class RayMeasurer:
             others = sorted(set(self.kinds[n] for n in self.alive if n in self.kinds))
             raise UserError(
                 f"no node of this research's kind ({self.kind!r}) is in the Ray cluster (it has {others}); "
-                "add one and resume, or start a new research (--tag) with executor.node_kind set"
+                "add one and resume, or start a new research (a fresh clone, or `rsi fork`) with executor.node_kind set"
             )
         return nodes
 

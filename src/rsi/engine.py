@@ -182,17 +182,46 @@ class Research:
                     "start_commit": head,
                     "frozen": json.dumps(frozen, sort_keys=True),
                     "task": self.cfg.task.name,
-                    "goal": self.cfg.metric.goal,
-                    "metric": self.cfg.metric.name,
+                    **self._metric_meta(),
                 }.items():
                     self.ledger.set(key, value)
         elif tag is not None and tag != known:
             raise UserError(f"this task's research is rsi/{known}; resume it without --tag or use --tag {known}")
+        else:
+            self._same_metric()
         self.tag = self.ledger.get("tag") or ""
         self.start_commit = self.ledger.get("start_commit") or ""
         constraints = json.dumps([c.model_dump() for c in self.cfg.constraints])
         if self.ledger.get("constraints") != constraints:  # what status and the report show the front of
             self.ledger.set("constraints", constraints)
+
+    def _metric_meta(self) -> dict[str, str]:
+        """What the ledger records of the metric: its measurements compare only under the same one."""
+        spec = json.dumps(self.cfg.metric.model_dump(mode="json"), sort_keys=True)
+        return {"goal": self.cfg.metric.goal, "metric": self.cfg.metric.name, "metric_spec": spec}
+
+    def _same_metric(self) -> None:
+        """Resuming: rsi.toml's [metric] must be the one the research was measured with (a baseline that gave no
+        metric is measured again, so its metric may still change)."""
+        now = self._metric_meta()
+        baseline = self.ledger.experiment(0)
+        if baseline is not None and baseline.valid():
+            recorded = {key: self.ledger.get(key) for key in now}
+            old = {k: v for k, v in recorded.items() if v is not None and v != now[k]}
+            if old:
+                if "metric_spec" in old and len(old) == 1:  # name and goal the same: say what else changed
+                    was, new = json.loads(old["metric_spec"]), json.loads(now["metric_spec"])
+                    what = next(f"{k}: {was.get(k)!r} -> {new[k]!r}" for k in sorted(new) if was.get(k) != new[k])
+                else:
+                    what = next(f"{k}: {v!r} -> {now[k]!r}" for k, v in old.items() if k != "metric_spec")
+                raise UserError(
+                    f"rsi.toml's [metric] is not the one this research was measured with ({what}): its figures "
+                    "would not compare with those recorded; put it back, or research the new metric apart "
+                    "(`rsi fork`, or a clone of the repository)"
+                )
+        with self.ledger.transaction():
+            for key, value in now.items():
+                self.ledger.set(key, value)
 
     def _check_globs(self) -> None:
         """A glob that matches nothing is a typo: researching without the file would waste the night."""
@@ -266,6 +295,13 @@ class Research:
         for e in self.ledger.experiments("state = 'done'"):
             self.proposer.observe(e)
         baseline = self.ledger.experiment(0)
+        if baseline is not None and baseline.state == "done" and not baseline.valid():
+            # it gave no metric and the research stopped there; the task has been fixed since (or not: then it
+            # stops again, with the same words)
+            with self.ledger.transaction():
+                self.ledger.restart_baseline()
+            baseline = self.ledger.experiment(0)
+            self.listener("message", None, "the baseline gave no metric last time: measuring it again")
         if baseline is None or baseline.state != "done":
             if not budget_left() and baseline is None:
                 return self.listener("stop", None, "the experiment budget is already spent")

@@ -83,8 +83,8 @@ def hold_kind(meta: _Meta, kind: str, where: str) -> None:
     elif known != kind:
         raise UserError(
             f"this research was measured on {known!r}, {where} is {kind!r}: a time budget buys different work "
-            f"there, so its figures would not compare; start a new research (--tag) here, or set "
-            f"RSI_NODE_KIND={known!r} if the machines are equivalent"
+            f"there, so its figures would not compare; start a new research here (a fresh clone, or `rsi fork`), "
+            f"or set RSI_NODE_KIND={known!r} if the machines are equivalent"
         )
 
 

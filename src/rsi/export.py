@@ -22,9 +22,9 @@ FORMATS: tuple[Format, ...] = ("tsv", "csv", "json")
 
 
 def _tsv_status(row: dict[str, Any]) -> str:
-    if row["verdict"] in ("baseline", "keep"):
-        return "keep"
-    return "discard" if row["status"] == "ok" else "crash"
+    if row["status"] != "ok" or row["metric"] is None:  # a baseline that gave no metric too
+        return "crash"
+    return "keep" if row["verdict"] in ("baseline", "keep") else "discard"
 
 
 def _one_line(text: str) -> str:

@@ -23,7 +23,7 @@ timeout = "{timeout}"                     # wall clock, enforced by killing the 
 
 [metric]
 name = "{metric}"
-goal = "{goal}"                   # or "maximize"; rsi never guesses
+goal = "{goal}"                   # or "maximize": say which, rsi never guesses
 pattern = '{pattern}'    # regex on stdout (then stderr); the first group is the value; the last match wins
 # file = "metrics.json"               # or read it from a JSON file the run writes ...
 # key = "val_loss"                    # ... under this key

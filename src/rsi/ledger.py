@@ -567,6 +567,18 @@ class Ledger:
         rows = self.db.execute("SELECT id, experiment, pid, pid_started FROM runs WHERE state = 'running'")
         return [(int(r[0]), int(r[1]), r[2], r[3]) for r in rows.fetchall()]
 
+    def restart_baseline(self) -> None:
+        """Forget a baseline that gave no metric, runs and verdict, so that it is measured again (call in a
+        transaction): nothing was compared with it."""
+        cache = self._held()
+        if cache is not None:
+            cache.clear()
+        self.db.execute("DELETE FROM runs WHERE experiment = 0")
+        self.db.execute(
+            "UPDATE experiments SET state = 'proposed', status = NULL, verdict = NULL, reason = '', finished = NULL"
+            " WHERE id = 0"
+        )
+
     def drop_interrupted(self, runs: Sequence[tuple[int, int, int | None, float | None]]) -> None:
         """Forget unfinished runs (they are run again) and count the interruption against their experiment."""
         for run_id, exp_id, _, _ in runs:

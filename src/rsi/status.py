@@ -152,12 +152,16 @@ def _proposers(ledger: Ledger) -> dict[str, dict[str, float | None]]:
 def standing(data: Mapping[str, Any]) -> str:
     """`rsi status`'s line under its table, from `status_json`: baseline, best, noise."""
     noise, best = data["noise_sd"], data["best"]
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.6g}"
+
     # the fresh figure differs only where the champion has fresh runs apart from those that decided its keep
-    fresh = f"; {best['fresh_metric']} on its fresh runs" if best["fresh_metric"] != best["metric"] else ""
+    fresh = f"; {num(best['fresh_metric'])} on its fresh runs" if best["fresh_metric"] != best["metric"] else ""
     share = f", {data['noise_seed_share']:.0%} of it the seed's" if data["noise_seed_share"] else ""
     out = data.get("noise_left_out") or []
     unstable = f" (without {', '.join(f'#{i}' for i in out)}: runs too spread to share it)" if out else ""
     return (
-        f"baseline {data['baseline']['metric']}  best {best['metric']} (experiment {best['id']}{fresh})  "
+        f"baseline {num(data['baseline']['metric'])}  best {num(best['metric'])} (experiment {best['id']}{fresh})  "
         f"noise sd {noise if noise is None else f'{noise:.3g}'}{share}{unstable}"
     )
