@@ -16,7 +16,7 @@ from scipy import stats
 from rsi import slots
 from rsi.config import Config, ConstraintConfig
 from rsi.errors import UserError
-from rsi.judge import Decision, Judge, Noise, NoisePool, with_seed_share
+from rsi.judge import Decision, Judge, Noise, NoisePool, improvement, with_seed_share
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.pruning import PRUNED, Reference, reference
@@ -244,6 +244,10 @@ class Experimenter:
                 why = f"its last {failed} fresh runs failed"
             else:
                 previous = [r.metric for r in champion_pool(before) if r.metric is not None]
+                if len(valid) < 2 or not previous:
+                    return champion
+                if improvement(statistics.fmean(valid), statistics.fmean(previous), self.cfg.metric.goal) >= 0:
+                    return champion  # not worse on its fresh runs: nothing to test (and no pool to compute)
                 # the noise without its own runs: those that kept it and those since, were it not to hold, would
                 # spread as two levels, and make the test too wide to see it
                 others = {k: v for k, v in self.ledger.select_metrics().items() if k != champion.id}
@@ -252,8 +256,8 @@ class Experimenter:
                     return champion
                 why = f"{held.reason} against #{before.id}"
             head = self.branch_head()
-            if head != champion.kept_commit:
-                return champion
+            if head != champion.kept_commit:  # another worker reverted it, or landed a keep, meanwhile
+                return self.champion()
             tree = before.kept_commit or before.commit_sha or self.start_commit
             message = f"rsi: revert experiment {champion.id}, which did not hold after it landed: {why}"
             sha = self.store.keep(tree, head, message)
