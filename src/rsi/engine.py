@@ -207,13 +207,12 @@ class Research:
         baseline = self.ledger.experiment(0)
         if baseline is not None and baseline.valid():
             recorded = {key: self.ledger.get(key) for key in now}
-            old = {k: v for k, v in recorded.items() if v is not None and v != now[k]}
-            if old:
-                if "metric_spec" in old and len(old) == 1:  # name and goal the same: say what else changed
-                    was, new = json.loads(old["metric_spec"]), json.loads(now["metric_spec"])
-                    what = next(f"{k}: {was.get(k)!r} -> {new[k]!r}" for k in sorted(new) if was.get(k) != new[k])
-                else:
-                    what = next(f"{k}: {v!r} -> {now[k]!r}" for k, v in old.items() if k != "metric_spec")
+            old = {k: v for k, v in recorded.items() if v is not None and v != now[k] and k != "metric_spec"}
+            was, new = json.loads(recorded["metric_spec"] or "{}"), json.loads(now["metric_spec"])
+            # a field one side does not have (an rsi that added one) is no change; one both have and differ on is
+            spec = [f"{k}: {was[k]!r} -> {new[k]!r}" for k in sorted(new) if k in was and was[k] != new[k]]
+            if old or spec:
+                what = next((f"{k}: {v!r} -> {now[k]!r}" for k, v in old.items()), spec[0] if spec else "")
                 raise UserError(
                     f"rsi.toml's [metric] is not the one this research was measured with ({what}): its figures "
                     "would not compare with those recorded; put it back, or research the new metric apart "

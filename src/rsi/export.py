@@ -22,9 +22,11 @@ FORMATS: tuple[Format, ...] = ("tsv", "csv", "json")
 
 
 def _tsv_status(row: dict[str, Any]) -> str:
-    if row["status"] != "ok" or row["metric"] is None:  # a baseline that gave no metric too
+    if row["status"] != "ok":
         return "crash"
-    return "keep" if row["verdict"] in ("baseline", "keep") else "discard"
+    if row["verdict"] in ("baseline", "keep"):
+        return "keep" if row["metric"] is not None else "crash"  # a baseline that gave no metric is no keep
+    return "discard"  # a pruned candidate too: stopped for being behind, with no metric
 
 
 def _one_line(text: str) -> str:

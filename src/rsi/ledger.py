@@ -575,8 +575,8 @@ class Ledger:
             cache.clear()
         self.db.execute("DELETE FROM runs WHERE experiment = 0")
         self.db.execute(
-            "UPDATE experiments SET state = 'proposed', status = NULL, verdict = NULL, reason = '', finished = NULL"
-            " WHERE id = 0"
+            "UPDATE experiments SET state = 'proposed', status = NULL, verdict = NULL, reason = '', finished = NULL,"
+            " interrupts = 0 WHERE id = 0"
         )
 
     def drop_interrupted(self, runs: Sequence[tuple[int, int, int | None, float | None]]) -> None:
