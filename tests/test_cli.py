@@ -96,6 +96,25 @@ def test_bad_states_exit_2(make_task: MakeTask, tmp_path: Path) -> None:
         assert expected in p.stderr, (case, p.stderr)
 
 
+USAGE = [
+    (("run", "--bogus"), "rsi run: No such option: --bogus"),
+    (("run", "--workers", "0"), "rsi run: Invalid value for '--workers'"),
+    (("run", "--max-experiments", "x"), "rsi run: Invalid value for '--max-experiments'"),
+    (("frobnicate",), "rsi: No such command 'frobnicate'"),
+    (("meta", "frobnicate"), "rsi meta: No such command 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), USAGE, ids=[" ".join(a) for a, _ in USAGE])
+def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
+    p = rsi(*args, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert "--help" in lines[0]
+    assert rsi("--help", cwd=tmp_path).returncode == 0  # help itself is no error
+
+
 def test_a_failed_baseline_is_measured_again_and_the_metric_cannot_change_under_a_research(
     make_task: MakeTask,
 ) -> None:

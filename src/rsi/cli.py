@@ -634,10 +634,23 @@ def meta_report(
 
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)  # errors of usage reach the handler below, not Typer's printer
+    except typer.TyperException as e:  # bad usage: an unknown option, a value out of its range
+        context = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `rsi` alone: its message is the help
+            print(e.format_message(), file=sys.stderr)
+            sys.exit(2)
+        where = context.command_path if context is not None else "rsi"
+        hint = f"; see '{where} --help'" if context is not None else ""
+        print(f"{where}: {e.format_message().rstrip('.')}{hint}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Abort:
+        print("rsi: stopped", file=sys.stderr)
+        sys.exit(130)
     except UserError as e:  # a UserError raised outside a command's own handling
         print(f"rsi: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # before a command had set up its own handling
         print("rsi: stopped", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)  # a command's typer.Exit comes back as its code
