@@ -166,10 +166,14 @@ def test_init_writes_a_valid_config(tmp_path: Path) -> None:
 
 def test_init_then_run_on_a_fresh_repository(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("lr = 0.9\nprint(f'loss: {(lr - 0.3) ** 2:.5f}')\n")
-    assert rsi("init", str(tmp_path)).returncode == 0
+    first = rsi("init", str(tmp_path))
+    assert first.returncode == 0 and "not a git repository" in first.stdout  # said now, not only at run
     edit_toml(tmp_path, 'command = "python train.py"', 'command = "python3 train.py"')
     git(tmp_path, "init", "-q", "-b", "main")
     commit_all(tmp_path)
+    again = rsi("init", str(tmp_path), "--force")
+    assert again.returncode == 0 and "note:" not in again.stdout
+    edit_toml(tmp_path, 'command = "python train.py"', 'command = "python3 train.py"')
     p = rsi("run", str(tmp_path), "--max-experiments", "6")
     assert p.returncode == 0, p.stderr
     s = json.loads(rsi("status", str(tmp_path), "--json").stdout)

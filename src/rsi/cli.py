@@ -101,6 +101,10 @@ def init(
     except UserError as e:
         fail(str(e))
     out.print(f"wrote {path}: check editable, command and metric, then `rsi run`", highlight=False)
+    try:
+        Workspace(directory).check_repository()
+    except UserError as e:  # not an error yet: the user may init git next; `rsi run` refuses until then
+        out.print(f"note: {e}; `rsi run` needs it", highlight=False, markup=False)
 
 
 @app.command()
