@@ -391,7 +391,7 @@ def test_a_keep_that_does_not_hold_after_it_landed_is_reverted_by_a_commit_and_r
     task = functools.partial(drifting, text=gain, calls=[])
     r = in_process(config(), {"f.py": base}, task, Scripted([gain, null, later]))
     r.run(Limits(max_experiments=4))
-    _, first, _, second = r.ledger.experiments()
+    _, first, between, second = r.ledger.experiments()
     store = r.store
     assert isinstance(store, MemoryStore)
     # the keep landed, then its fresh runs (its top-up) showed it worse than the baseline it replaced
@@ -402,12 +402,20 @@ def test_a_keep_that_does_not_hold_after_it_landed_is_reverted_by_a_commit_and_r
     # a commit on the branch with the baseline's files, on top of the keep: history kept
     sha = first.revert_commit
     assert sha is not None and store.parents[sha] == first.kept_commit and store.snapshot(sha) == {"f.py": base}
+    # reverted before the next proposal: no candidate is built on a champion that did not hold
+    assert between.parent_commit == sha and "meanwhile" not in between.reason
     # the next keep lands on top of the revert, judged against the baseline
     assert second.verdict == "keep" and second.parent_commit == sha and store.parents[second.kept_commit or ""] == sha
     assert store.branches[r.tag] == second.kept_commit
     s = status_json(r.ledger)
     row = s["experiments"][1]
     assert row["verdict"] == "discard" and row["reverted"] is True and row["revert_commit"] == sha
+
+
+def test_a_research_whose_limits_allow_no_baseline_ends_cleanly() -> None:
+    r = in_process(config(), {"f.py": "loss = 1.0\n"}, noisy, Scripted(["loss = 0.5\n"]))
+    r.run(Limits(max_runs=0))  # a library caller's budget: spent before anything ran
+    assert r.ledger.count() == 0 and r.ledger.experiment(0) is None
 
 
 def test_a_true_gain_is_not_reverted_and_a_loss_is() -> None:

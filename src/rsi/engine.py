@@ -263,7 +263,8 @@ class Research:
         try:
             with slots.using(self.slots[0]):  # the baseline's noise floor is measured in what candidates get
                 self._loop(limits)
-            self.experimenter.holds()  # the last champion's top-up came after the last candidate's check
+            if self.ledger.experiment(0) is not None:  # (a library caller's limits may allow no baseline)
+                self.experimenter.holds()  # the last champion's top-up came after the last candidate's check
         finally:
             self.store.close()
 
@@ -570,9 +571,10 @@ class Research:
             self.listener("message", None, f"noise sd {noise.sd:.4g} ({noise.dof} dof){smallest}")
 
     def _best(self) -> tuple[Experiment, str]:
-        """The champion and the branch head, read together: a worker's keep may land at any moment."""
+        """The champion and the branch head, read together: a worker's keep may land at any moment. A champion
+        that did not hold is reverted first, so that no candidate is built on it."""
         with self.experimenter.lock:
-            return self.experimenter.champion(), self.experimenter.branch_head()
+            return self.experimenter.holds(), self.experimenter.branch_head()
 
     def _record_proposal(
         self, proposal: Proposal, champion: Experiment, files: dict[str, str], head: str

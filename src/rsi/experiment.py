@@ -59,9 +59,7 @@ class Experimenter:
         return self.ledger.branch_head() or self.start_commit
 
     def champion(self) -> Experiment:
-        row = self.ledger.db.execute("SELECT id FROM experiments WHERE verdict = 'keep' ORDER BY id DESC LIMIT 1")
-        found = row.fetchone()
-        champion = self.ledger.experiment(int(found[0]) if found else 0)
+        champion = self.ledger.experiment(self.ledger.last_keep())
         assert champion is not None
         return champion
 
@@ -204,7 +202,7 @@ class Experimenter:
             running = self._remeasuring.setdefault(exp.id, set())
             runs = sorted((r for r in exp.runs if r.kind == FRESH), key=lambda r: r.id)
             valid = sum(r.metric is not None for r in runs)
-            failed = len(runs) - max((i + 1 for i, r in enumerate(runs) if r.metric is not None), default=0)
+            failed = trailing_failures(runs)
             taken = {r.seed for r in runs}
             if failed >= FRESH_FAILURES or enough(valid + len(running - taken)):  # a run just recorded: once
                 return None
@@ -233,12 +231,9 @@ class Experimenter:
             return champion
         fresh = sorted((r for r in champion.runs if r.kind == FRESH), key=lambda r: r.id)
         valid = [r.metric for r in fresh if r.status == "ok" and r.metric is not None]
-        failed = len(fresh) - max((i + 1 for i, r in enumerate(fresh) if r.metric is not None), default=0)
+        failed = trailing_failures(fresh)
         with self.lock:
-            row = self.ledger.db.execute(
-                "SELECT id FROM experiments WHERE verdict = 'keep' AND id < ? ORDER BY id DESC LIMIT 1", (champion.id,)
-            ).fetchone()
-            before = self.ledger.experiment(int(row[0]) if row else 0)
+            before = self.ledger.experiment(self.ledger.last_keep(before=champion.id))
             assert before is not None
             if failed >= FRESH_FAILURES:
                 why = f"its last {failed} fresh runs failed"
@@ -434,6 +429,11 @@ def screen_seed(pool: Sequence[Run], exp_id: int, k: int) -> int:
     """The seed of a candidate's screening run k (from 0): the champion's run k's, so that the two pair up;
     past the champion's runs, a fresh one."""
     return pool[k].seed if k < len(pool) else fresh_seed(exp_id, 100 + k)
+
+
+def trailing_failures(runs: Sequence[Run]) -> int:
+    """How many of the last runs (in the order given) gave no metric, in a row."""
+    return len(runs) - max((i + 1 for i, r in enumerate(runs) if r.metric is not None), default=0)
 
 
 def _has_run(exp: Experiment, kind: str, seed: int) -> bool:

@@ -376,6 +376,13 @@ class Ledger:
         self._forget(exp_id)
         self.db.execute(f"UPDATE experiments SET {cols} WHERE id = ?", (*fields.values(), exp_id))
 
+    def last_keep(self, before: int | None = None) -> int:
+        """The id of the last kept experiment (of those before experiment `before`, when given); 0, the
+        baseline, when none was kept."""
+        limit = before if before is not None else 2**62
+        row = self.db.execute("SELECT MAX(id) FROM experiments WHERE verdict = 'keep' AND id < ?", (limit,)).fetchone()
+        return int(row[0]) if row[0] is not None else 0
+
     def branch_head(self) -> str | None:
         """The commit the research branch points at: the last keep's, or the commit that reverted it when it
         did not hold (None before the first keep). Only the last keep can be reverted, so the later of the two
