@@ -104,14 +104,19 @@ def test_a_ray_worker_killed_mid_run_is_queued_again_and_nothing_is_lost(make_ta
                     try:
                         if "train.py" not in " ".join(proc.info.get("cmdline") or []):
                             continue
+                        where = Path(f"/proc/{proc.pid}/cwd")
+                        if not where.resolve().is_relative_to(cluster.resolve()):
+                            continue  # another test's cluster (tests run side by side): not ours to kill
                         worker = _ray_worker_of(proc)
-                        if worker is None:
+                        if worker is None or "lr = 0.5\nDEPTH = 3\n" in (where / "train.py").read_text():
+                            continue  # the baseline's code (the champion's runs) sleeps 0.2 s: over before a kill
+                        time.sleep(0.5)  # a candidate's run sleeps 1.5 s: well under way, not over
+                        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
                             continue
-                        time.sleep(0.5)
                         worker.send_signal(signal.SIGKILL)
                         killed.append(worker.pid)
                         return
-                    except psutil.Error:  # it ended while looked at
+                    except (psutil.Error, OSError):  # it ended while looked at
                         continue
             time.sleep(0.05)
 
