@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,6 +181,33 @@ def test_init_then_run_on_a_fresh_repository(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     s = json.loads(rsi("status", str(tmp_path), "--json").stdout)
     assert s["best"]["metric"] <= s["baseline"]["metric"]
+
+
+def test_runs_on_a_busy_machine_are_said_so_in_the_log_and_in_status(make_task: MakeTask) -> None:
+    spin = """\
+    import time
+    lr = 0.5
+    t = time.process_time()
+    while time.process_time() - t < 1.05:
+        pass
+    print(f"loss: {lr:.3f}")
+    """
+    root = make_task(train=spin, extra_toml="[judge]\nbaseline_repeats = 2\n")
+    loop = [sys.executable, "-c", "while True: pass"]
+    cores = sorted(os.sched_getaffinity(0))
+    # two busy loops per core, each its own session: the research's runs get about a third of the machine
+    hogs = [subprocess.Popen(["taskset", "-c", str(c), *loop], start_new_session=True) for c in cores for _ in range(2)]
+    try:
+        p = rsi("run", str(root), "--max-experiments", "1")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert p.returncode == 0, p.stderr
+    assert "warning: the machine is busy: in 2 of the last 2 runs other processes used 50% or more" in p.stdout
+    s = json.loads(rsi("status", str(root), "--json").stdout)
+    assert s["contended_runs"] == 2 and s["experiments"][0]["contended_runs"] == 2
+    assert "2 run(s) on a busy machine" in rsi("status", str(root)).stdout
 
 
 def test_verify_reruns_the_champion_and_flags_a_change(make_task: MakeTask) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from rsi.errors import UserError
 from rsi.runner import (
+    BUSY,
     SECRET_PATTERNS,
     TERM_GRACE_S,
     MetricSpec,
@@ -31,6 +33,7 @@ from rsi.runner import (
     scrub_env,
     to_metric,
 )
+from rsi.sandbox import Limits
 
 LOSS = r"^loss:\s*(\S+)"
 PY = shlex.quote(sys.executable)
@@ -224,6 +227,35 @@ def test_memory_of_grandchildren_counts(tmp_path: Path) -> None:
     inner = script(tmp_path, "block = bytearray(400_000_000)\nimport time\ntime.sleep(30)\n", "inner.py")
     result = run(spec_for(tmp_path, f"{inner} & {inner} & wait", memory_bytes=600_000_000))
     assert result.status == "oom"
+
+
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}:\n    pass\nprint('loss: 1')\n"
+
+
+def hogs(core: int, count: int) -> list[subprocess.Popen[bytes]]:
+    """Busy loops pinned to one core, each in its own session (so that the scheduler's per-session
+    fairness gives each a share, as it gives the run one)."""
+    loop = [sys.executable, "-c", "while True: pass"]
+    return [subprocess.Popen(["taskset", "-c", str(core), *loop], start_new_session=True) for _ in range(count)]
+
+
+def test_a_run_measures_its_cpu_time_and_how_busy_other_processes_kept_its_cores(tmp_path: Path) -> None:
+    core = sorted(os.sched_getaffinity(0))[0]
+    spec = dataclasses.replace(spec_for(tmp_path, script(tmp_path, SPIN.format(s=1.2))), limits=Limits(cpus=(core,)))
+    started = hogs(core, 3)
+    try:
+        time.sleep(0.2)
+        contended = run(spec)
+    finally:
+        for hog in started:
+            hog.kill()
+            hog.wait()
+    assert contended.status == "ok" and 1.2 <= contended.cpu_s < 3.0  # its own time, not the hogs'
+    # three busy loops on its one core: they had most of its time
+    assert contended.busy is not None and contended.busy >= BUSY, contended
+    assert contended.duration_s > contended.cpu_s * 1.5
+    short = run_script(tmp_path, "print('loss: 1')\n")
+    assert short.status == "ok" and short.busy is None and short.cpu_s < 1.0  # too short to tell
 
 
 @pytest.mark.parametrize(

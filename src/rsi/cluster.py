@@ -50,6 +50,8 @@ RUN_FIELDS = (
     "stdout_tail",
     "stderr_tail",
     "progress",
+    "cpu_s",
+    "busy",
 )
 
 
@@ -235,7 +237,7 @@ class RayMeasurer:
             fields: dict[str, Any] = {"status": "crash", "reason": why}
         else:
             self.nodes[wt.name] = record["node"]
-            fields = {k: record["run"][k] for k in RUN_FIELDS}
+            fields = {k: record["run"].get(k) for k in RUN_FIELDS}  # (a node's older rsi may lack some)
             if lost:
                 fields["reason"] = f"re-queued once: the first attempt was lost ({lost[0]}). " + (
                     fields["reason"] or ""

@@ -17,6 +17,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import re
 import threading
 import time
@@ -41,13 +42,14 @@ from rsi.measure import (
     TaskFunction,
 )
 from rsi.proposer import Context, Proposal, Proposer
-from rsi.runner import kill_orphan
+from rsi.runner import BUSY, kill_orphan
 from rsi.slots import Slot, plan
 from rsi.store import MemoryStore, Store
 from rsi.workspace import Workspace, matches
 
 SETUP_TIMEOUT = 3600.0
 MAX_INTERRUPTS = 5  # runs of one experiment cut short in a row before it counts as a crash, not a kill
+BUSY_REPEAT_S = 600.0  # the warning about contended runs is given again at most this often
 
 
 class Ahead:
@@ -158,6 +160,8 @@ class Research:
             self.slots, self.slots_note = [Slot(i, ()) for i in range(count)], ""
         else:
             self.slots, self.slots_note = plan(ex.workers, ex.gpus, ex.gpus_per_experiment, ex.cpus_per_experiment)
+        last_run = self.ledger.db.execute("SELECT MAX(id) FROM runs").fetchone()[0]
+        self._busy_seen = (int(last_run or 0), -math.inf)  # the last run looked at; when the machine was busy
         if len(self.slots) > 1 and state is None:
             raise UserError("several workers need a research on disk (a git repository), not in memory")
         self.proposer = proposer_factory(self.store, self.start_commit)
@@ -513,6 +517,32 @@ class Research:
         done = self.ledger.experiment(exp_id)
         if done is not None and done.state == "done":
             self.proposer.observe(done)
+        self._contended()
+
+    def _contended(self) -> None:
+        """Warns when runs finished since the last look shared their cores with other processes: a run limited
+        by time does less work then, and a time-limited metric measures the machine's load as well as the code.
+        At most every BUSY_REPEAT_S; the share is in the ledger for each run (`busy`)."""
+        seen = self._busy_seen
+        row = self.ledger.db.execute(
+            "SELECT MAX(id), MAX(busy), SUM(busy >= ?), COUNT(busy) FROM runs WHERE id > ? AND state = 'done'",
+            (BUSY, seen[0]),
+        ).fetchone()
+        if row[0] is None:
+            return
+        last, busiest, contended, measured = int(row[0]), row[1], int(row[2] or 0), int(row[3] or 0)
+        now = time.monotonic()
+        if contended and now - seen[1] >= BUSY_REPEAT_S:
+            self.listener(
+                "message",
+                None,
+                f"warning: the machine is busy: in {contended} of the last {measured} runs other processes used "
+                f"{BUSY:.0%} or more of the cores the run had (up to {busiest:.0%}); a run limited by time does "
+                "less work under load, so its metric then measures the load too",
+            )
+            self._busy_seen = (last, now)
+        else:
+            self._busy_seen = (last, seen[1])
 
     def _may_overlap(self, limits: Limits) -> bool:
         """Propose the next candidate while this one runs: for proposers that wait on a model, with a ledger

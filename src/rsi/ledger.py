@@ -21,7 +21,8 @@ from typing import Any
 
 from rsi.errors import UserError
 
-SCHEMA_VERSION = 5  # 3: calls (what each model call cost); 4: runs.progress; 5: experiments.revert_commit
+SCHEMA_VERSION = 6  # 3: calls (what each model call cost); 4: runs.progress; 5: experiments.revert_commit;
+# 6: runs.cpu_s and runs.busy
 SELECT_KINDS = ("screen", "confirm", "fresh")  # runs of the task's command; "holdout" and "verify" are apart
 
 _SCHEMA = """
@@ -66,6 +67,8 @@ CREATE TABLE IF NOT EXISTS runs (
     stderr_tail TEXT NOT NULL DEFAULT '',
     env TEXT NOT NULL DEFAULT '{}',
     progress TEXT NOT NULL DEFAULT '[]',
+    cpu_s REAL,
+    busy REAL,
     started REAL NOT NULL,
     finished REAL
 );
@@ -255,8 +258,10 @@ class Ledger:
             for column, kind in (*added, ("revert_commit", "TEXT")):
                 if column not in columns:
                     self.db.execute(f"ALTER TABLE experiments ADD COLUMN {column} {kind}")
-            if "progress" not in {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}:
-                self.db.execute("ALTER TABLE runs ADD COLUMN progress TEXT NOT NULL DEFAULT '[]'")
+            run_columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+            for column, kind in (("progress", "TEXT NOT NULL DEFAULT '[]'"), ("cpu_s", "REAL"), ("busy", "REAL")):
+                if column not in run_columns:
+                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
             if version < 2:  # version 1 had one kind of run of the task's command
                 self.db.execute("UPDATE runs SET kind = 'fresh' WHERE kind = 'select' AND experiment = 0")
                 self.db.execute("UPDATE runs SET kind = 'screen' WHERE kind = 'select'")
@@ -382,6 +387,14 @@ class Ledger:
         limit = before if before is not None else 2**62
         row = self.db.execute("SELECT MAX(id) FROM experiments WHERE verdict = 'keep' AND id < ?", (limit,)).fetchone()
         return int(row[0]) if row[0] is not None else 0
+
+    def contended(self, busy: float) -> dict[int, int]:
+        """Per experiment, how many of its runs shared their cores with other processes at least `busy` of
+        the time (runs too short to tell count as not)."""
+        rows = self.db.execute(
+            "SELECT experiment, COUNT(*) FROM runs WHERE state = 'done' AND busy >= ? GROUP BY experiment", (busy,)
+        )
+        return {int(e): int(n) for e, n in rows}
 
     def branch_head(self) -> str | None:
         """The commit the research branch points at: the last keep's, or the commit that reverted it when it

@@ -260,6 +260,8 @@ class SubprocessMeasurer:
                 stdout_tail=result.stdout_tail,
                 stderr_tail=result.stderr_tail,
                 progress=json.dumps(result.progress),
+                cpu_s=result.cpu_s,
+                busy=result.busy,
             )
 
     def _evaluation(self, wt: Path, commit: str, kind: str, skip: list[str]) -> tuple[Path, Sandbox]:

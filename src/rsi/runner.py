@@ -44,6 +44,8 @@ TAIL_CHARS = 4000
 METRIC_FILE_MAX = 10_000_000  # bytes of a metric JSON file
 CHUNK_BYTES = 1 << 16
 MB = 1_000_000  # sizes follow the config, where MB and GB are powers of ten
+BUSY = 0.5  # a run whose cores other processes kept this busy (a share of their time) was contended
+BUSY_MIN_RUN_S = 1.0  # a shorter run's share of its cores used by others is not measured: CPU clocks tick in 10 ms
 # the last line of a Python traceback: MemoryError, torch's OutOfMemoryError, numpy's _ArrayMemoryError
 OOM_OUTPUT = re.compile(r"^[\w.]*MemoryError(?=:|$)|CUDA out of memory", re.MULTILINE)
 EVALUATOR_MARKER = b"\n[rsi: evaluator output follows]\n"
@@ -94,6 +96,8 @@ class RunResult:
     stderr_tail: str
     reason: str
     progress: list[Point] = field(default_factory=list)  # (step, value) the run reported as it went
+    cpu_s: float = 0.0  # CPU time of its processes (those their parents waited for)
+    busy: float | None = None  # the share of its cores' time other processes used while it ran (see run())
 
 
 class _Capture:
@@ -134,6 +138,7 @@ class _Tree:
         self.root = psutil.Process(pid)  # not reaped yet, so the pid cannot have been reused
         self.seen: dict[int, psutil.Process] = {}
         self.peak = 0
+        self.cpu_s = 0.0  # CPU time of the child and the descendants it waited for, once it is reaped
 
     def sample(self) -> int:
         """Sums resident memory over the tree; a process that vanishes mid-sample just stops counting."""
@@ -175,6 +180,7 @@ class _Execution:
     stdout: bytes
     stderr: bytes
     omitted: int = 0  # bytes of output dropped by the cap, both streams
+    cpu_s: float = 0.0  # CPU time the tree used (the part its root waited for)
 
 
 def run(spec: RunSpec, on_start: Callable[[int], None] | None = None, watch: Watch | None = None) -> RunResult:
@@ -187,6 +193,8 @@ def run(spec: RunSpec, on_start: Callable[[int], None] | None = None, watch: Wat
     spec.log_dir.mkdir(parents=True, exist_ok=True)
     metric_file = spec.cwd / spec.metric.file if spec.metric.file else None
     before = _stat_key(metric_file) if metric_file else None
+    cores = spec.limits.cpus or tuple(sorted(os.sched_getaffinity(0)))
+    busy_before = busy_seconds(cores)
     started = time.monotonic()
     deadline = started + spec.timeout_s
     main = _execute(spec.command, spec, deadline, on_start, watch)
@@ -200,6 +208,10 @@ def run(spec: RunSpec, on_start: Callable[[int], None] | None = None, watch: Wat
         stdout += EVALUATOR_MARKER + evaluator.stdout
         stderr += EVALUATOR_MARKER + evaluator.stderr
     duration = time.monotonic() - started
+    busy = None
+    if duration >= BUSY_MIN_RUN_S:  # the cores' busy time that was not this run's, per second per core
+        others = busy_seconds(cores) - busy_before - main.cpu_s - (evaluator.cpu_s if evaluator else 0.0)
+        busy = round(min(1.0, max(0.0, others / (duration * len(cores)))), 3)
     (spec.log_dir / "stdout.log").write_bytes(stdout)
     (spec.log_dir / "stderr.log").write_bytes(stderr)
     status, metric, reason = _classify(spec, main, evaluator, before)
@@ -218,7 +230,23 @@ def run(spec: RunSpec, on_start: Callable[[int], None] | None = None, watch: Wat
         stderr_tail=_tail(stderr),
         reason=reason,
         progress=list(watch.points) if watch is not None else [],
+        cpu_s=round(main.cpu_s + (evaluator.cpu_s if evaluator else 0.0), 3),
+        busy=busy,
     )
+
+
+def busy_seconds(cores: Sequence[int]) -> float:
+    """CPU seconds the cores have spent on any work (not idle, not waiting for I/O) since boot; time a
+    hypervisor gave another guest (steal) counts as busy: this run could not have it either."""
+    times = psutil.cpu_times(percpu=True)
+    total = 0.0
+    for core in cores:
+        if core < len(times):
+            t = times[core]
+            total += (
+                sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+            )
+    return total
 
 
 def _check_metric_spec(metric: MetricSpec) -> None:
@@ -277,7 +305,7 @@ def _supervised(
     for reader in readers:
         reader.join(READER_JOIN_S)
     omitted = out.total + err.total - out.kept() - err.kept()
-    return _Execution(proc.returncode, killed_for, tree.peak, out.data(), err.data(), omitted)
+    return _Execution(proc.returncode, killed_for, tree.peak, out.data(), err.data(), omitted, tree.cpu_s)
 
 
 def _pump(stream: IO[bytes], capture: _Capture, watch: Watch | None, which: int) -> None:
@@ -309,7 +337,7 @@ def _supervise(
             if remaining <= 0:
                 _stop(proc, tree, TERM_GRACE_S)
                 return "timeout"
-            if _wait_exit(proc, pidfd, min(interval, remaining)):
+            if _wait_exit(proc, tree, pidfd, min(interval, remaining)):
                 return None
             if tree.sample() > (limit if limit is not None else math.inf):
                 _stop(proc, tree, 0.0)  # no grace: every extra byte could take the machine down
@@ -331,17 +359,37 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _wait_exit(proc: subprocess.Popen[bytes], pidfd: int | None, timeout: float) -> bool:
+def _wait_exit(proc: subprocess.Popen[bytes], tree: _Tree, pidfd: int | None, timeout: float) -> bool:
     """Waits up to `timeout` seconds for the child to exit; True if it did (and it is reaped)."""
     if pidfd is not None:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         if not poller.poll(timeout * 1000):
             return False
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=timeout)
-        return True
-    return False
+    return _reap(proc, tree, timeout)
+
+
+def _reap(proc: subprocess.Popen[bytes], tree: _Tree, timeout: float) -> bool:
+    """Reaps the child if it exits within `timeout` seconds, with wait4 rather than Popen.wait, to keep its CPU
+    time; True if it is reaped."""
+    end = time.monotonic() + timeout
+    delay = 0.0005
+    while proc.returncode is None:
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: Popen knows its code
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0)
+            return proc.returncode is not None
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            tree.cpu_s = usage.ru_utime + usage.ru_stime
+            break
+        if time.monotonic() >= end:
+            return False
+        time.sleep(min(delay, max(0.0, end - time.monotonic())))
+        delay = min(delay * 2, 0.02)
+    return True
 
 
 def _stop(proc: subprocess.Popen[bytes], tree: _Tree, grace: float) -> None:
@@ -352,12 +400,10 @@ def _stop(proc: subprocess.Popen[bytes], tree: _Tree, grace: float) -> None:
         tree.send(signal.SIGTERM)
         end = time.monotonic() + grace
         while time.monotonic() < end and tree.alive():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.02)  # reaps the shell, which then no longer counts
+            _reap(proc, tree, 0.02)  # reaps the shell, which then no longer counts
     _signal_group(proc.pid, signal.SIGKILL)
     tree.send(signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=REAP_TIMEOUT_S)  # give up on a process stuck in the kernel, not hang the engine
+    _reap(proc, tree, REAP_TIMEOUT_S)  # give up on a process stuck in the kernel, not hang the engine
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -10,6 +10,7 @@ from rsi.experiment import champion_pool, constraint_value
 from rsi.judge import Goal, NoisePool, improvement, with_seed_share
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED
+from rsi.runner import BUSY
 from rsi.swarm import bandit_table
 
 
@@ -44,7 +45,7 @@ def believed(best: Experiment, base: Experiment) -> float | None:
     return sum(pool) / len(pool) if pool else None
 
 
-def experiment_json(e: Experiment, flag: str | None = None) -> dict[str, Any]:
+def experiment_json(e: Experiment, flag: str | None = None, contended: int = 0) -> dict[str, Any]:
     select = [r for r in e.runs if r.kind in SELECT_KINDS]
     durations = [r.duration_s for r in e.runs if r.duration_s is not None]
     memory = [r.peak_memory_mb for r in e.runs if r.peak_memory_mb is not None]
@@ -67,6 +68,7 @@ def experiment_json(e: Experiment, flag: str | None = None) -> dict[str, Any]:
         "holdout_flag": flag,
         "peak_memory_mb": max(memory) if memory else None,
         "duration_s": round(sum(durations), 3) if durations else None,
+        "contended_runs": contended,  # runs whose cores other processes kept busy (runner.BUSY)
     }
 
 
@@ -85,7 +87,10 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
     pool = NoisePool(anchor=0)
     noise = with_seed_share(pool(ledger.select_metrics()), *ledger.replication_pairs())
     detectable = ledger.get("detectable")
-    rows = [experiment_json(e, holdout_flag(e, by_id.get(e.parent or 0), base, goal)) for e in exps]
+    contended = ledger.contended(BUSY)
+    rows = [
+        experiment_json(e, holdout_flag(e, by_id.get(e.parent or 0), base, goal), contended.get(e.id, 0)) for e in exps
+    ]
     return {
         "task": ledger.get("task"),
         "goal": ledger.get("goal"),
@@ -113,6 +118,7 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "selection_gain": _gain(believed_best, base.mean(), goal) if best and base else None,
         "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,
         "holdout_flags": sum(1 for r in rows if r["holdout_flag"]),
+        "contended_runs": sum(contended.values()),
         "models": ledger.calls_by_model(),  # per model: calls, tokens_in, tokens_out, cost_usd, failed
         "proposers": _proposers(ledger),  # per proposer: proposals, keeps, cost, bandit index and share
         "pareto": pareto(exps, ledger.get_json("constraints") or [], goal),
@@ -161,7 +167,9 @@ def standing(data: Mapping[str, Any]) -> str:
     share = f", {data['noise_seed_share']:.0%} of it the seed's" if data["noise_seed_share"] else ""
     out = data.get("noise_left_out") or []
     unstable = f" (without {', '.join(f'#{i}' for i in out)}: runs too spread to share it)" if out else ""
+    busy = data.get("contended_runs") or 0
+    load = f"  {busy} run(s) on a busy machine (other processes used half their cores or more)" if busy else ""
     return (
         f"baseline {num(data['baseline']['metric'])}  best {num(best['metric'])} (experiment {best['id']}{fresh})  "
-        f"noise sd {noise if noise is None else f'{noise:.3g}'}{share}{unstable}"
+        f"noise sd {noise if noise is None else f'{noise:.3g}'}{share}{unstable}{load}"
     )
