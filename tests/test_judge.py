@@ -6,6 +6,7 @@ import functools
 import random
 import statistics
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -410,6 +411,27 @@ def test_a_keep_that_does_not_hold_after_it_landed_is_reverted_by_a_commit_and_r
     s = status_json(r.ledger)
     row = s["experiments"][1]
     assert row["verdict"] == "discard" and row["reverted"] is True and row["revert_commit"] == sha
+
+
+def test_a_keep_is_not_reverted_on_fresh_runs_made_on_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same keep as above, worse after it landed, but every fresh run of it met a busy machine (the share of
+    its cores other processes used, as the runner records it): the load may explain them, so no revert."""
+    base, gain = "loss = 1.0\n", "loss = 0.5\n"
+    task = functools.partial(drifting, text=gain, calls=[])
+    r = in_process(config(), {"f.py": base}, task, Scripted([gain, "loss = 0.4\n"]))
+    finish = r.ledger.finish_run
+
+    def busy_when_fresh(run_id: int, **fields: Any) -> None:
+        row = r.ledger.db.execute("SELECT experiment, kind FROM runs WHERE id = ?", (run_id,)).fetchone()
+        finish(run_id, **fields, **({"busy": 0.9} if tuple(row) == (1, "fresh") else {}))
+
+    monkeypatch.setattr(r.ledger, "finish_run", busy_when_fresh)
+    r.run(Limits(max_experiments=3))
+    kept = r.ledger.experiment(1)
+    assert kept is not None and kept.verdict == "keep" and not kept.reverted
+    fresh = [run for run in kept.runs if run.kind == "fresh"]
+    assert len(fresh) >= SHORT_TOP_UP and all(run.busy == 0.9 and (run.metric or 0) > 1.2 for run in fresh)
+    assert status_json(r.ledger)["contended_runs"] == len(fresh)
 
 
 def test_a_research_whose_limits_allow_no_baseline_ends_cleanly() -> None:

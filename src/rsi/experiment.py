@@ -20,7 +20,7 @@ from rsi.judge import Decision, Judge, Noise, NoisePool, improvement, with_seed_
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.pruning import PRUNED, Reference, reference
-from rsi.runner import parse_metric_text, to_metric
+from rsi.runner import BUSY, parse_metric_text, to_metric
 from rsi.store import Store
 
 RETEST = "retest"  # the proposer of an experiment `rsi retest` asked for
@@ -229,7 +229,9 @@ class Experimenter:
         champion = champion or self.champion()
         if champion.id == 0 or champion.kept_commit is None:
             return champion
-        fresh = sorted((r for r in champion.runs if r.kind == FRESH), key=lambda r: r.id)
+        # runs on a busy machine are left out: a time-limited run does less work under load, and a champion is
+        # not reverted for the load it met (its predecessor's runs may have met none)
+        fresh = sorted((r for r in champion.runs if r.kind == FRESH and not contended(r)), key=lambda r: r.id)
         valid = [r.metric for r in fresh if r.status == "ok" and r.metric is not None]
         failed = trailing_failures(fresh)
         with self.lock:
@@ -238,7 +240,7 @@ class Experimenter:
             if failed >= FRESH_FAILURES:
                 why = f"its last {failed} fresh runs failed"
             else:
-                previous = [r.metric for r in champion_pool(before) if r.metric is not None]
+                previous = [r.metric for r in champion_pool(before) if r.metric is not None and not contended(r)]
                 if len(valid) < 2 or not previous:
                     return champion
                 if improvement(statistics.fmean(valid), statistics.fmean(previous), self.cfg.metric.goal) >= 0:
@@ -429,6 +431,11 @@ def screen_seed(pool: Sequence[Run], exp_id: int, k: int) -> int:
     """The seed of a candidate's screening run k (from 0): the champion's run k's, so that the two pair up;
     past the champion's runs, a fresh one."""
     return pool[k].seed if k < len(pool) else fresh_seed(exp_id, 100 + k)
+
+
+def contended(run: Run) -> bool:
+    """Whether other processes kept the run's cores busy BUSY of the time or more."""
+    return run.busy is not None and run.busy >= BUSY
 
 
 def trailing_failures(runs: Sequence[Run]) -> int:

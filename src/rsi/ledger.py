@@ -103,6 +103,7 @@ class Run:
     peak_memory_mb: float | None
     stdout_tail: str
     stderr_tail: str
+    busy: float | None = None  # the share of its cores' time other processes used while it ran (runner.run)
 
 
 @dataclass
@@ -148,7 +149,8 @@ _EXPERIMENT_COLUMNS = (
     " reason, interrupts, reverted, ci_low, ci_high, created, finished, revert_commit"
 )
 _RUN_COLUMNS = (
-    "id, experiment, kind, seed, state, status, metric, reason, duration_s, peak_memory_mb, stdout_tail, stderr_tail"
+    "id, experiment, kind, seed, state, status, metric, reason, duration_s, peak_memory_mb, stdout_tail, stderr_tail,"
+    " busy"
 )
 
 
