@@ -234,6 +234,8 @@ class Experimenter:
         fresh = sorted((r for r in champion.runs if r.kind == FRESH and not contended(r)), key=lambda r: r.id)
         valid = [r.metric for r in fresh if r.status == "ok" and r.metric is not None]
         failed = trailing_failures(fresh)
+        if failed < FRESH_FAILURES and len(valid) < 2:
+            return champion  # nothing to judge yet (the common case before its top-up lands)
         with self.lock:
             before = self.ledger.experiment(self.ledger.last_keep(before=champion.id))
             assert before is not None
@@ -241,7 +243,7 @@ class Experimenter:
                 why = f"its last {failed} fresh runs failed"
             else:
                 previous = [r.metric for r in champion_pool(before) if r.metric is not None and not contended(r)]
-                if len(valid) < 2 or not previous:
+                if not previous:
                     return champion
                 if improvement(statistics.fmean(valid), statistics.fmean(previous), self.cfg.metric.goal) >= 0:
                     return champion  # not worse on its fresh runs: nothing to test (and no pool to compute)

@@ -387,8 +387,10 @@ class Ledger:
         """The id of the last kept experiment (of those before experiment `before`, when given); 0, the
         baseline, when none was kept."""
         limit = before if before is not None else 2**62
-        row = self.db.execute("SELECT MAX(id) FROM experiments WHERE verdict = 'keep' AND id < ?", (limit,)).fetchone()
-        return int(row[0]) if row[0] is not None else 0
+        row = self.db.execute(  # walks the ids down from the limit and stops at the first keep
+            "SELECT id FROM experiments WHERE verdict = 'keep' AND id < ? ORDER BY id DESC LIMIT 1", (limit,)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def contended(self, busy: float) -> dict[int, int]:
         """Per experiment, how many of its runs shared their cores with other processes at least `busy` of
