@@ -149,6 +149,9 @@ def test_a_failed_baseline_is_measured_again_and_the_metric_cannot_change_under_
     # a resumed run's live lines show the best so far from the first one on
     resumed = rsi("run", str(root), "--max-experiments", "5")
     assert resumed.returncode == 0 and "best -" not in resumed.stdout and "#4 " in resumed.stdout
+    # early stopping's progress lines are not the metric: they may be turned on mid-research
+    edit_toml(root, "[metric]", "[metric]\nprogress_pattern = '^step (\\d+) loss (\\S+)'")
+    assert rsi("run", str(root), "--max-experiments", "6").returncode == 0
 
 
 def test_init_writes_a_valid_config(tmp_path: Path) -> None:

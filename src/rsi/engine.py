@@ -200,8 +200,9 @@ class Research:
             self.ledger.set("constraints", constraints)
 
     def _metric_meta(self) -> dict[str, str]:
-        """What the ledger records of the metric: its measurements compare only under the same one."""
-        spec = json.dumps(self.cfg.metric.model_dump(mode="json"), sort_keys=True)
+        """What the ledger records of the metric: its measurements compare only under the same one (the progress
+        lines early stopping reads are not part of it: pruning may be turned on or off mid-research)."""
+        spec = json.dumps(self.cfg.metric.model_dump(mode="json", exclude={"progress_pattern"}), sort_keys=True)
         return {"goal": self.cfg.metric.goal, "metric": self.cfg.metric.name, "metric_spec": spec}
 
     def _same_metric(self) -> None:
