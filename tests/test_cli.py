@@ -207,7 +207,7 @@ def test_runs_on_a_busy_machine_are_said_so_in_the_log_and_in_status(make_task: 
             hog.kill()
             hog.wait()
     assert p.returncode == 0, p.stderr
-    assert "warning: the machine is busy: in 2 of the last 2 runs other processes used 50% or more" in p.stdout
+    assert "warning: the machine is busy: in 2 run(s) so far other processes used 50% or more" in p.stdout
     s = json.loads(rsi("status", str(root), "--json").stdout)
     assert s["contended_runs"] == 2 and s["experiments"][0]["contended_runs"] == 2
     assert "2 run(s) on a busy machine" in rsi("status", str(root)).stdout

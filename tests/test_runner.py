@@ -6,6 +6,7 @@ import _thread
 import dataclasses
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -33,7 +34,7 @@ from rsi.runner import (
     scrub_env,
     to_metric,
 )
-from rsi.sandbox import Limits
+from rsi.sandbox import Bubblewrap, Limits, View
 
 LOSS = r"^loss:\s*(\S+)"
 PY = shlex.quote(sys.executable)
@@ -256,6 +257,20 @@ def test_a_run_measures_its_cpu_time_and_how_busy_other_processes_kept_its_cores
     assert contended.duration_s > contended.cpu_s * 1.5
     short = run_script(tmp_path, "print('loss: 1')\n")
     assert short.status == "ok" and short.busy is None and short.cpu_s < 1.0  # too short to tell
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (.ci/run installs it)")
+def test_a_runs_cpu_time_is_kept_inside_the_sandbox_and_when_it_is_killed(tmp_path: Path) -> None:
+    """bubblewrap does not wait for what runs inside it, and a killed shell never collects its child: the CPU
+    time comes from sampling the tree then (else every such run would look like others' load)."""
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    box = Bubblewrap(View(repo=tmp_path, worktree=worktree))
+    boxed = run(dataclasses.replace(spec_for(worktree, script(worktree, SPIN.format(s=1.0))), sandbox=box))
+    assert boxed.status == "ok", boxed.stderr_tail
+    assert 0.9 <= boxed.cpu_s <= boxed.duration_s * len(os.sched_getaffinity(0))
+    killed = run_script(tmp_path, "while True:\n    pass\n", timeout_s=1.5)
+    assert killed.status == "timeout" and 0.3 <= killed.cpu_s <= killed.duration_s * 1.1
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ def init(
     try:
         Workspace(directory).check_repository()
     except UserError as e:  # not an error yet: the user may init git next; `rsi run` refuses until then
-        out.print(f"note: {e}; `rsi run` needs it", highlight=False, markup=False)
+        out.print(f"note: `rsi run` will refuse to start here until this is fixed: {e}", highlight=False, markup=False)
 
 
 @app.command()

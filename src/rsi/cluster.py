@@ -238,6 +238,9 @@ class RayMeasurer:
         else:
             self.nodes[wt.name] = record["node"]
             fields = {k: record["run"].get(k) for k in RUN_FIELDS}  # (a node's older rsi may lack some)
+            # a node runs several of the research's runs at once on cores none of them is pinned to: there,
+            # the others' load is mostly the research's own, which `busy` cannot tell from another job's
+            fields["busy"] = None
             if lost:
                 fields["reason"] = f"re-queued once: the first attempt was lost ({lost[0]}). " + (
                     fields["reason"] or ""

@@ -161,7 +161,8 @@ class Research:
         else:
             self.slots, self.slots_note = plan(ex.workers, ex.gpus, ex.gpus_per_experiment, ex.cpus_per_experiment)
         last_run = self.ledger.db.execute("SELECT MAX(id) FROM runs").fetchone()[0]
-        self._busy_seen = (int(last_run or 0), -math.inf)  # the last run looked at; when the machine was busy
+        # runs before this session are not warned about again; contended runs warned about; when
+        self._busy_seen = (int(last_run or 0), 0, -math.inf)
         if len(self.slots) > 1 and state is None:
             raise UserError("several workers need a research on disk (a git repository), not in memory")
         self.proposer = proposer_factory(self.store, self.start_commit)
@@ -521,29 +522,26 @@ class Research:
         self._contended()
 
     def _contended(self) -> None:
-        """Warns when runs finished since the last look shared their cores with other processes: a run limited
-        by time does less work then, and a time-limited metric measures the machine's load as well as the code.
-        At most every BUSY_REPEAT_S; the share is in the ledger for each run (`busy`)."""
-        seen = self._busy_seen
+        """Warns when runs of this session shared their cores with other processes: a run limited by time does
+        less work then, and a time-limited metric measures the machine's load as well as the code. At most
+        every BUSY_REPEAT_S, counting every contended run since the last warning (the ledger has each run's
+        share, `busy`)."""
+        first, warned, last = self._busy_seen
         row = self.ledger.db.execute(
-            "SELECT MAX(id), MAX(busy), SUM(busy >= ?), COUNT(busy) FROM runs WHERE id > ? AND state = 'done'",
-            (BUSY, seen[0]),
+            "SELECT COUNT(*), MAX(busy) FROM runs WHERE id > ? AND state = 'done' AND busy >= ?", (first, BUSY)
         ).fetchone()
-        if row[0] is None:
-            return
-        last, busiest, contended, measured = int(row[0]), row[1], int(row[2] or 0), int(row[3] or 0)
+        contended, busiest = int(row[0]), row[1]
         now = time.monotonic()
-        if contended and now - seen[1] >= BUSY_REPEAT_S:
+        if contended > warned and now - last >= BUSY_REPEAT_S:
+            since = "since the last warning" if warned else "so far"
             self.listener(
                 "message",
                 None,
-                f"warning: the machine is busy: in {contended} of the last {measured} runs other processes used "
-                f"{BUSY:.0%} or more of the cores the run had (up to {busiest:.0%}); a run limited by time does "
-                "less work under load, so its metric then measures the load too",
+                f"warning: the machine is busy: in {contended - warned} run(s) {since} "
+                f"other processes used {BUSY:.0%} or more of the cores the run had (up to {busiest:.0%}); a run "
+                "limited by time does less work under load, so its metric then measures the load too",
             )
-            self._busy_seen = (last, now)
-        else:
-            self._busy_seen = (last, seen[1])
+            self._busy_seen = (first, contended, now)
 
     def _may_overlap(self, limits: Limits) -> bool:
         """Propose the next candidate while this one runs: for proposers that wait on a model, with a ledger

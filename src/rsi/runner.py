@@ -138,7 +138,15 @@ class _Tree:
         self.root = psutil.Process(pid)  # not reaped yet, so the pid cannot have been reused
         self.seen: dict[int, psutil.Process] = {}
         self.peak = 0
-        self.cpu_s = 0.0  # CPU time of the child and the descendants it waited for, once it is reaped
+        self.reaped_cpu_s = 0.0  # CPU time of the child and the descendants it waited for, once it is reaped
+        self.sampled_cpu_s: dict[int, float] = {}  # per process of the tree: its own CPU time when last seen
+
+    @property
+    def cpu_s(self) -> float:
+        """The tree's CPU time: what the child's reaping reported, or what the samples saw where that is more
+        (a sandbox that does not wait for what runs inside it, a tree killed before its shell collected it);
+        the samples miss at most a process's last interval and processes that lived less than one."""
+        return max(self.reaped_cpu_s, sum(self.sampled_cpu_s.values()))
 
     def sample(self) -> int:
         """Sums resident memory over the tree; a process that vanishes mid-sample just stops counting."""
@@ -149,8 +157,10 @@ class _Tree:
         total = 0
         for proc in procs:
             self.seen[proc.pid] = proc
-            with contextlib.suppress(psutil.Error):
+            with contextlib.suppress(psutil.Error), proc.oneshot():
                 total += proc.memory_info().rss
+                times = proc.cpu_times()
+                self.sampled_cpu_s[proc.pid] = max(self.sampled_cpu_s.get(proc.pid, 0.0), times.user + times.system)
         self.peak = max(self.peak, total)
         return total
 
@@ -383,7 +393,7 @@ def _reap(proc: subprocess.Popen[bytes], tree: _Tree, timeout: float) -> bool:
             return proc.returncode is not None
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            tree.cpu_s = usage.ru_utime + usage.ru_stime
+            tree.reaped_cpu_s = usage.ru_utime + usage.ru_stime
             break
         if time.monotonic() >= end:
             return False
