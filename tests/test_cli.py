@@ -40,6 +40,12 @@ BAD_TOML = [
     ),
     ("judge out of range", "[metric]", "[judge]\nconfidence = 1.5\n[metric]", "judge.confidence"),
     ("sampler unknown", "[metric]", '[knobs]\nsampler = "grid"\n[metric]', "knobs.sampler"),
+    (
+        "constraint min above max",
+        "[metric]",
+        '[[constraints]]\nname = "t"\nsource = "duration_s"\nmax = 5\nmin = 10\n[metric]',
+        "min 10 is above max 5",
+    ),
 ]
 
 
@@ -93,6 +99,11 @@ def test_bad_states_exit_2(make_task: MakeTask, tmp_path: Path) -> None:
         cases[f"{key} glob matches nothing"] = (rsi("run", str(typo)), f"task.{key}: 'trian.py' matches no")
     noknobs = make_task(name="g", train="print('loss: 1.0')\n")
     cases["nothing to tune"] = (rsi("run", str(noknobs)), "no tunable literal")
+    tagged = make_task(name="j")
+    cases["tag not a branch name"] = (rsi("run", str(tagged), "--tag", "a b"), "cannot name a git branch")
+    assert not (tagged / ".rsi" / "ledger.sqlite").exists()  # refused before anything was written
+    cases["missing folder"] = (rsi("status", str(tmp_path / "nowhere")), "does not exist")
+    cases["a file, not a folder"] = (rsi("doctor", str(plain / "rsi.toml")), "is a file")
     for case, (p, expected) in cases.items():
         assert p.returncode == 2, (case, p.stderr)
         assert "Traceback" not in p.stderr, case

@@ -84,6 +84,9 @@ def test_report_of_a_research_with_holdout_and_crashes(make_task: MakeTask) -> N
 
     html_path = write_report(root)
     assert html_path == root / ".rsi" / "report.html"
+    nowhere = rsi("report", str(root), "--out", "/proc/report.html")  # a place no file can be written
+    assert nowhere.returncode == 2 and len(nowhere.stderr.strip().splitlines()) == 1, nowhere.stderr
+    assert "cannot write the report" in nowhere.stderr
     html = html_path.read_text()
 
     # self-contained: nothing fetched from elsewhere, both figures embedded

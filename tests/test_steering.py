@@ -154,7 +154,8 @@ def test_fork_starts_a_line_from_any_experiment_beside_the_running_research(make
         (["fork", "--from", "#999", "--tag", "x", str(root)], "no experiment #999"),
         (["fork", "--from", "nope", "--tag", "x", str(root)], "neither an experiment number nor a commit"),
         (["fork", "--from", "0", "--tag", "bad..tag", str(root)], "cannot name a git branch"),
-        (["fork", "--from", "0", "--tag", "wide", str(root)], "not an empty folder"),
+        (["fork", "--from", "0", "--tag", "wide", str(root)], "already has a branch rsi/wide"),  # fetched above
+        (["fork", "--from", "0", "--tag", "main", str(root)], "already has a branch rsi/main"),  # the research's
         (["fork", "--from", "0", "--tag", "y", "--dir", str(root / "train.py"), str(root)], "not an empty folder"),
     ):
         done = rsi(*args)

@@ -23,6 +23,7 @@ from rsi.demo import default_dir as demo_dir
 from rsi.doctor import Doctor
 from rsi.engine import Limits, Research
 from rsi.errors import UserError
+from rsi.fork import check_tag
 from rsi.init import write as write_config
 from rsi.ledger import Ledger
 from rsi.program import apply_program, default_program, load_program
@@ -44,7 +45,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console(soft_wrap=True)
 
-DirArg = Annotated[Path, typer.Argument(help="the task's repository (holds rsi.toml)")]
+DirArg = Annotated[Path, typer.Argument(help="the task's repository (holds rsi.toml)", exists=True, file_okay=False)]
 
 
 def fail(message: str) -> NoReturn:
@@ -126,6 +127,8 @@ def run(
 ) -> None:
     """Run or resume the research in DIRECTORY."""
     try:
+        if tag is not None:
+            check_tag(tag)
         cfg = apply_program(load_config(directory), load_program(program) if program else default_program())
         budget = parse_duration(time_budget) if time_budget is not None else None
         cfg = _with_executor(cfg, workers, gpus, executor, address)
@@ -345,6 +348,8 @@ def report(
         path = write_report(directory, out_file)
     except UserError as e:
         fail(str(e))
+    except OSError as e:  # a place it cannot write (a read-only or virtual file system)
+        fail(f"cannot write the report: {e.strerror or e} ({e.filename or out_file})")
     out.print(f"wrote {path} and {path.parent / 'progress.png'}", highlight=False)
 
 

@@ -265,6 +265,8 @@ class ConstraintConfig(_Section):
             raise ValueError(f"constraint {self.name!r}: give one of source or pattern")
         if self.max is None and self.min is None:
             raise ValueError(f"constraint {self.name!r}: give max, min or both")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"constraint {self.name!r}: min {self.min:g} is above max {self.max:g}: nothing meets it")
         return self
 
 

@@ -26,7 +26,9 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
     """Makes the fork; returns its folder and the commit it starts from."""
     ws = Workspace(root.resolve())
     ws.check_repository()
-    _check_tag(ws, tag)
+    check_tag(tag)
+    if ws.ref(f"refs/heads/rsi/{tag}") is not None:  # fetching the fork's result back would not fast-forward
+        raise UserError(f"--tag {tag!r}: this repository already has a branch rsi/{tag}; choose another tag")
     ledger_path = ws.state / "ledger.sqlite"
     research = Ledger(ledger_path, readonly=True) if ledger_path.is_file() else None
     try:
@@ -74,11 +76,11 @@ def resolve(ws: Workspace, research: Ledger | None, start: str) -> str:
         raise UserError(f"--from {start!r} is neither an experiment number nor a commit of this repository") from None
 
 
-def _check_tag(ws: Workspace, tag: str) -> None:
-    try:
-        ws.git("check-ref-format", f"refs/heads/rsi/{tag}")
-    except RuntimeError:
-        raise UserError(f"--tag {tag!r} cannot name a git branch (rsi/{tag})") from None
+def check_tag(tag: str) -> None:
+    """A tag names the branch rsi/<tag>: refused before anything is written when git would refuse it."""
+    ok = subprocess.run(["git", "check-ref-format", f"refs/heads/rsi/{tag}"], capture_output=True).returncode == 0
+    if not ok:
+        raise UserError(f"--tag {tag!r} cannot name a git branch (rsi/{tag})")
     if not tag or "/" in tag:
         raise UserError(f"--tag {tag!r}: use a plain name, without '/'")
 
