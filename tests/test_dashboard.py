@@ -320,9 +320,19 @@ def test_serve_refuses_a_half_or_wrong_certificate_in_one_line(tmp_path: Path) -
     assert other_cert.exists()
 
 
-def test_serve_without_a_task_is_one_line(tmp_path: Path) -> None:
+def test_serve_without_a_task_or_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
     done = rsi("serve", str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "does not exist" in done.stderr
+    done = rsi("serve", str(tmp_path))
     assert done.returncode == 2 and "Traceback" not in done.stderr and "no rsi task" in done.stderr
+    (tmp_path / "rsi.toml").write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = rsi("serve", str(tmp_path), "--port", str(taken.getsockname()[1]))
+    # one line, and no line before it saying where the dashboard is
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done
+    assert "cannot serve on 127.0.0.1" in done.stderr
 
 
 def test_exports_in_autoresearch_shape_and_as_tables(researched: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
+import socket
 import ssl
 from importlib import resources
 from pathlib import Path
@@ -198,6 +199,7 @@ def serve(
     check_tls(cert, key)
     if not is_loopback(host) and not token:
         token = secrets.token_urlsafe(18)
+    _check_bind(host, port)
     app = create_app(root, token, secure=cert is not None)
     import uvicorn
 
@@ -212,3 +214,14 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level="warning", ssl_certfile=certfile, ssl_keyfile=keyfile)
     except SystemExit as e:  # uvicorn exits when it cannot bind
         raise UserError(f"cannot serve on {host}:{port} (in use, or not an address of this machine)") from e
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Refuses, before printing where the dashboard is, an address it could not listen on."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as e:
+        raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
