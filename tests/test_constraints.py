@@ -113,3 +113,15 @@ def test_a_keep_starts_the_plateau_count_again(make_task: MakeTask) -> None:
     assert keeps, "the task was meant to have gains"
     assert len(exps) == keeps[-1] + 4 < 40  # the last keep, then three without one
     assert f"plateau: 3 experiments since the last keep (#{keeps[-1]})" in done.stdout + done.stderr
+
+
+def test_a_bound_the_baseline_already_breaks_is_warned_about_at_the_start(make_task: MakeTask) -> None:
+    toml = "[[constraints]]\nname = 'latency'\npattern = '^latency:\\s*(\\S+)'\nmax = 5\n"  # the baseline has 30
+    root = make_task(train=LATENCY, extra_toml=toml)
+    done = rsi("run", str(root), "--max-experiments", "3")
+    assert done.returncode == 0, done.stderr
+    assert "warning: the baseline breaks constraint latency: 30" in done.stdout, done.stdout
+    assert "> max 5: a candidate is kept only within every [[constraints]] bound" in done.stdout
+    fine = make_task(train=LATENCY, extra_toml=toml.replace("max = 5", "max = 45"), name="fine")
+    quiet = rsi("run", str(fine), "--max-experiments", "2")
+    assert quiet.returncode == 0 and "constraint" not in quiet.stdout, quiet.stdout

@@ -3,6 +3,7 @@ and `rsi resume` lets it go on, without a restart."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -58,6 +59,8 @@ def test_pause_holds_a_running_research_and_resume_lets_it_go_on(make_task: Make
         held = count(root)
         time.sleep(3)
         assert count(root) == held < 12 and proc.poll() is None
+        assert json.loads(rsi("status", str(root), "--json").stdout)["paused"] is True
+        assert "PAUSED" in rsi("status", str(root)).stdout
         assert rsi("resume", str(root)).returncode == 0
         out, err = proc.communicate(timeout=180)
     finally:

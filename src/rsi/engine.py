@@ -31,7 +31,7 @@ from rsi.config import Config
 from rsi.environment import hold_kind, node_kind
 from rsi.errors import UserError
 from rsi.executor import Workers
-from rsi.experiment import RETEST, SUPERSEDED, Experimenter
+from rsi.experiment import RETEST, SUPERSEDED, Experimenter, broken_constraint
 from rsi.fork import FORK_TAG
 from rsi.judge import Judge, SequentialJudge
 from rsi.ledger import Experiment, Ledger
@@ -313,6 +313,15 @@ class Research:
                 return self.listener("stop", None, "the experiment budget is already spent")
             self._setup()
             self._baseline()
+        champion = self.experimenter.champion()
+        if (broken := broken_constraint(champion, self.cfg.constraints)) is not None:
+            who = "the baseline" if champion.id == 0 else f"the champion, #{champion.id},"
+            self.listener(
+                "message",
+                None,
+                f"warning: {who} {broken}: a candidate is kept only within every [[constraints]] bound; "
+                "check the bounds if that is not what you meant",
+            )
         for e in self.ledger.experiments("state = 'done' AND reason LIKE ?", (f"{SUPERSEDED}%",)):
             if not self.ledger.experiments("parent = ? AND hypothesis LIKE ?", (e.id, f"% (rebased from #{e.id} %")):
                 self._rebase(e, limits)

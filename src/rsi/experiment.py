@@ -165,15 +165,12 @@ class Experimenter:
     def _within_constraints(self, exp: Experiment, decision: Decision) -> Decision:
         """The decision, or a discard naming the first `[[constraints]]` bound the candidate breaks (its mean
         over its valid runs; a figure it never reported breaks it too, as nothing shows it is within)."""
-        for c in self.cfg.constraints:
-            value = constraint_value(exp, c)
-            if value is None:
-                return Decision("discard", f"constraint {c.name}: no value to check ({decision.reason})", decision.ci)
-            if c.max is not None and value > c.max:
-                return Decision("discard", f"breaks constraint {c.name}: {value:.4g} > max {c.max:g}", decision.ci)
-            if c.min is not None and value < c.min:
-                return Decision("discard", f"breaks constraint {c.name}: {value:.4g} < min {c.min:g}", decision.ci)
-        return decision
+        broken = broken_constraint(exp, self.cfg.constraints)
+        if broken is None:
+            return decision
+        if broken.endswith(NO_VALUE):
+            broken += f" ({decision.reason})"
+        return Decision("discard", broken, decision.ci)
 
     def _remeasure(self, champion: Experiment) -> Experiment:
         """Periodic re-measurement: one more fresh run of the champion for each candidate the judge could not
@@ -459,6 +456,23 @@ def deletes_code(diff: str) -> bool:
     added = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++") and x[1:].strip())
     removed = sum(1 for x in lines if x.startswith("-") and not x.startswith("---") and x[1:].strip())
     return removed > added
+
+
+NO_VALUE = "no value to check it on"
+
+
+def broken_constraint(exp: Experiment, constraints: Sequence[ConstraintConfig]) -> str | None:
+    """The first `[[constraints]]` bound the experiment breaks, in words, or None (a figure it never reported
+    breaks it too, as nothing shows it is within)."""
+    for c in constraints:
+        value = constraint_value(exp, c)
+        if value is None:
+            return f"reports nothing for constraint {c.name}: {NO_VALUE}"
+        if c.max is not None and value > c.max:
+            return f"breaks constraint {c.name}: {value:.4g} > max {c.max:g}"
+        if c.min is not None and value < c.min:
+            return f"breaks constraint {c.name}: {value:.4g} < min {c.min:g}"
+    return None
 
 
 def constraint_value(exp: Experiment, c: ConstraintConfig) -> float | None:

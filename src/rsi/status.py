@@ -96,6 +96,7 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "goal": ledger.get("goal"),
         "metric": ledger.get("metric"),
         "tag": ledger.get("tag"),
+        "paused": ledger.get("paused") == "1",  # by `rsi pause`: no new experiment starts until `rsi resume`
         "baseline": {
             "metric": base.mean() if base else None,
             "runs": base.metrics() if base else [],
@@ -168,8 +169,9 @@ def standing(data: Mapping[str, Any]) -> str:
     out = data.get("noise_left_out") or []
     unstable = f" (without {', '.join(f'#{i}' for i in out)}: runs too spread to share it)" if out else ""
     busy = data.get("contended_runs") or 0
+    paused = "  PAUSED (rsi resume lets it go on)" if data.get("paused") else ""
     load = f"  {busy} run(s) on a busy machine (other processes used half their cores or more)" if busy else ""
     return (
         f"baseline {num(data['baseline']['metric'])}  best {num(best['metric'])} (experiment {best['id']}{fresh})  "
-        f"noise sd {noise if noise is None else f'{noise:.3g}'}{share}{unstable}{load}"
+        f"noise sd {noise if noise is None else f'{noise:.3g}'}{share}{unstable}{load}{paused}"
     )

@@ -55,9 +55,9 @@ class LiveView:
         if self.live:
             self.live.update(self._render())
         elif exp is not None and event == "done":
-            self.console.print(self._line(exp), highlight=False, soft_wrap=True)
-        elif exp is None and message:
-            self.console.print(f"rsi: {message}", highlight=False, soft_wrap=True)
+            self.console.print(self._line(exp), highlight=False, soft_wrap=True, markup=False)
+        elif exp is None and message:  # brackets stay brackets ([[constraints]], a hypothesis's [x])
+            self.console.print(f"rsi: {message}", highlight=False, soft_wrap=True, markup=False)
 
     @property
     def best(self) -> float | None:
