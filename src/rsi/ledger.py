@@ -392,14 +392,6 @@ class Ledger:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def contended(self, busy: float) -> dict[int, int]:
-        """Per experiment, how many of its runs shared their cores with other processes at least `busy` of
-        the time (runs too short to tell count as not)."""
-        rows = self.db.execute(
-            "SELECT experiment, COUNT(*) FROM runs WHERE state = 'done' AND busy >= ? GROUP BY experiment", (busy,)
-        )
-        return {int(e): int(n) for e, n in rows}
-
     def branch_head(self) -> str | None:
         """The commit the research branch points at: the last keep's, or the commit that reverted it when it
         did not hold (None before the first keep). Only the last keep can be reverted, so the later of the two

@@ -96,7 +96,7 @@ class RunResult:
     stderr_tail: str
     reason: str
     progress: list[Point] = field(default_factory=list)  # (step, value) the run reported as it went
-    cpu_s: float = 0.0  # CPU time of its processes (those their parents waited for)
+    cpu_s: float = 0.0  # CPU time of its processes (see _Tree.cpu_s)
     busy: float | None = None  # the share of its cores' time other processes used while it ran (see run())
 
 
@@ -190,7 +190,7 @@ class _Execution:
     stdout: bytes
     stderr: bytes
     omitted: int = 0  # bytes of output dropped by the cap, both streams
-    cpu_s: float = 0.0  # CPU time the tree used (the part its root waited for)
+    cpu_s: float = 0.0  # CPU time the tree used (see _Tree.cpu_s)
 
 
 def run(spec: RunSpec, on_start: Callable[[int], None] | None = None, watch: Watch | None = None) -> RunResult:

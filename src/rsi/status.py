@@ -6,11 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from rsi.config import ConstraintConfig
-from rsi.experiment import champion_pool, constraint_value
+from rsi.experiment import champion_pool, constraint_value, contended
 from rsi.judge import Goal, NoisePool, improvement, with_seed_share
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED
-from rsi.runner import BUSY
 from rsi.swarm import bandit_table
 
 
@@ -45,7 +44,7 @@ def believed(best: Experiment, base: Experiment) -> float | None:
     return sum(pool) / len(pool) if pool else None
 
 
-def experiment_json(e: Experiment, flag: str | None = None, contended: int = 0) -> dict[str, Any]:
+def experiment_json(e: Experiment, flag: str | None = None) -> dict[str, Any]:
     select = [r for r in e.runs if r.kind in SELECT_KINDS]
     durations = [r.duration_s for r in e.runs if r.duration_s is not None]
     memory = [r.peak_memory_mb for r in e.runs if r.peak_memory_mb is not None]
@@ -68,7 +67,7 @@ def experiment_json(e: Experiment, flag: str | None = None, contended: int = 0) 
         "holdout_flag": flag,
         "peak_memory_mb": max(memory) if memory else None,
         "duration_s": round(sum(durations), 3) if durations else None,
-        "contended_runs": contended,  # runs whose cores other processes kept busy (runner.BUSY)
+        "contended_runs": sum(contended(r) for r in e.runs),  # runs whose cores others kept busy (runner.BUSY)
     }
 
 
@@ -87,10 +86,7 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
     pool = NoisePool(anchor=0)
     noise = with_seed_share(pool(ledger.select_metrics()), *ledger.replication_pairs())
     detectable = ledger.get("detectable")
-    contended = ledger.contended(BUSY)
-    rows = [
-        experiment_json(e, holdout_flag(e, by_id.get(e.parent or 0), base, goal), contended.get(e.id, 0)) for e in exps
-    ]
+    rows = [experiment_json(e, holdout_flag(e, by_id.get(e.parent or 0), base, goal)) for e in exps]
     return {
         "task": ledger.get("task"),
         "goal": ledger.get("goal"),
@@ -119,7 +115,7 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "selection_gain": _gain(believed_best, base.mean(), goal) if best and base else None,
         "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,
         "holdout_flags": sum(1 for r in rows if r["holdout_flag"]),
-        "contended_runs": sum(contended.values()),
+        "contended_runs": sum(r["contended_runs"] for r in rows),
         "models": ledger.calls_by_model(),  # per model: calls, tokens_in, tokens_out, cost_usd, failed
         "proposers": _proposers(ledger),  # per proposer: proposals, keeps, cost, bandit index and share
         "pareto": pareto(exps, ledger.get_json("constraints") or [], goal),
