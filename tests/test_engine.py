@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from conftest import MakeTask, git, rsi
 from rsi.config import load_config
 from rsi.engine import Limits, Research
 from rsi.errors import UserError
+from rsi.judge import Decision, Goal, Noise, SequentialJudge
 from rsi.proposer import Context, KnobsProposer, Proposal, Proposer
 from rsi.sandbox import bubblewrap_path
 from rsi.status import status_json
@@ -325,7 +327,50 @@ def test_time_budget_stops_starting_experiments(make_task: MakeTask) -> None:
     r.run(Limits(time_budget_s=2.0))  # no experiment limit: only the clock stops it
     n = r.ledger.count()
     assert 2 <= n <= 12  # about (2 s - baseline) / 0.25 s
-    assert all(e.state == "done" for e in r.ledger.experiments())
+    # all decided but perhaps the last, cut between two of its runs
+    assert all(e.state == "done" for e in r.ledger.experiments()[:-1])
+
+
+class Undecided(SequentialJudge):
+    """Never sure after screening: a candidate takes every screening run it is allowed."""
+
+    def decide(
+        self,
+        candidate: Sequence[float | None],
+        champion: Sequence[float],
+        goal: Goal,
+        noise: Noise | None,
+        deletes_code: bool = False,
+    ) -> Decision:
+        return Decision("more", "never sure")
+
+
+def test_the_time_budget_stops_an_experiment_between_two_runs_and_the_next_run_resumes_it(
+    make_task: MakeTask,
+) -> None:
+    slow = "import time\nlr = 0.5\ntime.sleep(0.1)\nprint(f'loss: {(lr - 0.1) ** 2}')\n"
+    root = make_task(train=slow, extra_toml="[judge]\nbaseline_repeats = 2\nmax_repeats = 100\n")
+    said: list[str] = []
+    r = Research(
+        root,
+        load_config(root),
+        knobs_factory(root),  # type: ignore[arg-type]
+        judge=Undecided(max_repeats=100),
+        listener=lambda event, exp, message: said.append(message),
+    )
+    r.run(Limits(time_budget_s=3.0))  # 100 screening runs of 0.1 s and more cannot fit
+    first = r.ledger.experiments()
+    r.ledger.close()
+    assert [e.state for e in first] == ["done", "proposed"] and first[1].interrupts == 0
+    screened = [x.seed for x in sorted(first[1].runs, key=lambda x: x.id) if x.kind == "screen"]
+    assert 1 <= len(screened) < 100
+    assert any(m.startswith("#1 left unfinished after ") and "the time budget ran out" in m for m in said)
+    again = research(root)  # the default judge decides it from the runs it has, and more if it needs them
+    again.run(Limits(max_experiments=1))
+    resumed = again.ledger.experiment(1)
+    assert resumed is not None and resumed.state == "done" and resumed.verdict in ("keep", "discard")
+    seeds = [x.seed for x in sorted(resumed.runs, key=lambda x: x.id) if x.kind == "screen"]
+    assert seeds[: len(screened)] == screened and len(set(seeds)) == len(seeds)  # none repeated
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from rsi.config import Config
 from rsi.environment import hold_kind, node_kind
 from rsi.errors import UserError
 from rsi.executor import Workers
-from rsi.experiment import RETEST, SUPERSEDED, Experimenter, broken_constraint
+from rsi.experiment import RETEST, SUPERSEDED, Experimenter, OutOfBudget, broken_constraint
 from rsi.fork import FORK_TAG
 from rsi.judge import Judge, SequentialJudge
 from rsi.ledger import Experiment, Ledger
@@ -152,6 +152,7 @@ class Research:
             cfg, self.store, self.ledger, self.measurer, self.judge, self.tag, self.start_commit
         )
         self.experimenter.say = self._reverted
+        self.experimenter.spent = self._out_of_budget
         self._recover()
         ex = cfg.executor
         if ex.kind == "ray":  # the cluster places each run: the driver's threads only wait for them
@@ -524,6 +525,14 @@ class Research:
             or (runs is not None and self.ledger.run_count() >= runs)
         )
 
+    def _out_of_budget(self) -> str:
+        """What of the budget ran out ("" while some is left), asked before each run of a candidate: a time
+        budget ends within one run of its end, not one whole experiment (a sequential test can take many runs).
+        A run budget (`Limits.max_runs`, the meta-level's) lets the experiment under way finish."""
+        if self._deadline is not None and _now() >= self._deadline and self.ledger.get("paused") != "1":
+            return "the time budget ran out"  # (a pause moves the deadline when it ends)
+        return ""
+
     def _observe(self, exp_id: int) -> None:
         done = self.ledger.experiment(exp_id)
         if done is not None and done.state == "done":
@@ -733,6 +742,18 @@ class Research:
                 self.experimenter.baseline(exp, wt)
             else:
                 self.experimenter.candidate(exp, wt)
+        except OutOfBudget as spent:
+            left = self.ledger.experiment(exp.id)
+            assert left is not None
+            if left.state != "done":  # (a keep's top-up may be what was cut: the keep stands)
+                self.ledger.update_experiment(exp.id, state="proposed")
+                self.listener(
+                    "message",
+                    None,
+                    f"#{exp.id} left unfinished after {len(left.runs)} run(s): {spent}; the next `rsi run` "
+                    "resumes it where it stopped",
+                )
+            return
         finally:
             self.store.release(str(exp.id))
             self.store.release(self.experimenter.champion_worktree())

@@ -32,6 +32,11 @@ SHORT_TOP_UP = 2  # ... gets this many top-up runs at once, the rest when a cand
 FRESH_FAILURES = 3  # fresh runs of a champion that may fail (no metric) in a row before it gets no more
 
 
+class OutOfBudget(Exception):
+    """The research's time or run budget ran out between two runs of a candidate: it is left unfinished, with
+    every run it made recorded, and the next `rsi run` resumes it where it stopped."""
+
+
 class Experimenter:
     def __init__(
         self, cfg: Config, store: Store, ledger: Ledger, measurer: Measurer, judge: Judge, tag: str, start: str
@@ -47,6 +52,9 @@ class Experimenter:
         self._pools: dict[int, NoisePool] = {}  # per thread
         # what the research's listener is told of a revert: the experiment as it is now, and why
         self.say: Callable[[Experiment, str], None] = lambda exp, message: None
+        # what of the research's budget has run out ("" while some is left): checked before each run a
+        # candidate's verdict still waits for; the baseline is always measured whole (the noise floor)
+        self.spent: Callable[[], str] = lambda: ""
 
     def champion_worktree(self) -> str:
         """Where this thread measures the champion: one checkout per slot, so workers never share one."""
@@ -131,6 +139,7 @@ class Experimenter:
             # only a first run may be stopped early: once the judge asks for more, the candidate is promising
             # and its runs go to the end (a stop there would throw away what its other runs showed)
             against = self.reference(champion, judge, deletes) if k == 0 else None
+            self._budget_left()
             self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed, against)
             exp = self._reload(exp)
         if decision.verdict == "keep":  # the bounds on secondary figures, before replication spends more runs
@@ -271,6 +280,10 @@ class Experimenter:
         )
         return self.champion()
 
+    def _budget_left(self) -> None:
+        if why := self.spent():
+            raise OutOfBudget(why)
+
     def _replicate(self, exp: Experiment, wt: Path, champion: Experiment) -> Decision:
         """Candidate and champion on the same fresh seeds, new to both, a pair at a time until the judge
         decides; the champion runs first so that the candidate's own run is the last one in its worktree (the
@@ -280,6 +293,8 @@ class Experimenter:
         seeds: list[int] = []
         confirmed = Decision("more", "")
         for seed in (fresh_seed(exp.id, j) for j in range(1, max(self.judge.replicate, 1) + 1)):
+            if not (_has_run(champion, FRESH, seed) and _has_run(exp, CONFIRM, seed)):
+                self._budget_left()
             if not _has_run(champion, FRESH, seed):
                 self.measurer.measure(champ_wt, champion.id, champion.commit_sha, FRESH, seed)
             if not _has_run(exp, CONFIRM, seed):
