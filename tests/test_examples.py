@@ -12,6 +12,7 @@ from rsi.demo import create
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)  # 2.5 minutes, the corpus, the summary; a CI machine beside another test is slow
 def test_demo_tinygpt_trains_evaluates_and_reports(tmp_path: Path) -> None:
     root = tmp_path / "demo"
     # 2.5 minutes: on a loaded machine 1.5 held only the baseline
