@@ -382,3 +382,16 @@ def test_export_to_a_local_mlflow_store_reads_back(researched: Path, tmp_path: P
     again = rsi("export", str(researched), "--mlflow", uri)
     assert again.returncode == 0 and "logged 0 experiment" in again.stdout
     assert len(client.search_runs([exp.experiment_id], max_results=1000)) == len(runs)
+    both = rsi("export", str(researched), "--mlflow", uri, "--format", "csv")
+    assert both.returncode == 2 and "takes no --format or --out" in both.stderr
+
+
+def test_export_to_an_mlflow_server_that_does_not_answer_is_one_line_at_once(researched: Path) -> None:
+    pytest.importorskip("mlflow")
+    with socket.socket() as s:  # a port of 127.0.0.1 nothing listens on once this is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = rsi("export", str(researched), "--mlflow", f"http://127.0.0.1:{port}")
+    # (MLflow's own client retries such a server for minutes before it says anything)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == f"rsi: cannot reach the MLflow server at http://127.0.0.1:{port}: Connection refused"

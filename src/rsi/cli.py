@@ -393,7 +393,9 @@ def serve(
 @app.command()
 def export(
     directory: DirArg = Path("."),
-    fmt: Annotated[str, typer.Option("--format", help="tsv (autoresearch's results.tsv), csv or json")] = "tsv",
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="tsv (autoresearch's results.tsv, the default), csv or json")
+    ] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="the file (default: standard output)")] = None,
     mlflow: Annotated[
         str | None, typer.Option("--mlflow", help="log every experiment to this MLflow tracking URI instead")
@@ -404,10 +406,13 @@ def export(
 
     try:
         if mlflow is not None:
+            if fmt is not None or out_file is not None:
+                raise UserError("--mlflow logs to MLflow: it takes no --format or --out (export a file separately)")
             name, added, skipped = export_mlflow(directory, mlflow)
             already = f" ({skipped} were there already)" if skipped else ""
             out.print(f"logged {added} experiment(s) to MLflow experiment {name!r} at {mlflow}{already}")
             return
+        fmt = fmt or "tsv"
         if fmt not in FORMATS:
             raise UserError(f"--format {fmt!r}: choose tsv, csv or json")
         text = export_text(directory, fmt)

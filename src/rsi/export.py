@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,6 +92,7 @@ def export_mlflow(root: Path, uri: str) -> tuple[str, int, int]:
         ledger.close()
     name = f"rsi/{status['task'] or root.name}/{status['tag']}"
     metric = status["metric"] or "metric"
+    _reachable(uri)
     try:
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(name)
@@ -140,6 +143,24 @@ def export_mlflow(root: Path, uri: str) -> tuple[str, int, int]:
     except MlflowException as err:
         raise UserError(f"MLflow at {uri}: {str(err).splitlines()[0]}") from None
     return name, added, len(done)
+
+
+def _reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer is said at once (MLflow's client retries for minutes first)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UserError(f"--mlflow {uri}: the port is not a number") from None
+    if not parts.hostname:
+        raise UserError(f"--mlflow {uri}: no host in the address")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else e.strerror or str(e)
+        raise UserError(f"cannot reach the MLflow server at {uri}: {why}") from None
 
 
 def _artifacts_beside(uri: str) -> str | None:
