@@ -63,6 +63,7 @@ def test_bad_worker_flags_are_one_line_and_exit_2(make_task: MakeTask) -> None:
         (["--gpus", "a,b"], "--gpus 'a,b'"),
         (["--workers", "3", "--gpus", "0,1"], "3 workers need 3 GPUs"),
         (["--workers", "0"], "--workers"),
+        (["--address", "auto"], "--address is the Ray cluster to join: add --executor ray"),  # (it was ignored)
     ):
         done = rsi("run", str(root), "--max-experiments", "2", *args)
         assert done.returncode == 2 and words in done.stderr, (args, done.stderr)

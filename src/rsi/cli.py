@@ -158,6 +158,8 @@ def _with_executor(cfg: Config, workers: int | None, gpus: str | None, kind: str
             raise UserError(f"--executor {kind!r}: local or ray")
         update["kind"] = kind
     if address is not None:
+        if update.get("kind", cfg.executor.kind) != "ray":
+            raise UserError('--address is the Ray cluster to join: add --executor ray (or kind = "ray" in [executor])')
         update["address"] = address
     return cfg.model_copy(update={"executor": cfg.executor.model_copy(update=update)})
 
