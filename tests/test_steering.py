@@ -26,6 +26,7 @@ def test_an_idea_reaches_the_llm_prompt_from_the_next_proposal(make_task: MakeTa
         before = len(script.prompts())
         noted = rsi("idea", "try a cosine learning-rate schedule", str(root))
         assert noted.returncode == 0, noted.stderr
+        assert "no LLM has proposed" not in noted.stdout
         again = rsi("run", str(root), "--max-experiments", "3", env={"FAKE_LLM_KEY": KEY})
         assert again.returncode == 0, again.stderr
         prompts = script.prompts()
@@ -69,6 +70,8 @@ def test_pause_holds_a_running_research_and_resume_lets_it_go_on(make_task: Make
     assert proc.returncode == 0, err
     assert count(root) == 12
     assert "paused by `rsi pause`" in out + err and "resumed" in out + err
+    noted = rsi("idea", "try a wider model", str(root))  # a knobs research: the idea waits for an LLM proposer
+    assert noted.returncode == 0 and "no LLM has proposed in this research yet" in noted.stdout
 
 
 def test_steering_a_folder_without_a_research_is_one_line(make_task: MakeTask, tmp_path: Path) -> None:

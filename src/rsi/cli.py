@@ -471,8 +471,15 @@ def idea(
     """Leave an idea: LLM proposers see it in their prompt from their next proposal on; the ledger keeps it."""
     if not text.strip():
         fail("the idea is empty")
-    count = _steer(directory).add_idea(text.strip())
+    ledger = _steer(directory)
+    count = ledger.add_idea(text.strip())
     out.print(f"idea {count} recorded; LLM proposers see it from their next proposal", highlight=False)
+    if not ledger.calls_by_model():
+        out.print(
+            "no LLM has proposed in this research yet: the knobs proposer does not read ideas; "
+            "`rsi run --proposer llm` (or swarm) does",
+            highlight=False,
+        )
 
 
 @app.command()
