@@ -164,6 +164,8 @@ def test_a_killed_ablation_leaves_no_run_behind_and_resumes(make_task: MakeTask,
     simplify = rsi("ablate", str(root), "--repeats", "2", "--simplify")
     assert simplify.returncode == 0 and "removed" in simplify.stderr, simplify.stderr
     assert "rsi/t-simplified" not in git(root, "branch", "--list")
+    again = rsi("ablate", str(root), "--repeats", "2", "--simplify")  # nothing to drop: said, not silent
+    assert again.returncode == 0 and "nothing to simplify: no kept change is shown redundant" in again.stderr
 
 
 def alive(pid: int) -> bool:

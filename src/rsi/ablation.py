@@ -104,11 +104,15 @@ def _ablate(
         simple = _simplified(ws, ledger, kept, drop, champion, tag)
         if simple is not None:
             _measure(ws, ledger, measurer, [0, simple], seeds, say)
+        else:
+            say("nothing to simplify: reverting the changes that are redundant or hurt leaves the champion as is")
     elif simplify:
         branch = f"refs/heads/rsi/{tag}-{SIMPLIFIED}"
         if ws.ref(branch) is not None:  # made from labels that have changed since: it would mislead
             ws.git("update-ref", "-d", branch)
             say(f"nothing to simplify now: branch rsi/{tag}-{SIMPLIFIED}, made from earlier labels, removed")
+        else:
+            say("nothing to simplify: no kept change is shown redundant or to hurt (more --repeats may show one)")
     rows = results(research, ledger)
     ledger.close()
     return rows
