@@ -214,6 +214,7 @@ def test_a_research_prunes_candidates_that_could_not_have_won(make_task: MakeTas
     root = make_task(train=CURVE, extra_toml=toml)
     done = rsi("run", str(root), "--max-experiments", "12", "--tag", "p")
     assert done.returncode == 0, done.stderr
+    assert "warning: [pruning]" not in done.stdout
     ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
     exps = {e.id: e for e in ledger.experiments()}
     pruned = [e for e in exps.values() if e.reason.startswith("pruned:")]
@@ -243,6 +244,19 @@ def test_a_research_prunes_candidates_that_could_not_have_won(make_task: MakeTas
     resumed = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).experiment(victim.id)
     assert resumed is not None and resumed.state == "done" and resumed.verdict == "discard"
     assert resumed.status == "ok" and resumed.reason == victim.reason and len(resumed.runs) == len(victim.runs)
+
+
+def test_pruning_that_cannot_stop_anything_is_said(make_task: MakeTask) -> None:
+    root = make_task(extra_toml="[pruning]\nenabled = true\n")
+    done = rsi("run", str(root), "--max-experiments", "1")
+    assert done.returncode == 0, done.stderr
+    said = "warning: [pruning] is on, but no run of the champion reported progress (rsi.progress(step, value); "
+    assert said + "no progress_pattern is set): no run is stopped early" in done.stdout
+    toml = (root / "rsi.toml").read_text().replace("[metric]\n", "[metric]\nprogress_pattern = 'step (\\d+) (\\S+)'\n")
+    (root / "rsi.toml").write_text(toml)  # a pattern the task's output never matches
+    again = rsi("run", str(root), "--max-experiments", "2")
+    assert again.returncode == 0, again.stderr
+    assert said + "lines matching [metric] progress_pattern step (\\d+) (\\S+))" in again.stdout
 
 
 def test_a_progress_pattern_needs_two_groups(make_task: MakeTask) -> None:

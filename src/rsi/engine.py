@@ -36,6 +36,9 @@ from rsi.fork import FORK_TAG
 from rsi.judge import Judge, SequentialJudge
 from rsi.ledger import Experiment, Ledger
 from rsi.measure import (
+    CONFIRM,
+    FRESH,
+    SCREEN,
     FunctionMeasurer,
     Measurer,
     SubprocessMeasurer,
@@ -323,6 +326,8 @@ class Research:
                 f"warning: {who} {broken}: a candidate is kept only within every [[constraints]] bound; "
                 "check the bounds if that is not what you meant",
             )
+        if self.cfg.pruning.enabled and (idle := self._pruning_idle(champion)):
+            self.listener("message", None, f"warning: [pruning] is on, but {idle}: no run is stopped early")
         for e in self.ledger.experiments("state = 'done' AND reason LIKE ?", (f"{SUPERSEDED}%",)):
             if not self.ledger.experiments("parent = ? AND hypothesis LIKE ?", (e.id, f"% (rebased from #{e.id} %")):
                 self._rebase(e, limits)
@@ -493,6 +498,15 @@ class Research:
             time.sleep(0.5)
         self.listener("message", None, "resumed")
         return _now() - began
+
+    def _pruning_idle(self, champion: Experiment) -> str:
+        """Why early stopping cannot stop anything ("" when it can): it compares a run's progress with the
+        champion's at the same step, and no run of the champion reported any."""
+        if self.ledger.trajectories(champion.id, (FRESH, SCREEN, CONFIRM)):
+            return ""
+        pattern = self.cfg.metric.progress_pattern
+        lines = f"lines matching [metric] progress_pattern {pattern}" if pattern else "no progress_pattern is set"
+        return f"no run of the champion reported progress (rsi.progress(step, value); {lines})"
 
     def _plateau(self) -> str:
         """Why research has stopped paying (`[plateau]`), or ''. Counted from the last keep (or the baseline)."""
