@@ -96,7 +96,10 @@ class Experimenter:
                 exp = self._reload(exp)
                 if _metric_at(exp, seed) is not None:
                     self._holdout(wt, exp, seed)
-        self._finish(self._reload(exp), "baseline", Decision("keep", f"{self.cfg.judge.baseline_repeats} runs"))
+        n = self.cfg.judge.baseline_repeats
+        self._finish(
+            self._reload(exp), "baseline", Decision("keep", f"the start; its first {n} runs gave the noise floor")
+        )
 
     def candidate(self, exp: Experiment, wt: Path) -> None:
         """Screening runs, paired with the champion's fresh seeds, until the judge decides; then replication."""
