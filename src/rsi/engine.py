@@ -756,17 +756,16 @@ class Research:
                 self.experimenter.baseline(exp, wt)
             else:
                 self.experimenter.candidate(exp, wt)
-        except OutOfBudget as spent:
+        except OutOfBudget as spent:  # raised before a run its verdict waits for: it has none yet
+            self.ledger.update_experiment(exp.id, state="proposed")
             left = self.ledger.experiment(exp.id)
-            assert left is not None
-            if left.state != "done":  # (a keep's top-up may be what was cut: the keep stands)
-                self.ledger.update_experiment(exp.id, state="proposed")
-                self.listener(
-                    "message",
-                    None,
-                    f"#{exp.id} left unfinished after {len(left.runs)} run(s): {spent}; the next `rsi run` "
-                    "resumes it where it stopped",
-                )
+            runs = len(left.runs) if left is not None else 0
+            self.listener(
+                "message",
+                None,
+                f"#{exp.id} left unfinished after {runs} run(s): {spent}; the next `rsi run` resumes it where it "
+                "stopped",
+            )
             return
         finally:
             self.store.release(str(exp.id))
