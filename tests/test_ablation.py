@@ -123,6 +123,8 @@ def test_undo_reverts_one_change_at_either_end_of_a_file_and_leaves_later_edits(
         ("a\n", "a\nnew\n", "a\nnew\nmore\n", "a\nmore\n"),  # a line added at the end
         ("a\n", "b\n", "c\n", "c\n"),  # rewritten again later: nothing of it is left to undo
         ("x = 1\ny = 1\n", "x = 2\ny = 1\n", "x = 2\ny = 3\n", "x = 1\ny = 3\n"),  # a later keep on the next line
+        # three knobs changed together, two of them changed again later: the third is still the change's
+        ("lr = 1\nw = 8\nm = 0\n", "lr = 2\nw = 24\nm = 1\n", "lr = 3\nw = 24\nm = 2\n", "lr = 3\nw = 8\nm = 2\n"),
     ]
     for before, after, now, want in cases:
         assert undo(before, after, now) == want, (before, after, now)

@@ -191,7 +191,8 @@ def revert(ws: Workspace, change: str, onto: str) -> dict[str, str] | None:
 
 def undo(before: str, after: str, now: str) -> str:
     """`now` with each hunk of the change before -> after reversed where `now` still holds that hunk's lines
-    as the change left them (neighbouring lines may differ: knobs sit on adjacent lines)."""
+    as the change left them (neighbouring lines may differ: knobs sit on adjacent lines); in a hunk that
+    rewrote lines one for one, each line still as the change left it."""
     old, new, cur = before.splitlines(keepends=True), after.splitlines(keepends=True), now.splitlines(keepends=True)
     where: dict[int, int] = {}  # line of `after` -> the same line in `now`
     for tag, a1, a2, b1, _ in difflib.SequenceMatcher(None, new, cur, autojunk=False).get_opcodes():
@@ -201,7 +202,10 @@ def undo(before: str, after: str, now: str) -> str:
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
         if tag == "equal":
             continue
-        if j2 > j1:  # lines the change wrote: still there, together, in `now`?
+        if tag == "replace" and i2 - i1 == j2 - j1:  # lines rewritten one for one (knobs on adjacent lines):
+            # each still standing is put back, whatever a later keep did to its neighbours
+            spans += [(where[j1 + k], where[j1 + k] + 1, [old[i1 + k]]) for k in range(j2 - j1) if j1 + k in where]
+        elif j2 > j1:  # lines the change wrote: still there, together, in `now`?
             at = [where.get(j) for j in range(j1, j2)]
             if None in at or at != list(range(at[0] or 0, (at[0] or 0) + j2 - j1)):
                 continue
