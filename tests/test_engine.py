@@ -441,3 +441,21 @@ def test_a_second_orchestrator_on_the_same_task_is_refused(make_task: MakeTask) 
         first.kill()
         first.wait()
     assert rsi("status", str(root), "--json").returncode == 0  # the ledger is intact
+
+
+def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds(make_task: MakeTask) -> None:
+    root = make_task()
+    worse = (root / "train.py").read_text().replace("lr = 0.5", "lr = 0.6")
+    r, _ = scripted(root, [Proposal(edits={"train.py": worse}, hypothesis="lr 0.5 -> 0.6")])
+    r.run(Limits(max_experiments=2))
+    assert r.ledger.experiment(1).verdict == "discard"  # type: ignore[union-attr]
+    # `rsi retest 1` twice, with no research running: both wait for the next `rsi run`
+    for _ in range(2):
+        assert rsi("retest", "1", str(root), "--repeats", "3").returncode == 0
+    r.ledger.close()
+    again, _ = scripted(root, [])
+    again.run(Limits(max_experiments=4))
+    retests = [e for e in again.ledger.experiments() if e.proposer == "retest"]
+    assert [e.parent for e in retests] == [0, 0] and all(e.state == "done" for e in retests)
+    first, second = ({x.seed for x in e.runs if x.kind == "screen"} for e in retests)
+    assert first and second and not first & second  # the same seeds would only give the same runs again

@@ -114,6 +114,7 @@ class Experimenter:
         if exp.proposer == RETEST and (asked := int(exp.params.get("max_repeats", 0))):
             # `rsi retest --repeats K`: its own sequential design, with up to K looks' worth of runs
             most, judge = asked, judge.with_repeats(asked)
+        taken = self._retested_seeds(exp)
         while True:
             champion = self._reload(champion)  # other workers' re-measurements of it count at every look
             pool = champion_pool(champion)
@@ -138,7 +139,7 @@ class Experimenter:
                     decision = Decision("inconclusive", decision.reason, decision.ci)
                     break
             k = len(screened)
-            seed = screen_seed(pool, exp.id, k)
+            seed = screen_seed([r for r in pool if r.seed not in taken], exp.id, k)
             # only a first run may be stopped early: once the judge asks for more, the candidate is promising
             # and its runs go to the end (a stop there would throw away what its other runs showed)
             against = self.reference(champion, judge, deletes) if k == 0 else None
@@ -156,6 +157,14 @@ class Experimenter:
         if self._finish(self._reload(exp), decision.verdict, decision, champion) == "keep":
             kept = self._reload(exp)  # after the keep landed: a deadline now cannot lose it
             self._top_up(kept, wt, self._top_up_runs(kept))
+
+    def _retested_seeds(self, exp: Experiment) -> set[int]:
+        """The screening seeds of earlier retests of the same change on the same champion: a retest asked for
+        again pairs with the champion's other seeds, then fresh ones (the same seeds would repeat the same runs)."""
+        if exp.proposer != RETEST:
+            return set()
+        earlier = self.ledger.experiments("proposer = ? AND parent IS ? AND id < ?", (RETEST, exp.parent, exp.id))
+        return {r.seed for e in earlier if e.diff == exp.diff for r in e.runs if r.kind == SCREEN}
 
     def reference(self, champion: Experiment, judge: Judge, deletes: bool) -> Reference | None:
         """What a first screening run is stopped early against, with `[pruning]` on: the champion's level from
