@@ -150,6 +150,8 @@ def test_a_failed_baseline_is_measured_again_and_the_metric_cannot_change_under_
         ('goal = "minimize"', 'goal = "maximize"', "(goal: 'minimize' -> 'maximize')"),
         ('name = "loss"', 'name = "val_loss"', "(metric: 'loss' -> 'val_loss')"),
         ("pattern = '^loss:", "pattern = 'loss:", "(pattern: '^loss:"),
+        # what a run measures: a changed command would mix its figures into the champion's (it was accepted)
+        ('train.py"', "train.py; echo 'loss: 0.001'\"", "(command: "),
     ):
         edit_toml(root, old, new)
         p = rsi("run", str(root), "--max-experiments", "6")

@@ -205,27 +205,43 @@ class Research:
             self.ledger.set("constraints", constraints)
 
     def _metric_meta(self) -> dict[str, str]:
-        """What the ledger records of the metric: its measurements compare only under the same one (the progress
-        lines early stopping reads are not part of it: pruning may be turned on or off mid-research)."""
+        """What the ledger records of what a run measures: its measurements compare only under the same metric
+        (the progress lines early stopping reads are not part of it: pruning may be turned on or off
+        mid-research) and the same command, training budget, setup and holdout command."""
         spec = json.dumps(self.cfg.metric.model_dump(mode="json", exclude={"progress_pattern"}), sort_keys=True)
-        return {"goal": self.cfg.metric.goal, "metric": self.cfg.metric.name, "metric_spec": spec}
+        t, holdout = self.cfg.task, self.cfg.holdout
+        task = {"command": t.command, "budget": t.budget, "setup": t.setup, "holdout": holdout and holdout.command}
+        return {
+            "goal": self.cfg.metric.goal,
+            "metric": self.cfg.metric.name,
+            "metric_spec": spec,
+            "task_spec": json.dumps(task, sort_keys=True),
+        }
 
     def _same_metric(self) -> None:
-        """Resuming: rsi.toml's [metric] must be the one the research was measured with (a baseline that gave no
-        metric is measured again, so its metric may still change)."""
+        """Resuming: rsi.toml's [metric], and what of [task] a run measures, must be those the research was
+        measured with (a baseline that gave no metric is measured again, so they may still change)."""
         now = self._metric_meta()
         baseline = self.ledger.experiment(0)
         if baseline is not None and baseline.valid():
             recorded = {key: self.ledger.get(key) for key in now}
-            old = {k: v for k, v in recorded.items() if v is not None and v != now[k] and k != "metric_spec"}
-            was, new = json.loads(recorded["metric_spec"] or "{}"), json.loads(now["metric_spec"])
-            # a field one side does not have (an rsi that added one) is no change; one both have and differ on is
-            spec = [f"{k}: {was[k]!r} -> {new[k]!r}" for k in sorted(new) if k in was and was[k] != new[k]]
-            if old or spec:
-                what = next((f"{k}: {v!r} -> {now[k]!r}" for k, v in old.items()), spec[0] if spec else "")
+            changes = [
+                ("[metric]", f"{k}: {v!r} -> {now[k]!r}")
+                for k, v in recorded.items()
+                if k in ("goal", "metric") and v is not None and v != now[k]
+            ]
+            for key, section in (("metric_spec", "[metric]"), ("task_spec", "[task]")):
+                was, new = json.loads(recorded[key] or "{}"), json.loads(now[key])
+                # a field one side does not have (an rsi that added one) is no change; one both have and differ
+                # on is
+                changes += [
+                    (section, f"{k}: {was[k]!r} -> {new[k]!r}") for k in sorted(new) if k in was and was[k] != new[k]
+                ]
+            if changes:
+                section, what = changes[0]
                 raise UserError(
-                    f"rsi.toml's [metric] is not the one this research was measured with ({what}): its figures "
-                    "would not compare with those recorded; put it back, or research the new metric apart "
+                    f"rsi.toml's {section} is not the one this research was measured with ({what}): its figures "
+                    "would not compare with those recorded; put it back, or research the change apart "
                     "(`rsi fork`, or a clone of the repository)"
                 )
         with self.ledger.transaction():
