@@ -38,6 +38,12 @@ BAD_TOML = [
         "pattern = '(x)'\nfile = 'm.json'\nkey = 'k'",
         "exactly one",
     ),
+    (
+        "budget over timeout",
+        'timeout = "20s"',
+        'timeout = "20s"\nbudget = "20m"',
+        "budget 1200s is not under timeout 20s",
+    ),
     ("judge out of range", "[metric]", "[judge]\nconfidence = 1.5\n[metric]", "judge.confidence"),
     ("sampler unknown", "[metric]", '[knobs]\nsampler = "grid"\n[metric]', "knobs.sampler"),
     (
@@ -97,6 +103,10 @@ def test_bad_states_exit_2(make_task: MakeTask, tmp_path: Path) -> None:
         edit_toml(typo, f'{key} = ["', f'{key} = ["trian.py", "')
         commit_all(typo, "typo")
         cases[f"{key} glob matches nothing"] = (rsi("run", str(typo)), f"task.{key}: 'trian.py' matches no")
+    overlap = make_task(name="k")  # its one editable file frozen too: a traceback after the baseline, before
+    edit_toml(overlap, 'frozen = ["', 'frozen = ["train.py", "')
+    commit_all(overlap, "frozen")
+    cases["editable all frozen"] = (rsi("run", str(overlap)), "every file it matches is frozen too")
     noknobs = make_task(name="g", train="print('loss: 1.0')\n")
     cases["nothing to tune"] = (rsi("run", str(noknobs)), "no tunable literal")
     tagged = make_task(name="j")

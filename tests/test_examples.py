@@ -54,6 +54,8 @@ def test_demo_refuses_a_non_empty_directory_and_unknown_examples(tmp_path: Path)
     assert p.returncode == 2 and "unknown example" in p.stderr
     p = rsi("demo", "--example", "sgd", "--budget", "soon", "--dir", str(tmp_path / "y"))
     assert p.returncode == 2 and "--budget" in p.stderr
+    p = rsi("demo", "--example", "tabular", "--budget", "2s", "--dir", str(tmp_path / "z"))  # (it was ignored)
+    assert p.returncode == 2 and "--budget sets tinygpt's training time" in p.stderr
 
 
 def test_demo_sgd_runs_offline_and_improves(tmp_path: Path) -> None:

@@ -17,11 +17,12 @@ from rich.table import Table
 
 from rsi import interrupt
 from rsi.config import Config, load_config, parse_duration
+from rsi.demo import DEMO_BUDGET
 from rsi.demo import check_requirements as check_demo
 from rsi.demo import create as create_demo
 from rsi.demo import default_dir as demo_dir
 from rsi.doctor import Doctor
-from rsi.engine import Limits, Research
+from rsi.engine import Limits, Research, editable_files
 from rsi.errors import UserError
 from rsi.fork import check_tag
 from rsi.init import write as write_config
@@ -56,7 +57,7 @@ def fail(message: str) -> NoReturn:
 def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
     def factory(ws: Store, start_commit: str) -> Proposer:
         if name == "knobs":
-            files = {p: ws.read(start_commit, p) for p in ws.files(start_commit, cfg.task.editable)}
+            files = editable_files(ws, start_commit, cfg)
             proposer = KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=cfg.knobs.seed)
             if not proposer.knobs:
                 raise UserError(
@@ -72,7 +73,7 @@ def make_proposer(cfg: Config, name: str) -> Callable[[Store, str], Proposer]:
             if name == "llm":
                 return LLMProposer(cfg.proposer, program=program, frozen=frozen, metric=metric, goal=goal)
             members: list[Proposer] = []
-            files = {p: ws.read(start_commit, p) for p in ws.files(start_commit, cfg.task.editable)}
+            files = editable_files(ws, start_commit, cfg)
             knobs = KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=cfg.knobs.seed)
             if knobs.knobs:
                 members.append(knobs)
@@ -204,11 +205,14 @@ def demo(
     minutes: Annotated[float, typer.Option(min=0.1, help="how long to research")] = 10.0,
     directory: Annotated[Path | None, typer.Option("--dir", help="where to create the demo repository")] = None,
     example: Annotated[str, typer.Option(help="tinygpt, tabular or sgd")] = "tinygpt",
-    budget: Annotated[str, typer.Option(help="training time per candidate (tinygpt)")] = "15s",
+    budget: Annotated[str | None, typer.Option(help="training time per candidate (tinygpt only; 15s)")] = None,
 ) -> None:
     """Research a shipped example (a tiny GPT by default) offline, in a fresh git repository."""
     try:
         check_demo(example)
+        if budget is not None and example != "tinygpt":
+            raise UserError(f"--budget sets tinygpt's training time: the {example} example has none to set")
+        budget = budget or DEMO_BUDGET
         parse_duration(budget)
         root = create_demo(example, directory or demo_dir(example), budget)
         cfg = load_config(root)

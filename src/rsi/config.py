@@ -112,6 +112,15 @@ class TaskConfig(_Section):
     secret_patterns: list[str] = []
     output_cap: Size = 10_000_000
 
+    @model_validator(mode="after")
+    def _budget_within_timeout(self) -> TaskConfig:
+        if self.budget is not None and self.budget >= self.timeout:
+            raise ValueError(
+                f"budget {self.budget:g}s is not under timeout {self.timeout:g}s: every run that trains for its "
+                "budget would be killed (the timeout also covers starting and evaluating)"
+            )
+        return self
+
 
 class MetricConfig(_Section):
     name: str = Field(min_length=1)

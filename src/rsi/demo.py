@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from rsi.config import parse_duration
 from rsi.errors import UserError
 
 EXAMPLES = ("tinygpt", "tabular", "sgd")
@@ -51,7 +52,9 @@ def create(example: str, dest: Path, budget: str = DEMO_BUDGET) -> Path:
     text = re.sub(r'"python ', f'"{sys.executable} ', text)
     if example == "tinygpt":
         text = re.sub(r'^budget = "[^"]*"', f'budget = "{budget}"', text, flags=re.M)
-        text = re.sub(r'^timeout = "[^"]*"', 'timeout = "120s"', text, flags=re.M)
+        # the budget, and two minutes to start and evaluate
+        timeout = parse_duration(budget) + 120
+        text = re.sub(r'^timeout = "[^"]*"', f'timeout = "{timeout:g}s"', text, flags=re.M)
     toml.write_text(text)
     env = {**os.environ, **_IDENTITY}
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", f"rsi demo: {example}"]):

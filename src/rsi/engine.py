@@ -255,6 +255,8 @@ class Research:
             for glob in globs:
                 if head and not self.store.files(head, [glob]):
                     raise UserError(f"task.{key}: {glob!r} matches no committed file in the repository")
+        if head and not editable_files(self.store, head, self.cfg):
+            raise UserError("task.editable: every file it matches is frozen too (task.frozen): nothing may change")
 
     def _recover(self) -> None:
         """Undo what a killed orchestrator left half done; see the module docstring for why this is enough."""
@@ -275,8 +277,7 @@ class Research:
         """The editable files at the champion's commit (cached: they change only on a keep)."""
         cached = self._files  # one tuple, replaced whole: workers read it too
         if cached[0] != commit:
-            paths = self.store.files(commit, self.cfg.task.editable)
-            cached = (commit, {p: self.store.read(commit, p) for p in paths if not matches(p, self.cfg.task.frozen)})
+            cached = (commit, editable_files(self.store, commit, self.cfg))
             self._files = cached
         return cached[1]
 
@@ -806,6 +807,12 @@ class Research:
             "experiments": self.ledger.count(),
             "branch": f"rsi/{self.tag}",
         }
+
+
+def editable_files(store: Store, commit: str, cfg: Config) -> dict[str, str]:
+    """What a proposer may change at `commit`: the files `editable` matches and `frozen` does not."""
+    paths = store.files(commit, cfg.task.editable)
+    return {p: store.read(commit, p) for p in paths if not matches(p, cfg.task.frozen)}
 
 
 def _now() -> float:

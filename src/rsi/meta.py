@@ -137,7 +137,7 @@ def research_example(example: str, program: Program, runs: int, seed: int, keep:
     temporary folder, or in `keep` (a new folder), where it stays."""
     from rsi.config import load_config
     from rsi.demo import check_requirements, create
-    from rsi.engine import Research
+    from rsi.engine import Research, editable_files
     from rsi.judge import improvement
     from rsi.ledger import Ledger
     from rsi.store import Store
@@ -150,7 +150,7 @@ def research_example(example: str, program: Program, runs: int, seed: int, keep:
         cfg = cfg.model_copy(update={"knobs": cfg.knobs.model_copy(update={"seed": seed})})
 
         def proposer(store: Store, start: str) -> KnobsProposer:
-            files = {p: store.read(start, p) for p in store.files(start, cfg.task.editable)}
+            files = editable_files(store, start, cfg)
             return KnobsProposer(files, cfg.knobs, cfg.metric.goal, seed=seed)
 
         research = Research(root, cfg, proposer)
