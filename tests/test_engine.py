@@ -452,6 +452,8 @@ def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds(make_task: 
     # `rsi retest 1` twice, with no research running: both wait for the next `rsi run`
     for _ in range(2):
         assert rsi("retest", "1", str(root), "--repeats", "3").returncode == 0
+    assert json.loads(rsi("status", str(root), "--json").stdout)["retests_waiting"] == [{"id": 1, "repeats": 3}] * 2
+    assert "retests waiting: #1 (up to 3 runs), #1 (up to 3 runs)" in rsi("status", str(root)).stdout
     r.ledger.close()
     again, _ = scripted(root, [])
     again.run(Limits(max_experiments=4))

@@ -62,7 +62,7 @@ def test_pause_holds_a_running_research_and_resume_lets_it_go_on(make_task: Make
         assert count(root) == held < 12 and proc.poll() is None
         assert json.loads(rsi("status", str(root), "--json").stdout)["paused"] is True
         assert "PAUSED" in rsi("status", str(root)).stdout
-        assert rsi("resume", str(root)).returncode == 0
+        assert rsi("resume", str(root)).stdout == "resumed\n"
         out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
@@ -70,6 +70,7 @@ def test_pause_holds_a_running_research_and_resume_lets_it_go_on(make_task: Make
     assert proc.returncode == 0, err
     assert count(root) == 12
     assert "paused by `rsi pause`" in out + err and "resumed" in out + err
+    assert rsi("resume", str(root)).stdout == "not paused: nothing to resume\n"
     noted = rsi("idea", "try a wider model", str(root))  # a knobs research: the idea waits for an LLM proposer
     assert noted.returncode == 0 and "no LLM has proposed in this research yet" in noted.stdout
 

@@ -260,7 +260,7 @@ def status(
             x["hypothesis"],
             metric,
             str(len(x["runs"])),
-            x["status"],
+            "-" if x["verdict"] == "pending" and not x["runs"] else x["status"],  # (the JSON's "ok": no run failed)
             x["verdict"] + (" (reverted)" if x["revert_commit"] else ""),
         )
     out.print(table)
@@ -274,6 +274,9 @@ def status(
     for model, m in data["models"].items():
         tokens = int(m["tokens_in"] + m["tokens_out"])
         out.print(f"model {model}: {int(m['calls'])} calls, {tokens} tokens, ${m['cost_usd']:.4f}", highlight=False)
+    if waiting := data["retests_waiting"]:
+        queued = ", ".join(f"#{r['id']} (up to {r['repeats']} runs)" for r in waiting)
+        out.print(f"retests waiting: {queued}: the research takes them before its next proposal", highlight=False)
     for c in data["pareto"]:
         points = {p["id"]: p for p in c["points"]}
         front = ", ".join(f"#{i} {points[i]['metric']:.5g} / {points[i]['value']:.4g}" for i in c["front"])
@@ -463,6 +466,9 @@ def pause(directory: DirArg = Path(".")) -> None:
 def resume(directory: DirArg = Path(".")) -> None:
     """Let a paused research go on."""
     ledger = _steer(directory)
+    if ledger.get("paused") != "1":
+        out.print("not paused: nothing to resume", highlight=False)
+        return
     ledger.set("paused", "0")
     out.print("resumed", highlight=False)
 

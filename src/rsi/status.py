@@ -93,6 +93,8 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "metric": ledger.get("metric"),
         "tag": ledger.get("tag"),
         "paused": ledger.get("paused") == "1",  # by `rsi pause`: no new experiment starts until `rsi resume`
+        # `rsi retest`s a research takes before its next proposal: {"id": experiment, "repeats": K}
+        "retests_waiting": ledger.get_json("retests") or [],
         "baseline": {
             "metric": base.mean() if base else None,
             "runs": base.metrics() if base else [],
@@ -169,5 +171,5 @@ def standing(data: Mapping[str, Any]) -> str:
     load = f"  {busy} run(s) on a busy machine (other processes used half their cores or more)" if busy else ""
     return (
         f"baseline {num(data['baseline']['metric'])}  best {num(best['metric'])} (experiment {best['id']}{fresh})  "
-        f"noise sd {noise if noise is None else f'{noise:.3g}'}{share}{unstable}{load}{paused}"
+        f"noise sd {'-' if noise is None else f'{noise:.3g}'}{share}{unstable}{load}{paused}"
     )
