@@ -385,7 +385,7 @@ class Research:
             self._observe(exp.id)
         if ahead is not None:
             ahead[2].wait()
-        self.listener("stop", None, self._plateau() or "budget reached")
+        self.listener("stop", None, self._plateau() or self._why_stopped())
 
     def _parallel(self, limits: Limits, budget_left: Callable[[], bool]) -> None:
         """Several experiments at once, one per slot. The loop proposes whenever a slot is idle, so workers
@@ -432,7 +432,7 @@ class Research:
             workers.stop()
             raise
         workers.close()
-        self.listener("stop", None, self._plateau() or why)
+        self.listener("stop", None, self._plateau() or (self._why_stopped() if why == "budget reached" else why))
 
     def _work(self, exp: Experiment, limits: Limits) -> list[int]:
         """One worker's job: the experiment, then, if it won against a champion replaced meanwhile, its change
@@ -555,6 +555,17 @@ class Research:
             or (most is not None and self.ledger.count() >= most)
             or (runs is not None and self.ledger.run_count() >= runs)
         )
+
+    def _why_stopped(self) -> str:
+        """Which budget ended the research."""
+        most, runs, count = self.limits.max_experiments, self.limits.max_runs, self.ledger.count()
+        if most is not None and count >= most:
+            return f"the experiment budget is reached: {count} experiments recorded, {most} allowed"
+        if runs is not None and self.ledger.run_count() >= runs:
+            return f"the run budget is spent: {self.ledger.run_count()} runs recorded, {runs} allowed"
+        if self._deadline is not None and _now() >= self._deadline:
+            return "the time budget ran out"
+        return "budget reached"
 
     def _out_of_budget(self) -> str:
         """What of the budget ran out ("" while some is left), asked before each run of a candidate: a time
