@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import MakeTask, rsi
+from conftest import MakeTask, git, rsi
 from fake_llm import reply, serve
 from test_llm import KEY, edit, toml
 from test_resume import SLOW
@@ -167,3 +167,17 @@ def test_fork_starts_a_line_from_any_experiment_beside_the_running_research(make
     ):
         done = rsi(*args)
         assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+
+def test_a_fork_from_a_commit_without_rsi_toml_takes_the_folders(make_task: MakeTask) -> None:
+    root = make_task()
+    git(root, "rm", "-q", "--cached", "rsi.toml")  # researched as `rsi init` leaves it: never committed
+    git(root, "commit", "-q", "-m", "untrack rsi.toml")
+    assert rsi("run", str(root), "--max-experiments", "2").returncode == 0
+    made = rsi("fork", "--from", "1", "--tag", "w", str(root))
+    assert made.returncode == 0, made.stderr
+    where = root / ".rsi" / "forks" / "w"
+    assert (where / "rsi.toml").read_text() == (root / "rsi.toml").read_text()
+    assert "rsi fork: the rsi.toml of" in git(where, "log", "-1", "--format=%s")
+    assert rsi("run", str(where), "--max-experiments", "2").returncode == 0
+    assert git(where, "status", "--porcelain") == ""

@@ -102,7 +102,11 @@ def init(
         load_config(directory)
     except UserError as e:
         fail(str(e))
-    out.print(f"wrote {path}: check editable, command and metric, then `rsi run`", highlight=False)
+    out.print(
+        f"wrote {path}: check editable, command and metric, commit it (`rsi fork` researches the task as a "
+        "commit has it), then `rsi run`",
+        highlight=False,
+    )
     try:
         Workspace(directory).check_repository()
     except UserError as e:  # not an error yet: the user may init git next; `rsi run` refuses until then
@@ -116,7 +120,9 @@ def run(
     max_experiments: Annotated[
         int | None, typer.Option(min=1, help="total experiments in the ledger, baseline included")
     ] = None,
-    time_budget: Annotated[str | None, typer.Option(help="stop starting experiments after this long (10m, 2h)")] = None,
+    time_budget: Annotated[
+        str | None, typer.Option(help="end within one run of this long (10m, 2h); an unfinished experiment resumes")
+    ] = None,
     tag: Annotated[str | None, typer.Option(help="research branch rsi/<tag> (default: today's date)")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="experiments at once, each in its own CPU slot")] = None,
     gpus: Annotated[str | None, typer.Option(help="GPUs to use, e.g. 0,1,2,3: one experiment per GPU")] = None,

@@ -36,8 +36,13 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
     finally:
         if research is not None:
             research.close()
+    settings = None  # the folder's rsi.toml, for a commit made before it was committed
     if not ws.files(commit, [CONFIG_NAME]):
-        raise UserError(f"commit {commit[:10]} has no {CONFIG_NAME}: a fork researches the task as that commit has it")
+        if not (root / CONFIG_NAME).is_file():
+            raise UserError(
+                f"commit {commit[:10]} has no {CONFIG_NAME}, and neither has {root}: nothing says what to run"
+            )
+        settings = (root / CONFIG_NAME).read_bytes()
     dest = (dest or ws.state / "forks" / tag).resolve()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserError(f"{dest} exists and is not an empty folder: choose another --tag or --dir")
@@ -47,6 +52,14 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
         raise UserError(f"cannot make the folder for the fork: {e}") from None
     _git(root, "clone", "--quiet", "--no-checkout", str(ws.root), str(dest))
     _git(dest, "checkout", "--quiet", "-b", f"fork/{tag}", commit)
+    if settings is not None:  # committed on top, so the fork's research starts from a commit that has it
+        (dest / CONFIG_NAME).write_bytes(settings)
+        _git(dest, "add", CONFIG_NAME)
+        message = f"rsi fork: the {CONFIG_NAME} of {root.resolve()}, which commit {commit[:10]} lacks"
+        _git(
+            dest, "-c", "user.name=rsi", "-c", "user.email=rsi@localhost", "commit", "-q", "--no-verify", "-m", message
+        )
+        commit = _git(dest, "rev-parse", "HEAD")
     mine = Ledger(Workspace(dest).state / "ledger.sqlite")
     mine.set(FORK_TAG, tag)
     mine.close()
@@ -85,8 +98,10 @@ def check_tag(tag: str) -> None:
         raise UserError(f"--tag {tag!r}: use a plain name, without '/'")
 
 
-def _git(cwd: Path, *args: str) -> None:
+def _git(cwd: Path, *args: str) -> str:
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
-        raise UserError(f"git {args[0]} failed: {lines[-1] if lines else proc.returncode}")
+        command = next(a for a in args if not a.startswith("-") and "=" not in a)
+        raise UserError(f"git {command} failed: {lines[-1] if lines else proc.returncode}")
+    return proc.stdout.strip()
