@@ -252,5 +252,17 @@ def test_verify_reruns_the_champion_and_flags_a_change(make_task: MakeTask) -> N
     base = s["experiments"][0]["commit"]
     assert rsi("verify", base[:10], "--dir", str(root), "--runs", "2").returncode == 0
     assert rsi("verify", "deadbeef", "--dir", str(root)).returncode == 2
+    for name in ("0", "#0", "main"):  # an experiment number, or any name git has for the commit
+        p = rsi("verify", name, "--dir", str(root), "--runs", "2")
+        assert p.returncode == 0 and p.stdout.startswith("experiment 0 (baseline)"), (name, p.stdout + p.stderr)
     p = rsi("verify", base[:10], "--dir", str(root), "--runs", "3", env={"LOSS_SHIFT": "1"})
     assert p.returncode == 1 and "NOT reproduced" in p.stdout
+
+
+def test_verify_without_a_noise_estimate_cannot_judge_one_run_and_pools_more(make_task: MakeTask) -> None:
+    root = make_task(extra_toml="[judge]\nbaseline_repeats = 1\n")
+    assert rsi("run", str(root), "--max-experiments", "1").returncode == 0  # one run: no noise estimate
+    one = rsi("verify", "--dir", str(root), "--runs", "1")
+    assert one.returncode == 1 and "cannot judge:" in one.stdout and "NOT reproduced" not in one.stdout
+    more = rsi("verify", "--dir", str(root), "--runs", "4")  # (it was "NOT reproduced" for any difference)
+    assert more.returncode == 0 and "reproduced: recorded" in more.stdout and "allowed +-" in more.stdout

@@ -291,7 +291,10 @@ def status(
 
 @app.command()
 def verify(
-    commit: Annotated[str | None, typer.Argument(help="a commit of this research (default: the champion)")] = None,
+    commit: Annotated[
+        str | None,
+        typer.Argument(help="an experiment (12 or #12) or a commit of this research (default: the champion)"),
+    ] = None,
     directory: Annotated[Path, typer.Option("--dir", help="the task's repository")] = Path("."),
     runs: Annotated[int, typer.Option(min=1, help="fresh runs")] = 5,
 ) -> None:
@@ -304,7 +307,10 @@ def verify(
         fail(str(e))
     shown = ", ".join("failed" if m is None else f"{m:.6g}" for m in fresh)
     out.print(f"experiment {exp.id} ({exp.hypothesis}): fresh runs {shown}", highlight=False)
-    out.print(f"{'reproduced' if ok else 'NOT reproduced'}: {sentence}", highlight=False)
+    judged = (
+        sentence if sentence.startswith("cannot judge") else f"{'reproduced' if ok else 'NOT reproduced'}: {sentence}"
+    )
+    out.print(judged, highlight=False)
     if not ok:
         raise typer.Exit(1)
 

@@ -32,7 +32,7 @@ from rsi.environment import hold_kind, node_kind
 from rsi.errors import UserError
 from rsi.executor import Workers
 from rsi.experiment import RETEST, SUPERSEDED, Experimenter, OutOfBudget, broken_constraint
-from rsi.fork import FORK_TAG
+from rsi.fork import FORK_TAG, resolve
 from rsi.judge import Judge, SequentialJudge
 from rsi.ledger import Experiment, Ledger
 from rsi.measure import (
@@ -803,7 +803,10 @@ class Research:
         self.listener("done", done, done.reason)
 
     def verify(self, commit: str | None, runs: int) -> tuple[Experiment, list[float | None], str, bool]:
+        """`commit`: an experiment number (12 or #12) or anything git reads as a commit; None: the champion."""
         try:
+            if commit is not None and isinstance(self.store, Workspace):
+                commit = resolve(self.store, self.ledger, commit)
             return self.experimenter.verify(commit, runs)
         finally:
             self.store.close()

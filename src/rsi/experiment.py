@@ -426,7 +426,14 @@ class Experimenter:
         if not valid or not recorded:
             return exp, fresh, "no valid run to compare", False
         diff = statistics.fmean(valid) - statistics.fmean(recorded)
-        if noise is None or noise.sd == 0:
+        if noise is None and len(valid) + len(recorded) > 2:  # the research has no estimate yet: these runs'
+            spread = sum((len(x) - 1) * statistics.variance(x) for x in (valid, recorded) if len(x) > 1)
+            dof = len(valid) + len(recorded) - 2
+            noise = Noise(math.sqrt(spread / dof), dof)
+        if noise is None:
+            means = f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}"
+            return exp, fresh, f"cannot judge: {means}, and no estimate of the noise (give --runs 2 or more)", False
+        if noise.sd == 0:
             ok = abs(diff) <= 1e-12 * max(1.0, abs(statistics.fmean(recorded)))
             return exp, fresh, f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}", ok
         half = float(stats.t.ppf(0.5 + self.cfg.judge.confidence / 2, noise.dof)) * noise.sd

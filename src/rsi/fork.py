@@ -86,7 +86,7 @@ def resolve(ws: Workspace, research: Ledger | None, start: str) -> str:
     try:
         return ws.git("rev-parse", "--verify", "--quiet", f"{start}^{{commit}}").strip()
     except RuntimeError:
-        raise UserError(f"--from {start!r} is neither an experiment number nor a commit of this repository") from None
+        raise UserError(f"{start!r} is neither an experiment number nor a commit of this repository") from None
 
 
 def check_tag(tag: str) -> None:
