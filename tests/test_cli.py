@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MakeTask, commit_all, git, rsi
+from conftest import NOISY, MakeTask, commit_all, git, rsi
 
 
 def edit_toml(root: Path, old: str, new: str) -> None:
@@ -257,6 +257,20 @@ def test_verify_reruns_the_champion_and_flags_a_change(make_task: MakeTask) -> N
         assert p.returncode == 0 and p.stdout.startswith("experiment 0 (baseline)"), (name, p.stdout + p.stderr)
     p = rsi("verify", base[:10], "--dir", str(root), "--runs", "3", env={"LOSS_SHIFT": "1"})
     assert p.returncode == 1 and "NOT reproduced" in p.stdout
+
+
+def test_a_failed_baseline_starts_again_from_the_commit_that_fixed_the_task(make_task: MakeTask) -> None:
+    root = make_task(train="lr = 0.5\nprint('loss: abc')\n")
+    failed = rsi("run", str(root), "--max-experiments", "3")
+    assert failed.returncode == 2 and "commit the fix, and `rsi run` again" in failed.stderr
+    (root / "train.py").write_text(NOISY)
+    commit_all(root, "fix: print a number")
+    fixed = git(root, "rev-parse", "HEAD").strip()
+    again = rsi("run", str(root), "--max-experiments", "3")  # (it measured the broken start again, forever)
+    assert again.returncode == 0 and f"{fixed[:10]} was committed since: starting from it" in again.stdout
+    s = json.loads(rsi("status", str(root), "--json").stdout)
+    assert s["experiments"][0]["commit"] == fixed and s["baseline"]["metric"] is not None
+    assert git(root, "merge-base", "--is-ancestor", fixed, f"rsi/{s['tag']}") == ""  # the branch grew from it
 
 
 def test_verify_without_a_noise_estimate_cannot_judge_one_run_and_pools_more(make_task: MakeTask) -> None:

@@ -198,11 +198,34 @@ class Research:
             raise UserError(f"this task's research is rsi/{known}; resume it without --tag or use --tag {known}")
         else:
             self._same_metric()
+            self._start_again(known)
         self.tag = self.ledger.get("tag") or ""
         self.start_commit = self.ledger.get("start_commit") or ""
         constraints = json.dumps([c.model_dump() for c in self.cfg.constraints])
         if self.ledger.get("constraints") != constraints:  # what status and the report show the front of
             self.ledger.set("constraints", constraints)
+
+    def _start_again(self, tag: str) -> None:
+        """A research whose baseline gave no metric, and that has nothing else, starts again from HEAD when
+        commits were made since (the fix): its start commit, frozen files and baseline move there (the branch
+        follows in _recover). Nothing was compared with the failed baseline."""
+        baseline, start = self.ledger.experiment(0), self.ledger.get("start_commit")
+        if baseline is None or baseline.state != "done" or baseline.valid() or self.ledger.count() > 1:
+            return
+        if not isinstance(self.store, Workspace) or self.store.head() == start:
+            return
+        task = self.cfg.task
+        head, frozen = self.store.begin(tag, [*task.editable, *task.frozen], task.frozen, new=False)
+        with self.ledger.transaction():
+            self.ledger.set("start_commit", head)
+            self.ledger.set("frozen", json.dumps(frozen, sort_keys=True))
+            self.ledger.update_experiment(0, commit_sha=head)
+            self.ledger.set("setup_done", "0")  # the fix may be in what [task] setup runs
+        self.listener(
+            "message",
+            None,
+            f"the baseline gave no metric on {(start or '')[:10]}; {head[:10]} was committed since: starting from it",
+        )
 
     def _metric_meta(self) -> dict[str, str]:
         """What the ledger records of what a run measures: its measurements compare only under the same metric
@@ -647,7 +670,8 @@ class Research:
             run0 = exp.runs[0] if exp.runs else None
             raise UserError(
                 f"the baseline gave no metric ({exp.status}: {run0.reason if run0 else 'no run'}); "
-                f"fix the task and start again (logs under {self.logs / '0' if self.logs else '-'})"
+                "fix the task, commit the fix, and `rsi run` again: it starts from the new commit "
+                f"(logs under {self.logs / '0' if self.logs else '-'})"
             )
         noise, detectable = (
             self.experimenter.noise(),

@@ -120,14 +120,17 @@ class Workspace:
         return [p for p in paths if matches(p, globs) and not p.startswith(STATE_DIR + "/")]
 
     # the Store protocol (see store.py): what the research loop asks of the place code lives
-    def begin(self, tag: str, watched: Sequence[str], frozen: Sequence[str]) -> tuple[str, dict[str, str]]:
-        """Check that a research can start: no uncommitted changes to watched files, no branch rsi/<tag> yet.
-        Returns the start commit (HEAD) and the SHA-256 of each frozen file in it. The branch is created
-        once the ledger has recorded the start (a kill in between must not leave a branch the ledger lacks)."""
+    def begin(
+        self, tag: str, watched: Sequence[str], frozen: Sequence[str], new: bool = True
+    ) -> tuple[str, dict[str, str]]:
+        """Check that a research can start: no uncommitted changes to watched files, no branch rsi/<tag> yet
+        (unless not `new`: a research starting again). Returns the start commit (HEAD) and the SHA-256 of each
+        frozen file in it. The branch is created, or moved, once the ledger has recorded the start (a kill in
+        between must not leave a branch the ledger lacks)."""
         dirty = self.dirty(watched)
         if dirty:
             raise UserError(f"uncommitted changes to {', '.join(dirty[:3])}: commit or stash them first")
-        if self.ref(f"refs/heads/rsi/{tag}") is not None:
+        if new and self.ref(f"refs/heads/rsi/{tag}") is not None:
             raise UserError(f"branch rsi/{tag} already exists: pick another --tag")
         head = self.head()
         hashes = {p: hashlib.sha256(self.read_bytes(head, p)).hexdigest() for p in self.files(head, frozen)}
