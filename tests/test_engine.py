@@ -443,21 +443,28 @@ def test_a_second_orchestrator_on_the_same_task_is_refused(make_task: MakeTask) 
     assert rsi("status", str(root), "--json").returncode == 0  # the ledger is intact
 
 
-def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds(make_task: MakeTask) -> None:
+def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds_and_is_told_as_it_reads_there(
+    make_task: MakeTask,
+) -> None:
     root = make_task()
-    worse = (root / "train.py").read_text().replace("lr = 0.5", "lr = 0.6")
-    r, _ = scripted(root, [Proposal(edits={"train.py": worse}, hypothesis="lr 0.5 -> 0.6")])
-    r.run(Limits(max_experiments=2))
-    assert r.ledger.experiment(1).verdict == "discard"  # type: ignore[union-attr]
-    # `rsi retest 1` twice, with no research running: both wait for the next `rsi run`
+    text = (root / "train.py").read_text()
+    better, worse = (text.replace("lr = 0.5", f"lr = {lr}") for lr in (0.3, 0.6))
+    # the second proposal's text was written against the start: on the champion #1 it moves lr from 0.3
+    proposals = [Proposal(edits={"train.py": better}, hypothesis="lr 0.5 -> 0.3")]
+    proposals.append(Proposal(edits={"train.py": worse}, hypothesis="lr 0.5 -> 0.6"))
+    r, _ = scripted(root, proposals)
+    r.run(Limits(max_experiments=3))
+    assert [e.verdict for e in r.ledger.experiments()] == ["baseline", "keep", "discard"]
+    # `rsi retest 2` twice, with no research running: both wait for the next `rsi run`
     for _ in range(2):
-        assert rsi("retest", "1", str(root), "--repeats", "3").returncode == 0
-    assert json.loads(rsi("status", str(root), "--json").stdout)["retests_waiting"] == [{"id": 1, "repeats": 3}] * 2
-    assert "retests waiting: #1 (up to 3 runs), #1 (up to 3 runs)" in rsi("status", str(root)).stdout
+        assert rsi("retest", "2", str(root), "--repeats", "3").returncode == 0
+    assert json.loads(rsi("status", str(root), "--json").stdout)["retests_waiting"] == [{"id": 2, "repeats": 3}] * 2
+    assert "retests waiting: #2 (up to 3 runs), #2 (up to 3 runs)" in rsi("status", str(root)).stdout
     r.ledger.close()
     again, _ = scripted(root, [])
-    again.run(Limits(max_experiments=4))
+    again.run(Limits(max_experiments=5))
     retests = [e for e in again.ledger.experiments() if e.proposer == "retest"]
-    assert [e.parent for e in retests] == [0, 0] and all(e.state == "done" for e in retests)
+    assert [e.parent for e in retests] == [1, 1] and all(e.state == "done" for e in retests)
+    assert all(e.hypothesis == "lr 0.3 -> 0.6 (retest of #2 on #1, up to 3 runs)" for e in retests)
     first, second = ({x.seed for x in e.runs if x.kind == "screen"} for e in retests)
     assert first and second and not first & second  # the same seeds would only give the same runs again

@@ -34,6 +34,7 @@ from rsi.executor import Workers
 from rsi.experiment import RETEST, SUPERSEDED, Experimenter, OutOfBudget, broken_constraint
 from rsi.fork import FORK_TAG, resolve
 from rsi.judge import Judge, SequentialJudge
+from rsi.knobs import literal_change
 from rsi.ledger import Experiment, Ledger
 from rsi.measure import (
     CONFIRM,
@@ -516,7 +517,11 @@ class Research:
             sha = self.store.rebase(exp_id, asked.commit_sha, head, message)
             files = self.champion_files(head)
             after = {p: self.store.read(sha, p) for p in self.store.files(sha, self.cfg.task.editable)} if sha else {}
-            diff = unified_diff(files, {p: t for p, t in after.items() if files.get(p) != t})
+            edits = {p: t for p, t in after.items() if files.get(p) != t}
+            diff = unified_diff(files, edits)
+            if told := literal_change(files, {**files, **edits}):  # as the change reads on this champion: its
+                # "from" values are the champion's now
+                hypothesis = f"{told} (retest of #{asked.id} on #{champion.id}, up to {repeats} runs)"
             reason = "" if sha and diff else "its change cannot be replayed on the current best, or is in it already"
             params = {"retest_of": asked.id, "max_repeats": repeats}
             return self._add(

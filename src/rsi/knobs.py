@@ -389,3 +389,28 @@ def describe(old: Mapping[str, object], new: Mapping[str, object]) -> str:
         if after != before:
             parts.append(f"{name} {before} -> {after}")
     return ", ".join(parts)
+
+
+def literal_change(before: Mapping[str, str], after: Mapping[str, str]) -> str:
+    """`describe` of the module-level literals that differ between two versions of some files, when they are
+    all that differs ("" when anything else changed too, or a file does not parse): a change replayed on
+    another commit, told as it is there."""
+    old: dict[str, Value] = {}
+    new: dict[str, Value] = {}
+    for path in sorted(set(before) | set(after)):
+        a, b = before.get(path), after.get(path)
+        if a == b:
+            continue
+        if a is None or b is None:
+            return ""
+        try:
+            was = {site.name: site.value for site in _sites(path, a)}
+            now = {site.name: site.value for site in _sites(path, b)}
+            changed = {name: value for name, value in now.items() if name in was and was[name] != value}
+            if not changed or apply_values(a, changed) != b:
+                return ""
+        except (UserError, KeyError, ValueError):
+            return ""
+        old.update({name: was[name] for name in changed})
+        new.update(changed)
+    return describe(old, new)
