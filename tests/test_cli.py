@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from conftest import NOISY, MakeTask, commit_all, git, rsi
+from rich.console import Console
+
+from rsi.ledger import Experiment
+from rsi.view import LiveView
 
 
 def edit_toml(root: Path, old: str, new: str) -> None:
@@ -280,3 +287,25 @@ def test_verify_without_a_noise_estimate_cannot_judge_one_run_and_pools_more(mak
     assert one.returncode == 1 and "cannot judge:" in one.stdout and "NOT reproduced" not in one.stdout
     more = rsi("verify", "--dir", str(root), "--runs", "4")  # (it was "NOT reproduced" for any difference)
     assert more.returncode == 0 and "reproduced: recorded" in more.stdout and "allowed +-" in more.stdout
+
+
+def test_plain_output_says_what_still_runs_after_a_quiet_spell() -> None:
+    """A log (nohup, CI) has no live table: a run that takes minutes must not look like a hang."""
+    buf = io.StringIO()
+    view = LiveView(Console(file=buf, force_terminal=False, width=200), "minimize", None, None)
+    running = Experiment(
+        id=3, parent=0, parent_commit=None, commit_sha=None, kept_commit=None, proposer="knobs", hypothesis="h",
+        params={}, diff="", state="running", status=None, verdict=None, reason="", interrupts=0, reverted=False,
+        ci=None, created=time.time(), finished=None, runs=[],
+    )  # fmt: skip
+    view("running", running, "")
+    beat = threading.Thread(target=view._heartbeat, kwargs={"every": 0.05})
+    beat.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "still running" not in buf.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        view._done.set()
+        beat.join()
+    assert buf.getvalue().startswith("rsi: #3 still running (0 min since the last line)\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from types import TracebackType
 
@@ -15,6 +16,7 @@ from rsi.status import experiment_status
 
 _STYLE = {"keep": "bold green", "baseline": "cyan", "discard": "dim", "inconclusive": "yellow"}
 _ROWS = 25
+QUIET_S = 300.0  # plain output: a line saying what still runs after this long without one
 
 
 def _fmt(x: float | None) -> str:
@@ -34,16 +36,34 @@ class LiveView:
         self.durations: list[float] = []
         self.messages: list[str] = []
         self.live = Live(console=console, refresh_per_second=4, transient=False) if console.is_terminal else None
+        self.printed = time.monotonic()  # plain output: when the last line was
+        self._done = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, name="rsi-view", daemon=True)
 
     def __enter__(self) -> LiveView:
         if self.live:
             self.live.__enter__()
+        else:  # a log (nohup, CI) gets no live table: a long run must not look like a hang
+            self._beat.start()
         return self
 
     def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self._done.set()
         if self.live:
             self.live.update(self._render())
             self.live.__exit__(t, v, tb)
+
+    def _heartbeat(self, every: float = QUIET_S) -> None:
+        while not self._done.wait(min(every, 30.0)):
+            quiet = time.monotonic() - self.printed
+            running = sorted(i for i, (_, event) in list(self.rows.items()) if event == "running")
+            if quiet >= every and running:
+                ids = ", ".join(f"#{i}" for i in running)
+                self._print(f"rsi: {ids} still running ({quiet / 60:.0f} min since the last line)")
+
+    def _print(self, line: str) -> None:
+        self.printed = time.monotonic()
+        self.console.print(line, highlight=False, soft_wrap=True, markup=False)
 
     def __call__(self, event: str, exp: Experiment | None, message: str) -> None:
         if exp is not None:
@@ -55,9 +75,9 @@ class LiveView:
         if self.live:
             self.live.update(self._render())
         elif exp is not None and event == "done":
-            self.console.print(self._line(exp), highlight=False, soft_wrap=True, markup=False)
+            self._print(self._line(exp))
         elif exp is None and message:  # brackets stay brackets ([[constraints]], a hypothesis's [x])
-            self.console.print(f"rsi: {message}", highlight=False, soft_wrap=True, markup=False)
+            self._print(f"rsi: {message}")
 
     @property
     def best(self) -> float | None:
