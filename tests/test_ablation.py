@@ -104,6 +104,11 @@ def test_a_change_rewritten_later_is_overwritten_and_bad_input_is_one_line(make_
     assert revert(ws, first, second) == {}  # nothing of it is left to undo
     undone = revert(ws, second, second)
     assert undone is not None and "A = 1" in undone["train.py"]
+    # a later keep that builds on the change: reverting it alone would leave Python that does not parse
+    base = ws.commit_tree_with(head, {"train.py": "if a:\n    x()\n"}, "if")
+    change = ws.commit_tree_with(base, {"train.py": "try:\n    y()\n"}, "try")
+    later = ws.commit_tree_with(change, {"train.py": "try:\n    y()\nexcept OSError:\n    pass\n"}, "except")
+    assert revert(ws, change, later) is None
     git(root, "checkout", "-q", "-b", "other")
     nothing = rsi("ablate", str(root))
     assert nothing.returncode == 2 and "no research" in nothing.stderr and "Traceback" not in nothing.stderr

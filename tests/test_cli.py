@@ -309,3 +309,7 @@ def test_plain_output_says_what_still_runs_after_a_quiet_spell() -> None:
         view._done.set()
         beat.join()
     assert buf.getvalue().startswith("rsi: #3 still running (0 min since the last line)\n")
+    with LiveView(Console(file=io.StringIO(), force_terminal=False), "minimize", None, None) as plain:
+        assert plain._beat.is_alive()  # started for plain output only, and stopped with the view
+    plain._beat.join(timeout=5)
+    assert not plain._beat.is_alive()

@@ -345,11 +345,13 @@ class Undecided(SequentialJudge):
         return Decision("more", "never sure")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_the_time_budget_stops_an_experiment_between_two_runs_and_the_next_run_resumes_it(
-    make_task: MakeTask,
+    make_task: MakeTask, workers: int
 ) -> None:
     slow = "import time\nlr = 0.5\ntime.sleep(0.1)\nprint(f'loss: {(lr - 0.1) ** 2}')\n"
-    root = make_task(train=slow, extra_toml="[judge]\nbaseline_repeats = 2\nmax_repeats = 100\n")
+    toml = f"[judge]\nbaseline_repeats = 2\nmax_repeats = 100\n[executor]\nworkers = {workers}\n"
+    root = make_task(train=slow, extra_toml=toml)
     said: list[str] = []
     r = Research(
         root,
@@ -361,16 +363,20 @@ def test_the_time_budget_stops_an_experiment_between_two_runs_and_the_next_run_r
     r.run(Limits(time_budget_s=3.0))  # 100 screening runs of 0.1 s and more cannot fit
     first = r.ledger.experiments()
     r.ledger.close()
-    assert [e.state for e in first] == ["done", "proposed"] and first[1].interrupts == 0
-    screened = [x.seed for x in sorted(first[1].runs, key=lambda x: x.id) if x.kind == "screen"]
-    assert 1 <= len(screened) < 100
-    assert any(m.startswith("#1 left unfinished after ") and "the time budget ran out" in m for m in said)
-    again = research(root)  # the default judge decides it from the runs it has, and more if it needs them
-    again.run(Limits(max_experiments=1))
-    resumed = again.ledger.experiment(1)
-    assert resumed is not None and resumed.state == "done" and resumed.verdict in ("keep", "discard")
-    seeds = [x.seed for x in sorted(resumed.runs, key=lambda x: x.id) if x.kind == "screen"]
-    assert seeds[: len(screened)] == screened and len(set(seeds)) == len(seeds)  # none repeated
+    cut = first[1:]  # every candidate: one per worker
+    assert first[0].state == "done" and len(cut) == workers
+    assert all(e.state == "proposed" and e.interrupts == 0 for e in cut)
+    screened = {e.id: [x.seed for x in sorted(e.runs, key=lambda x: x.id) if x.kind == "screen"] for e in cut}
+    assert all(1 <= len(seeds) < 100 for seeds in screened.values())
+    for e in cut:
+        assert any(m.startswith(f"#{e.id} left unfinished after ") and "time budget ran out" in m for m in said)
+    again = research(root)  # the default judge decides them from the runs they have, and more if they need them
+    again.run(Limits(max_experiments=len(first)))
+    for e in cut:
+        resumed = again.ledger.experiment(e.id)
+        assert resumed is not None and resumed.state == "done" and resumed.verdict in ("keep", "discard")
+        seeds = [x.seed for x in sorted(resumed.runs, key=lambda x: x.id) if x.kind == "screen"]
+        assert seeds[: len(screened[e.id])] == screened[e.id] and len(set(seeds)) == len(seeds)  # none repeated
 
 
 @pytest.mark.slow
@@ -467,4 +473,6 @@ def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds_and_is_told
     assert [e.parent for e in retests] == [1, 1] and all(e.state == "done" for e in retests)
     assert all(e.hypothesis == "lr 0.3 -> 0.6 (retest of #2 on #1, up to 3 runs)" for e in retests)
     first, second = ({x.seed for x in e.runs if x.kind == "screen"} for e in retests)
+    original = {x.seed for x in again.ledger.experiment(2).runs if x.kind == "screen"}  # type: ignore[union-attr]
     assert first and second and not first & second  # the same seeds would only give the same runs again
+    assert not (first | second) & original

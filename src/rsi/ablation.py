@@ -23,6 +23,7 @@ it under its commit's name. Their output goes to `.rsi/ablation-logs/`, apart fr
 
 from __future__ import annotations
 
+import ast
 import difflib
 import math
 import statistics
@@ -153,7 +154,7 @@ def _variants(ws: Workspace, ledger: Ledger, kept: list[Experiment], champion: s
         edits = revert(ws, exp.kept_commit, champion)
         sha, reason = None, ""
         if edits is None:
-            reason = "cannot be reverted as text (a new, deleted or binary file)"
+            reason = "cannot be reverted as text (a new, deleted or binary file, or later keeps build on it)"
         elif not edits:
             reason = "overwritten: later keeps rewrote every line it changed"
         else:
@@ -170,7 +171,8 @@ def _variants(ws: Workspace, ledger: Ledger, kept: list[Experiment], champion: s
 
 def revert(ws: Workspace, change: str, onto: str) -> dict[str, str] | None:
     """`onto`'s files with the change made by commit `change` undone, hunk by hunk; a hunk whose lines a later
-    commit rewrote stays as that commit left it. {} when nothing changes; None when it cannot be done as text."""
+    commit rewrote stays as that commit left it. {} when nothing changes; None when it cannot be done as text
+    (or the Python it leaves does not parse)."""
     parent = ws.git("rev-parse", f"{change}^").strip()
     edits: dict[str, str] = {}
     for path in ws.git("diff", "--name-only", "-z", "--no-renames", parent, change).split("\0"):
@@ -184,12 +186,24 @@ def revert(ws: Workspace, change: str, onto: str) -> dict[str, str] | None:
         except UnicodeDecodeError:
             return None
         undone = undo(before, after, now)
+        if path.endswith(".py") and undone != now and not _parses(undone):  # lines put back one by one among
+            undone = undo(before, after, now, by_line=False)  # a later keep's may not make Python: hunks whole
+            if not _parses(undone):  # a later keep builds on what it would take away
+                return None
         if undone != now:
             edits[path] = undone
     return edits
 
 
-def undo(before: str, after: str, now: str) -> str:
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except SyntaxError:
+        return False
+    return True
+
+
+def undo(before: str, after: str, now: str, by_line: bool = True) -> str:
     """`now` with each hunk of the change before -> after reversed where `now` still holds that hunk's lines
     as the change left them (neighbouring lines may differ: knobs sit on adjacent lines); in a hunk that
     rewrote lines one for one, each line still as the change left it."""
@@ -202,7 +216,9 @@ def undo(before: str, after: str, now: str) -> str:
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
         if tag == "equal":
             continue
-        if tag == "replace" and i2 - i1 == j2 - j1:  # lines rewritten one for one (knobs on adjacent lines):
+        if (
+            by_line and tag == "replace" and i2 - i1 == j2 - j1
+        ):  # lines rewritten one for one (knobs on adjacent lines):
             # each still standing is put back, whatever a later keep did to its neighbours
             spans += [(where[j1 + k], where[j1 + k] + 1, [old[i1 + k]]) for k in range(j2 - j1) if j1 + k in where]
         elif j2 > j1:  # lines the change wrote: still there, together, in `now`?

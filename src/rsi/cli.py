@@ -298,7 +298,7 @@ def verify(
     directory: Annotated[Path, typer.Option("--dir", help="the task's repository")] = Path("."),
     runs: Annotated[int, typer.Option(min=1, help="fresh runs")] = 5,
 ) -> None:
-    """Re-run a commit with fresh seeds; exit 1 if its recorded metric is not reproduced."""
+    """Re-run a commit with fresh seeds; exit 1 if its recorded metric is not reproduced (or cannot be judged)."""
     try:
         cfg = load_config(directory)
         research = Research(directory, cfg, make_proposer(cfg, "knobs"))
@@ -561,7 +561,9 @@ def meta(
     ] = None,
     level: Annotated[int, typer.Option(min=1, max=2, help="1: improve a program; 2: improve the meta program")] = 1,
     max_experiments: Annotated[int | None, typer.Option(min=1, help="meta experiments, baseline included")] = 30,
-    time_budget: Annotated[str | None, typer.Option(help="stop starting meta experiments after this long")] = None,
+    time_budget: Annotated[
+        str | None, typer.Option(help="end within one evaluation of this long; an unfinished one resumes")
+    ] = None,
     tasks: Annotated[int | None, typer.Option(min=1, help="synthetic tasks per evaluation (default 6)")] = None,
     seeds: Annotated[
         int | None, typer.Option(min=1, help="inner researches per task and evaluation (default 2)")

@@ -211,11 +211,12 @@ class Research:
         commits were made since (the fix): its start commit, frozen files and baseline move there (the branch
         follows in _recover). Nothing was compared with the failed baseline."""
         baseline, start = self.ledger.experiment(0), self.ledger.get("start_commit")
-        if baseline is None or baseline.state != "done" or baseline.valid() or self.ledger.count() > 1:
+        if baseline is None or baseline.valid() or self.ledger.count() > 1:
             return
         if not isinstance(self.store, Workspace) or self.store.head() == start:
             return
         task = self.cfg.task
+        self._check_globs()
         head, frozen = self.store.begin(tag, [*task.editable, *task.frozen], task.frozen, new=False)
         with self.ledger.transaction():
             self.ledger.set("start_commit", head)
@@ -375,6 +376,8 @@ class Research:
         if len(self.slots) > 1:
             return self._parallel(limits, budget_left)
         for e in self.ledger.experiments("state != 'done'"):
+            if self._out_of_budget():  # left for the next `rsi run`, as it was
+                break
             self._experiment(e)
             self._observe(e.id)
         ahead: tuple[int, str, Ahead] | None = None  # a proposal made while the last experiment ran
@@ -421,6 +424,8 @@ class Research:
         proposing = True
         try:
             while True:
+                if backlog and self._out_of_budget():  # left for the next `rsi run`, as they were
+                    backlog = []
                 startable = workers.idle() and bool(backlog or (proposing and budget_left()))
                 for exp_id in workers.collect(timeout=0.0 if startable else 0.5):
                     self._observe(exp_id)
@@ -816,12 +821,13 @@ class Research:
         except OutOfBudget as spent:  # raised before a run its verdict waits for: it has none yet
             self.ledger.update_experiment(exp.id, state="proposed")
             left = self.ledger.experiment(exp.id)
-            runs = len(left.runs) if left is not None else 0
+            assert left is not None
+            self.listener("pending", left, "")
             self.listener(
                 "message",
                 None,
-                f"#{exp.id} left unfinished after {runs} run(s): {spent}; the next `rsi run` resumes it where it "
-                "stopped",
+                f"#{exp.id} left unfinished after {len(left.runs)} run(s): {spent}; the next `rsi run` resumes it "
+                "where it stopped",
             )
             return
         finally:

@@ -33,8 +33,8 @@ FRESH_FAILURES = 3  # fresh runs of a champion that may fail (no metric) in a ro
 
 
 class OutOfBudget(Exception):
-    """The research's time or run budget ran out between two runs of a candidate: it is left unfinished, with
-    every run it made recorded, and the next `rsi run` resumes it where it stopped."""
+    """The research's time budget ran out between two runs of a candidate: it is left unfinished, with every
+    run it made recorded, and the next `rsi run` resumes it where it stopped."""
 
 
 class Experimenter:
@@ -159,11 +159,12 @@ class Experimenter:
             self._top_up(kept, wt, self._top_up_runs(kept))
 
     def _retested_seeds(self, exp: Experiment) -> set[int]:
-        """The screening seeds of earlier retests of the same change on the same champion: a retest asked for
-        again pairs with the champion's other seeds, then fresh ones (the same seeds would repeat the same runs)."""
+        """The screening seeds of earlier measurements of a retest's change on the same commit (the original,
+        earlier retests): it pairs with the champion's other seeds, then fresh ones (the same seeds would repeat
+        the same runs). Two retests of one change started at once by two workers may still share seeds."""
         if exp.proposer != RETEST:
             return set()
-        earlier = self.ledger.experiments("proposer = ? AND parent IS ? AND id < ?", (RETEST, exp.parent, exp.id))
+        earlier = self.ledger.experiments("parent_commit IS ? AND id < ?", (exp.parent_commit, exp.id))
         return {r.seed for e in earlier if e.diff == exp.diff for r in e.runs if r.kind == SCREEN}
 
     def reference(self, champion: Experiment, judge: Judge, deletes: bool) -> Reference | None:
@@ -215,6 +216,8 @@ class Experimenter:
         and a run made before an interruption is not repeated."""
         commit = exp.commit_sha
         assert commit is not None
+        if self.spent():  # the time is up: a top-up cut short is finished by the next candidate
+            return None
         with self.lock:
             exp = self._reload(exp)
             running = self._remeasuring.setdefault(exp.id, set())

@@ -12,6 +12,7 @@ import io
 import json
 import socket
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,9 +154,11 @@ def _reachable(uri: str, timeout: float = 5.0) -> None:
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise UserError(f"--mlflow {uri}: the port is not a number") from None
+        raise UserError(f"--mlflow {uri}: the port is not a port number") from None
     if not parts.hostname:
         raise UserError(f"--mlflow {uri}: no host in the address")
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname):
+        return  # reached through a proxy, as MLflow's client reaches it: nothing to probe directly
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except OSError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -51,18 +52,21 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
     except OSError as e:
         raise UserError(f"cannot make the folder for the fork: {e}") from None
     _git(root, "clone", "--quiet", "--no-checkout", str(ws.root), str(dest))
-    _git(dest, "checkout", "--quiet", "-b", f"fork/{tag}", commit)
-    if settings is not None:  # committed on top, so the fork's research starts from a commit that has it
-        (dest / CONFIG_NAME).write_bytes(settings)
-        _git(dest, "add", CONFIG_NAME)
-        message = f"rsi fork: the {CONFIG_NAME} of {root.resolve()}, which commit {commit[:10]} lacks"
-        _git(
-            dest, "-c", "user.name=rsi", "-c", "user.email=rsi@localhost", "commit", "-q", "--no-verify", "-m", message
-        )
-        commit = _git(dest, "rev-parse", "HEAD")
-    mine = Ledger(Workspace(dest).state / "ledger.sqlite")
-    mine.set(FORK_TAG, tag)
-    mine.close()
+    try:
+        _git(dest, "checkout", "--quiet", "-b", f"fork/{tag}", commit)
+        if settings is not None:  # committed on top, so the fork's research starts from a commit that has it
+            (dest / CONFIG_NAME).write_bytes(settings)
+            _git(dest, "add", "--force", CONFIG_NAME)
+            message = f"rsi fork: the {CONFIG_NAME} of {root.resolve()}, which commit {commit[:10]} lacks"
+            me = ["-c", "user.name=rsi", "-c", "user.email=rsi@localhost", "-c", "commit.gpgsign=false"]
+            _git(dest, *me, "commit", "-q", "--no-verify", "-m", message)
+            commit = _git(dest, "rev-parse", "HEAD")
+        mine = Ledger(Workspace(dest).state / "ledger.sqlite")
+        mine.set(FORK_TAG, tag)
+        mine.close()
+    except BaseException:  # no half-made fork left to block a retry
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
     if research is not None:
         parent = Ledger(ledger_path)
         with parent.transaction():
@@ -75,17 +79,20 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
 def resolve(ws: Workspace, research: Ledger | None, start: str) -> str:
     """A commit from an experiment number (`12` or `#12`: its kept commit, else its candidate commit) or
     anything git reads as a commit (a hash, a branch, `rsi/<tag>~2`)."""
-    if research is not None and re.fullmatch(r"#?\d+", start.strip()):
-        exp = research.experiment(int(start.strip().lstrip("#")))
-        if exp is None:
-            raise UserError(f"there is no experiment #{start.lstrip('#')} in this research")
+    number = re.fullmatch(r"#?(\d+)", start.strip())
+    exp = research.experiment(int(number.group(1))) if research is not None and number else None
+    if exp is not None:
         commit = exp.kept_commit or exp.commit_sha
         if commit is None:
             raise UserError(f"experiment #{exp.id} was rejected before it was committed: nothing to start from")
         return commit
-    try:
+    try:  # (digits alone may also begin a commit's hash)
         return ws.git("rev-parse", "--verify", "--quiet", f"{start}^{{commit}}").strip()
     except RuntimeError:
+        if number and research is not None:
+            raise UserError(
+                f"there is no experiment #{number.group(1)} in this research, nor a commit {start!r}"
+            ) from None
         raise UserError(f"{start!r} is neither an experiment number nor a commit of this repository") from None
 
 
