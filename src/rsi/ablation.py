@@ -216,10 +216,9 @@ def undo(before: str, after: str, now: str, by_line: bool = True) -> str:
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
         if tag == "equal":
             continue
-        if (
-            by_line and tag == "replace" and i2 - i1 == j2 - j1
-        ):  # lines rewritten one for one (knobs on adjacent lines):
-            # each still standing is put back, whatever a later keep did to its neighbours
+        # lines rewritten one for one (knobs on adjacent lines): each still standing is put back, whatever a
+        # later keep did to its neighbours
+        if by_line and tag == "replace" and i2 - i1 == j2 - j1:
             spans += [(where[j1 + k], where[j1 + k] + 1, [old[i1 + k]]) for k in range(j2 - j1) if j1 + k in where]
         elif j2 > j1:  # lines the change wrote: still there, together, in `now`?
             at = [where.get(j) for j in range(j1, j2)]

@@ -322,21 +322,14 @@ class Research:
 
     def _loop(self, limits: Limits) -> None:
         self.limits = limits
-        deadline = self._deadline = _deadline(limits.time_budget_s)
+        self._deadline = _deadline(limits.time_budget_s)
 
         def budget_left() -> bool:
-            nonlocal deadline
             interrupt.check()
             paused = self._while_paused()
-            if paused and deadline is not None:  # a pause does not eat the time budget
-                deadline = self._deadline = deadline + paused
-            if limits.max_experiments is not None and self.ledger.count() >= limits.max_experiments:
-                return False
-            if limits.max_runs is not None and self.ledger.run_count() >= limits.max_runs:
-                return False
-            if self._plateau():
-                return False
-            return deadline is None or _now() < deadline
+            if paused and self._deadline is not None:  # a pause does not eat the time budget
+                self._deadline += paused
+            return not (self._spent() or self._plateau())
 
         for note in (self.measurer.note, self.slots_note):
             if note:
@@ -412,7 +405,7 @@ class Research:
             self._observe(exp.id)
         if ahead is not None:
             ahead[2].wait()
-        self.listener("stop", None, self._plateau() or self._why_stopped())
+        self.listener("stop", None, self._plateau() or self._spent() or "budget reached")
 
     def _parallel(self, limits: Limits, budget_left: Callable[[], bool]) -> None:
         """Several experiments at once, one per slot. The loop proposes whenever a slot is idle, so workers
@@ -420,7 +413,7 @@ class Research:
         is proposed, and a winner whose champion was replaced meanwhile is measured again on the new best."""
         workers = Workers(self.slots)
         backlog = self.ledger.experiments("state != 'done'")  # interrupted, or rebased before a kill
-        why = "budget reached"
+        why = ""
         proposing = True
         try:
             while True:
@@ -461,7 +454,7 @@ class Research:
             workers.stop()
             raise
         workers.close()
-        self.listener("stop", None, self._plateau() or (self._why_stopped() if why == "budget reached" else why))
+        self.listener("stop", None, self._plateau() or why or self._spent() or "budget reached")
 
     def _work(self, exp: Experiment, limits: Limits) -> list[int]:
         """One worker's job: the experiment, then, if it won against a champion replaced meanwhile, its change
@@ -579,26 +572,17 @@ class Research:
             return f"plateau: {idle / 60:.1f} min since the last keep (#{last[0]}); [plateau] time = {rule.time:g}s"
         return ""
 
-    def _spent(self) -> bool:
-        """The budget allows no new experiment: the count, or the time (a rebase is a new experiment)."""
-        most, runs = self.limits.max_experiments, self.limits.max_runs
-        late = self._deadline is not None and _now() >= self._deadline
-        return (
-            late
-            or (most is not None and self.ledger.count() >= most)
-            or (runs is not None and self.ledger.run_count() >= runs)
-        )
-
-    def _why_stopped(self) -> str:
-        """Which budget ended the research."""
+    def _spent(self) -> str:
+        """Which budget allows no new experiment, in words ("" while none does): the count, the runs, or the
+        time (a rebase is a new experiment)."""
         most, runs, count = self.limits.max_experiments, self.limits.max_runs, self.ledger.count()
         if most is not None and count >= most:
             return f"the experiment budget is reached: {count} experiments recorded, {most} allowed"
-        if runs is not None and self.ledger.run_count() >= runs:
-            return f"the run budget is spent: {self.ledger.run_count()} runs recorded, {runs} allowed"
+        if runs is not None and (done := self.ledger.run_count()) >= runs:
+            return f"the run budget is spent: {done} runs recorded, {runs} allowed"
         if self._deadline is not None and _now() >= self._deadline:
             return "the time budget ran out"
-        return "budget reached"
+        return ""
 
     def _out_of_budget(self) -> str:
         """What of the budget ran out ("" while some is left), asked before each run of a candidate: a time

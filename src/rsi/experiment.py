@@ -16,7 +16,7 @@ from scipy import stats
 from rsi import slots
 from rsi.config import Config, ConstraintConfig
 from rsi.errors import UserError
-from rsi.judge import Decision, Judge, Noise, NoisePool, improvement, with_seed_share
+from rsi.judge import Decision, Judge, Noise, NoisePool, improvement, pooled_noise, with_seed_share
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.pruning import PRUNED, Reference, reference
@@ -429,10 +429,7 @@ class Experimenter:
         if not valid or not recorded:
             return exp, fresh, "no valid run to compare", False
         diff = statistics.fmean(valid) - statistics.fmean(recorded)
-        if noise is None and len(valid) + len(recorded) > 2:  # the research has no estimate yet: these runs'
-            spread = sum((len(x) - 1) * statistics.variance(x) for x in (valid, recorded) if len(x) > 1)
-            dof = len(valid) + len(recorded) - 2
-            noise = Noise(math.sqrt(spread / dof), dof)
+        noise = noise or pooled_noise([recorded, valid])  # the research has no estimate yet: these runs'
         if noise is None:
             means = f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}"
             return exp, fresh, f"cannot judge: {means}, and no estimate of the noise (give --runs 2 or more)", False

@@ -56,11 +56,11 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
         _git(dest, "checkout", "--quiet", "-b", f"fork/{tag}", commit)
         if settings is not None:  # committed on top, so the fork's research starts from a commit that has it
             (dest / CONFIG_NAME).write_bytes(settings)
-            _git(dest, "add", "--force", CONFIG_NAME)
+            line = Workspace(dest)  # rsi's own identity, no hooks, no signing
+            line.git("add", "--force", CONFIG_NAME)
             message = f"rsi fork: the {CONFIG_NAME} of {root.resolve()}, which commit {commit[:10]} lacks"
-            me = ["-c", "user.name=rsi", "-c", "user.email=rsi@localhost", "-c", "commit.gpgsign=false"]
-            _git(dest, *me, "commit", "-q", "--no-verify", "-m", message)
-            commit = _git(dest, "rev-parse", "HEAD")
+            line.git("commit", "-q", "-m", message)
+            commit = line.git("rev-parse", "HEAD").strip()
         mine = Ledger(Workspace(dest).state / "ledger.sqlite")
         mine.set(FORK_TAG, tag)
         mine.close()
@@ -105,10 +105,8 @@ def check_tag(tag: str) -> None:
         raise UserError(f"--tag {tag!r}: use a plain name, without '/'")
 
 
-def _git(cwd: Path, *args: str) -> str:
+def _git(cwd: Path, *args: str) -> None:
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
-        command = next(a for a in args if not a.startswith("-") and "=" not in a)
-        raise UserError(f"git {command} failed: {lines[-1] if lines else proc.returncode}")
-    return proc.stdout.strip()
+        raise UserError(f"git {args[0]} failed: {lines[-1] if lines else proc.returncode}")
