@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -377,6 +378,42 @@ def test_the_time_budget_stops_an_experiment_between_two_runs_and_the_next_run_r
         assert resumed is not None and resumed.state == "done" and resumed.verdict in ("keep", "discard")
         seeds = [x.seed for x in sorted(resumed.runs, key=lambda x: x.id) if x.kind == "screen"]
         assert seeds[: len(screened[e.id])] == screened[e.id] and len(set(seeds)) == len(seeds)  # none repeated
+
+
+class SlowModel(Scripted):
+    """Proposes ahead (as LLM proposers do) and its second proposal does not come until the test allows it: a
+    model that takes longer than the time budget has left."""
+
+    overlap = True
+
+    def __init__(self, proposals: list[Proposal]) -> None:
+        super().__init__(proposals)
+        self.answer = threading.Event()
+        self.calls, self.answered = 0, 0
+
+    def propose(self, ctx: Context) -> Proposal | None:
+        self.calls += 1
+        if self.calls > 1:
+            self.answer.wait(60)
+        self.answered += 1
+        return super().propose(ctx)
+
+
+def test_the_time_budget_does_not_wait_for_a_proposal_made_ahead(make_task: MakeTask) -> None:
+    """A proposal made while the last experiment ran is not waited for once the time budget is spent: the
+    research ends, and the next `rsi run` has the whole ledger to show the proposer."""
+    slow = "import time\nlr = 0.5\ntime.sleep(0.2)\nprint(f'loss: {(lr - 0.1) ** 2}')\n"
+    root = make_task(train=slow, extra_toml="[judge]\nbaseline_repeats = 2\n")
+    text = (root / "train.py").read_text()
+    model = SlowModel([Proposal({"train.py": text.replace("lr = 0.5", f"lr = {v}")}, f"lr {v}") for v in (0.3, 0.2)])
+    said: list[str] = []
+    r = Research(root, load_config(root), lambda ws, start: model, listener=lambda e, x, m: said.append(m))
+    try:
+        r.run(Limits(time_budget_s=2.0))
+        assert model.calls == 2 and model.answered == 1  # it returned while the model was still thinking
+        assert r.ledger.count() == 2 and said[-1] == "the time budget ran out"
+    finally:
+        model.answer.set()
 
 
 @pytest.mark.slow

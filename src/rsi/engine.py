@@ -75,8 +75,14 @@ class Ahead:
         self.thread = threading.Thread(target=work, name="rsi-propose-ahead", daemon=True)
         self.thread.start()
 
-    def wait(self) -> None:
-        self.thread.join()
+    def wait(self, give_up: Callable[[], str] = lambda: "") -> bool:
+        """Waits for the proposal; False when `give_up` says why not first (the time budget ran out: a model
+        slow to answer must not hold the research past its end). The thread then finishes on its own."""
+        while self.thread.is_alive():
+            self.thread.join(0.2)
+            if self.thread.is_alive() and give_up():
+                return False
+        return True
 
     def result(self) -> Proposal | None:
         self.wait()
@@ -400,11 +406,14 @@ class Research:
                 if self._may_overlap(limits):
                     ahead = (champion.id, head, Ahead(self.proposer, champion, files, self.ledger.path))
                 self._experiment(exp)
-                if ahead is not None:
-                    ahead[2].wait()  # the proposer learns of this experiment only once it is not proposing
+                # the proposer learns of this experiment only once it is not proposing; at the end of the time
+                # budget it is not waited for (the next `rsi run` tells it of every experiment)
+                if ahead is not None and not ahead[2].wait(self._out_of_budget):
+                    ahead = None
+                    break
             self._observe(exp.id)
         if ahead is not None:
-            ahead[2].wait()
+            ahead[2].wait(self._out_of_budget)
         self.listener("stop", None, self._plateau() or self._spent() or "budget reached")
 
     def _parallel(self, limits: Limits, budget_left: Callable[[], bool]) -> None:
