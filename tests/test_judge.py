@@ -413,6 +413,41 @@ def test_a_keep_that_does_not_hold_after_it_landed_is_reverted_by_a_commit_and_r
     assert row["verdict"] == "discard" and row["reverted"] is True and row["revert_commit"] == sha
 
 
+def test_a_champion_a_revert_put_back_is_reverted_in_turn_when_it_stops_holding() -> None:
+    """Reverts cascade: the second keep does not hold and is reverted, its predecessor is champion again, and
+    when that one's fresh runs turn bad too it is reverted by a commit on top of the first revert; the branch
+    follows the later move although it is on the row with the smaller id, and research goes on from there."""
+    base, first_gain, second_gain, later = "loss = 1.0\n", "loss = 0.5\n", "loss = 0.0\n", "loss = 0.4\n"
+    drift = functools.partial(drifting, text=second_gain, calls=[])
+    worse: dict[str, float] = {}
+
+    def task(files: Mapping[str, str], seed: int) -> float:
+        return drift(files, seed) + worse.get(files["f.py"], 0.0)
+
+    proposer = Scripted([first_gain, second_gain])
+    r = in_process(config(), {"f.py": base}, task, proposer)
+    r.run(Limits(max_experiments=3))
+    store = r.store
+    assert isinstance(store, MemoryStore)
+    _, first, second = r.ledger.experiments()
+    assert first.verdict == "keep" and second.reverted and second.revert_commit is not None
+    assert r.experimenter.champion().id == first.id and store.branches[r.tag] == second.revert_commit
+    worse[first_gain] = 2.0  # the first keep's runs from now on: worse than the baseline it replaced
+    for _ in range(4):
+        r.experimenter._remeasure(r.experimenter.champion())
+    assert r.experimenter.holds().id == 0
+    first = r.ledger.experiment(first.id) or first
+    sha = first.revert_commit
+    assert first.verdict == "discard" and first.reverted and sha is not None and "against #0" in first.reason
+    assert store.parents[sha] == second.revert_commit and store.snapshot(sha) == {"f.py": base}
+    assert r.ledger.branch_head() == sha and store.branches[r.tag] == sha
+    proposer.texts.append(later)
+    r.run(Limits(max_experiments=4))
+    last = r.ledger.experiment(3)
+    assert last is not None and last.parent_commit == sha and last.verdict == "keep"
+    assert store.branches[r.tag] == last.kept_commit and r.ledger.branch_head() == last.kept_commit
+
+
 def test_a_keep_is_not_reverted_on_fresh_runs_made_on_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same keep as above, worse after it landed, but every fresh run of it met a busy machine (the share of
     its cores other processes used, as the runner records it): the load may explain them, so no revert."""

@@ -245,8 +245,8 @@ class Experimenter:
         """The champion, or the one before it when this one did not hold on the fresh runs it had since it
         landed (none of which decided its keep): its last FRESH_FAILURES failed, or they show it worse than the
         champion it replaced (`Judge.holds`). Then it is reverted: a commit on the branch with the tree of the
-        one before it (history kept), its verdict discard with `reverted` and the reason. Only the last keep,
-        while the branch holds it, is checked: a champion restored by a revert stays."""
+        one before it (history kept), its verdict discard with `reverted` and the reason. The champion is the
+        last keep, so a champion a revert put back is checked in turn, and reverted too if it stops holding."""
         champion = champion or self.champion()
         if champion.id == 0 or champion.kept_commit is None:
             return champion
@@ -275,9 +275,9 @@ class Experimenter:
                 if held.verdict != "discard":
                     return champion
                 why = f"{held.reason} against #{before.id}"
-            head = self.branch_head()
-            if head != champion.kept_commit:  # another worker reverted it, or landed a keep, meanwhile
+            if self.ledger.last_keep() != champion.id:  # another worker reverted it, or landed a keep, meanwhile
                 return self.champion()
+            head = self.branch_head()  # its keep, or the revert that put it back
             tree = before.kept_commit or before.commit_sha or self.start_commit
             message = f"rsi: revert experiment {champion.id}, which did not hold after it landed: {why}"
             sha = self.store.keep(tree, head, message)
@@ -288,6 +288,7 @@ class Experimenter:
                     reverted=1,
                     revert_commit=sha,
                     reason=f"{champion.reason}; reverted after it landed: {why}",
+                    moved=self.ledger.next_move(),
                 )
             self.store.set_branch(self.tag, sha)
         self.say(
@@ -395,6 +396,7 @@ class Experimenter:
                     kept_commit=kept_commit,
                     ci_low=ci[0],
                     ci_high=ci[1],
+                    **({"moved": self.ledger.next_move()} if kept_commit else {}),
                 )
             if kept_commit:
                 self.store.set_branch(self.tag, kept_commit)

@@ -21,8 +21,8 @@ from typing import Any
 
 from rsi.errors import UserError
 
-SCHEMA_VERSION = 6  # 3: calls (what each model call cost); 4: runs.progress; 5: experiments.revert_commit;
-# 6: runs.cpu_s and runs.busy
+SCHEMA_VERSION = 7  # 3: calls (what each model call cost); 4: runs.progress; 5: experiments.revert_commit;
+# 6: runs.cpu_s and runs.busy; 7: experiments.moved
 SELECT_KINDS = ("screen", "confirm", "fresh")  # runs of the task's command; "holdout" and "verify" are apart
 
 _SCHEMA = """
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     ci_high REAL,
     revert_commit TEXT,
     created REAL NOT NULL,
-    finished REAL
+    finished REAL,
+    moved INTEGER
 );
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -257,9 +258,13 @@ class Ledger:
             if "attempts" in columns:
                 self.db.execute("ALTER TABLE experiments RENAME COLUMN attempts TO interrupts")
             added = (("reverted", "INTEGER NOT NULL DEFAULT 0"), ("ci_low", "REAL"), ("ci_high", "REAL"))
-            for column, kind in (*added, ("revert_commit", "TEXT")):
+            for column, kind in (*added, ("revert_commit", "TEXT"), ("moved", "INTEGER")):
                 if column not in columns:
                     self.db.execute(f"ALTER TABLE experiments ADD COLUMN {column} {kind}")
+            if "moved" not in columns:  # an older rsi reverted only the last keep: ids give the order of moves
+                self.db.execute(
+                    "UPDATE experiments SET moved = id WHERE kept_commit IS NOT NULL OR revert_commit IS NOT NULL"
+                )
             run_columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
             for column, kind in (("progress", "TEXT NOT NULL DEFAULT '[]'"), ("cpu_s", "REAL"), ("busy", "REAL")):
                 if column not in run_columns:
@@ -381,6 +386,8 @@ class Ledger:
             fields.setdefault("finished", time.time())
         cols = ", ".join(f"{k} = ?" for k in fields)
         self._forget(exp_id)
+        if "revert_commit" in fields and (cache := self._held()) is not None:
+            cache.metrics = None  # a reverted keep leaves the noise pool (select_metrics)
         self.db.execute(f"UPDATE experiments SET {cols} WHERE id = ?", (*fields.values(), exp_id))
 
     def last_keep(self, before: int | None = None) -> int:
@@ -393,14 +400,19 @@ class Ledger:
         return int(row[0]) if row else 0
 
     def branch_head(self) -> str | None:
-        """The commit the research branch points at: the last keep's, or the commit that reverted it when it
-        did not hold (None before the first keep). Only the last keep can be reverted, so the later of the two
-        is the one with the larger experiment id."""
+        """The commit the research branch points at: that of its last move, a keep landing or a revert of one
+        that did not hold (None before the first keep). Reverts cascade (a champion a revert put back may be
+        reverted in turn, the later revert on the row with the smaller id), so moves are numbered."""
         row = self.db.execute(
             "SELECT COALESCE(revert_commit, kept_commit) FROM experiments WHERE"
-            " (verdict = 'keep' AND kept_commit IS NOT NULL) OR revert_commit IS NOT NULL ORDER BY id DESC LIMIT 1"
+            " (verdict = 'keep' AND kept_commit IS NOT NULL) OR revert_commit IS NOT NULL"
+            " ORDER BY moved DESC, id DESC LIMIT 1"
         ).fetchone()
         return str(row[0]) if row else None
+
+    def next_move(self) -> int:
+        """The number of the branch's next move (`moved`), taken in the transaction that records it."""
+        return int(self.db.execute("SELECT COALESCE(MAX(moved), 0) + 1 FROM experiments").fetchone()[0])
 
     def experiment(self, exp_id: int) -> Experiment | None:
         """One experiment with its finished runs: read once, then from the cache until something changes it
@@ -471,14 +483,17 @@ class Ledger:
         return int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes
 
     def select_metrics(self) -> Mapping[int, Sequence[float]]:
-        """Valid metrics of every experiment's runs of the task's command: the noise estimate pools them. Read
-        it at once: it is the cache's own, and grows as runs finish."""
+        """Valid metrics of every experiment's runs of the task's command: the noise estimate pools them. A keep
+        reverted after it landed is left out: its runs spread as two levels (those that kept it and those that
+        showed it did not hold), not as run-to-run noise. Read it at once: it is the cache's own, and grows as
+        runs finish."""
         cache = self._cache()
         if cache.metrics is None:
             cache.metrics = {}
             rows = self.db.execute(
                 "SELECT experiment, metric FROM runs WHERE state = 'done' AND status = 'ok' AND metric IS NOT NULL"
-                " AND kind IN ('screen', 'confirm', 'fresh') ORDER BY id"
+                " AND kind IN ('screen', 'confirm', 'fresh')"
+                " AND experiment NOT IN (SELECT id FROM experiments WHERE revert_commit IS NOT NULL) ORDER BY id"
             )
             for exp_id, metric in rows:
                 cache.metrics.setdefault(int(exp_id), []).append(float(metric))
