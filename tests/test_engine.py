@@ -490,6 +490,9 @@ def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds_and_is_told
     make_task: MakeTask,
 ) -> None:
     root = make_task()
+    toml = root / "rsi.toml"  # the editable glob matches the frozen file too: it is no part of any change
+    toml.write_text(toml.read_text().replace('editable = ["train.py"]', 'editable = ["*.py"]'))
+    git(root, "commit", "-qam", "glob")
     text = (root / "train.py").read_text()
     better, worse = (text.replace("lr = 0.5", f"lr = {lr}") for lr in (0.3, 0.6))
     # the second proposal's text was written against the start: on the champion #1 it moves lr from 0.3
@@ -508,6 +511,7 @@ def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds_and_is_told
     again.run(Limits(max_experiments=5))
     retests = [e for e in again.ledger.experiments() if e.proposer == "retest"]
     assert [e.parent for e in retests] == [1, 1] and all(e.state == "done" for e in retests)
+    assert all("frozen.py" not in e.diff and e.diff == retests[0].diff for e in retests)
     assert all(e.hypothesis == "lr 0.3 -> 0.6 (retest of #2 on #1, up to 3 runs)" for e in retests)
     first, second = ({x.seed for x in e.runs if x.kind == "screen"} for e in retests)
     original = {x.seed for x in again.ledger.experiment(2).runs if x.kind == "screen"}  # type: ignore[union-attr]

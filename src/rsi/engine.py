@@ -494,7 +494,7 @@ class Research:
             hypothesis = f"{original} (rebased from #{exp.id} onto #{champion.id})"
             sha = self.store.rebase(exp_id, exp.commit_sha, head, f"rsi candidate {exp_id}: {hypothesis}")
             files = self.champion_files(head)
-            after = {p: self.store.read(sha, p) for p in self.store.files(sha, self.cfg.task.editable)} if sha else {}
+            after = editable_files(self.store, sha, self.cfg) if sha else {}
             diff = unified_diff(files, {p: t for p, t in after.items() if files.get(p) != t})
             reason = "" if sha else "its change cannot be replayed as text on the new best (a deleted or binary file)"
             rebased = self._add(exp_id, exp.id, head, sha, exp.proposer, hypothesis, exp.params, diff, reason)
@@ -523,7 +523,7 @@ class Research:
             message = f"rsi candidate {exp_id}: {hypothesis}"
             sha = self.store.rebase(exp_id, asked.commit_sha, head, message)
             files = self.champion_files(head)
-            after = {p: self.store.read(sha, p) for p in self.store.files(sha, self.cfg.task.editable)} if sha else {}
+            after = editable_files(self.store, sha, self.cfg) if sha else {}  # frozen files are no part of it
             edits = {p: t for p, t in after.items() if files.get(p) != t}
             diff = unified_diff(files, edits)
             if told := literal_change(files, {**files, **edits}):  # as the change reads on this champion: its
