@@ -448,6 +448,36 @@ def test_a_champion_a_revert_put_back_is_reverted_in_turn_when_it_stops_holding(
     assert store.branches[r.tag] == last.kept_commit and r.ledger.branch_head() == last.kept_commit
 
 
+def test_a_candidate_resumed_after_a_keep_landed_is_judged_against_the_champion_it_was_made_from() -> None:
+    """A candidate proposed before a keep and measured after it (cut by the time budget and resumed, or made by
+    a slow proposer while another worker kept something) tests its change on the champion it was made from: it
+    beats that one here, so it is rebased onto the new champion and kept there, not discarded for lacking the
+    keep's change."""
+
+    def task(files: Mapping[str, str], seed: int) -> float:
+        noise = random.Random(f"{seed}{files['f.py']}{files['g.py']}").gauss(0, 0.05)
+        return float(files["f.py"].split(" = ")[1]) + float(files["g.py"].split(" = ")[1]) + noise
+
+    cfg = config()
+    cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"editable": ["f.py", "g.py"]})})
+    base = {"f.py": "a = 1.0\n", "g.py": "b = 1.0\n"}
+    r = in_process(cfg, base, task, Scripted(["a = 0.0\n"]))
+    r.run(Limits(max_experiments=2))
+    start = r.start_commit
+    assert r.experimenter.champion().id == 1
+    baseline = r.ledger.experiment(0)
+    assert baseline is not None
+    # as a cut worker leaves it: made on the start, not measured yet
+    made_before = r._record(Proposal({"g.py": "b = 0.5\n"}, "b 1.0 -> 0.5"), baseline, dict(base), start)
+    assert made_before.state == "proposed"
+    r.run(Limits(max_experiments=4))
+    judged = r.ledger.experiment(made_before.id)
+    assert judged is not None and judged.reason.startswith("superseded:") and "it beat #0" in judged.reason
+    rebased = r.ledger.experiment(made_before.id + 1)
+    assert rebased is not None and rebased.verdict == "keep" and rebased.parent_commit != start
+    assert r.store.snapshot(rebased.kept_commit or "") == {"f.py": "a = 0.0\n", "g.py": "b = 0.5\n"}  # type: ignore[attr-defined]
+
+
 def test_a_keep_is_not_reverted_on_fresh_runs_made_on_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same keep as above, worse after it landed, but every fresh run of it met a busy machine (the share of
     its cores other processes used, as the runner records it): the load may explain them, so no revert."""

@@ -377,8 +377,8 @@ class Research:
         for e in self.ledger.experiments("state != 'done'"):
             if self._out_of_budget():  # left for the next `rsi run`, as it was
                 break
-            self._experiment(e)
-            self._observe(e.id)
+            for exp_id in self._measure(e, limits):  # made before a keep landed, it may win and be rebased
+                self._observe(exp_id)
         ahead: tuple[int, str, Ahead] | None = None  # a proposal made while the last experiment ran
         while budget_left():
             retest = self._retest()
@@ -468,17 +468,22 @@ class Research:
     def _work(self, exp: Experiment, limits: Limits) -> list[int]:
         """One worker's job: the experiment, then, if it won against a champion replaced meanwhile, its change
         rebased onto the new best and measured again, in the same slot."""
-        finished = []
         try:
-            next_exp: Experiment | None = exp
-            while next_exp is not None:
-                self._experiment(next_exp)
-                finished.append(next_exp.id)
-                done = self.ledger.experiment(next_exp.id)
-                superseded = done is not None and done.reason.startswith(SUPERSEDED)
-                next_exp = self._rebase(done, limits) if done is not None and superseded else None
+            return self._measure(exp, limits)
         finally:
             self.ledger.close()  # this thread's connection
+
+    def _measure(self, exp: Experiment, limits: Limits) -> list[int]:
+        """The experiment, then its change rebased and measured again while it wins against a champion that
+        was replaced meanwhile; the ids of those finished."""
+        finished = []
+        next_exp: Experiment | None = exp
+        while next_exp is not None:
+            self._experiment(next_exp)
+            finished.append(next_exp.id)
+            done = self.ledger.experiment(next_exp.id)
+            superseded = done is not None and done.reason.startswith(SUPERSEDED)
+            next_exp = self._rebase(done, limits) if done is not None and superseded else None
         return finished
 
     def _rebase(self, exp: Experiment, limits: Limits) -> Experiment | None:

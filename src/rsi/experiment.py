@@ -108,6 +108,7 @@ class Experimenter:
         champion = self.champion()
         champion = self._top_up(champion, None, self._top_up_runs(champion))
         champion = self.holds(champion)  # a champion that did not hold is reverted before it judges anyone
+        champion = self.built_on(exp, champion)
         deletes = deletes_code(exp.diff)
         remeasured = False
         judge, most = self.judge, self.cfg.judge.max_repeats
@@ -157,6 +158,21 @@ class Experimenter:
         if self._finish(self._reload(exp), decision.verdict, decision, champion) == "keep":
             kept = self._reload(exp)  # after the keep landed: a deadline now cannot lose it
             self._top_up(kept, wt, self._top_up_runs(kept))
+
+    def built_on(self, exp: Experiment, champion: Experiment) -> Experiment:
+        """The champion `exp` was made from, which it is judged against: its change is what is measured, and
+        a winner whose champion was replaced since is rebased onto the new one (`_finish`). It differs from the
+        current `champion` for a candidate proposed before a keep landed and started after (cut by the time
+        budget or a kill, and resumed; made by a slow proposer while another worker kept something). A
+        champion reverted since is no longer one: then the current one judges."""
+        made_on = exp.parent_commit
+        if made_on is None or made_on in (champion.kept_commit, champion.commit_sha, self.branch_head()):
+            return champion
+        found = self.ledger.experiments("verdict = 'keep' AND kept_commit = ?", (made_on,))
+        if not found and made_on == self.start_commit:
+            base = self.ledger.experiment(0)
+            found = [base] if base is not None and base.valid() else []
+        return found[0] if found else champion
 
     def _retested_seeds(self, exp: Experiment) -> set[int]:
         """The screening seeds of earlier measurements of a retest's change on the same commit (the original,
