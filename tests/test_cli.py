@@ -15,7 +15,7 @@ import pytest
 from conftest import NOISY, MakeTask, commit_all, git, rsi
 from rich.console import Console
 
-from rsi.ledger import Experiment
+from rsi.ledger import Experiment, Ledger
 from rsi.view import LiveView
 
 
@@ -266,10 +266,18 @@ def test_verify_reruns_the_champion_and_flags_a_change(make_task: MakeTask) -> N
     assert p.returncode == 1 and "NOT reproduced" in p.stdout
 
 
-def test_a_failed_baseline_starts_again_from_the_commit_that_fixed_the_task(make_task: MakeTask) -> None:
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_failed_baseline_starts_again_from_the_commit_that_fixed_the_task(
+    make_task: MakeTask, interrupted: bool
+) -> None:
     root = make_task(train="lr = 0.5\nprint('loss: abc')\n")
     failed = rsi("run", str(root), "--max-experiments", "3")
     assert failed.returncode == 2 and "commit the fix, and `rsi run` again" in failed.stderr
+    if interrupted:  # killed after some of its runs: the failed ones measured the broken commit, not the fix
+        ledger = Ledger(root / ".rsi" / "ledger.sqlite")
+        with ledger.transaction():
+            ledger.update_experiment(0, state="proposed", verdict=None, status=None)
+        ledger.close()
     (root / "train.py").write_text(NOISY)
     commit_all(root, "fix: print a number")
     fixed = git(root, "rev-parse", "HEAD").strip()
@@ -277,6 +285,8 @@ def test_a_failed_baseline_starts_again_from_the_commit_that_fixed_the_task(make
     assert again.returncode == 0 and f"{fixed[:10]} was committed since: starting from it" in again.stdout
     s = json.loads(rsi("status", str(root), "--json").stdout)
     assert s["experiments"][0]["commit"] == fixed and s["baseline"]["metric"] is not None
+    baseline = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).experiment(0)
+    assert baseline is not None and baseline.runs and all(r.metric is not None for r in baseline.runs)
     assert git(root, "merge-base", "--is-ancestor", fixed, f"rsi/{s['tag']}") == ""  # the branch grew from it
 
 

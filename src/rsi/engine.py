@@ -228,11 +228,13 @@ class Research:
             self.ledger.set("start_commit", head)
             self.ledger.set("frozen", json.dumps(frozen, sort_keys=True))
             self.ledger.update_experiment(0, commit_sha=head)
+            self.ledger.restart_baseline()  # runs it made before a kill measured the old commit
             self.ledger.set("setup_done", "0")  # the fix may be in what [task] setup runs
+        what = "gave no metric" if baseline.state == "done" else "was not finished"
         self.listener(
             "message",
             None,
-            f"the baseline gave no metric on {(start or '')[:10]}; {head[:10]} was committed since: starting from it",
+            f"the baseline {what} on {(start or '')[:10]}; {head[:10]} was committed since: starting from it",
         )
 
     def _metric_meta(self) -> dict[str, str]:

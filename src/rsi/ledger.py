@@ -599,12 +599,13 @@ class Ledger:
         return [(int(r[0]), int(r[1]), r[2], r[3]) for r in rows.fetchall()]
 
     def restart_baseline(self) -> None:
-        """Forget a baseline that gave no metric, runs and verdict, so that it is measured again (call in a
-        transaction): nothing was compared with it."""
+        """Forget a baseline that gave no metric, its finished runs and verdict, so that it is measured again
+        (call in a transaction): nothing was compared with it. A run still marked running is left for recovery
+        (its process, if alive, is found and stopped by it)."""
         cache = self._held()
         if cache is not None:
             cache.clear()
-        self.db.execute("DELETE FROM runs WHERE experiment = 0")
+        self.db.execute("DELETE FROM runs WHERE experiment = 0 AND state = 'done'")
         self.db.execute(
             "UPDATE experiments SET state = 'proposed', status = NULL, verdict = NULL, reason = '', finished = NULL,"
             " interrupts = 0 WHERE id = 0"
