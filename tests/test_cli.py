@@ -120,6 +120,16 @@ def test_bad_states_exit_2(make_task: MakeTask, tmp_path: Path) -> None:
     cases["tag not a branch name"] = (rsi("run", str(tagged), "--tag", "a b"), "cannot name a git branch")
     assert not (tagged / ".rsi" / "ledger.sqlite").exists()  # refused before anything was written
     cases["missing folder"] = (rsi("status", str(tmp_path / "nowhere")), "does not exist")
+    researched = make_task(name="m")
+    early = rsi("run", str(researched), "--time-budget", "0.0001s")  # spent before the baseline's first run
+    assert early.returncode == 0 and "Traceback" not in early.stderr, early.stderr
+    assert "the time budget ran out, before the baseline's first run: nothing was measured" in early.stdout
+    assert rsi("run", str(researched), "--max-experiments", "1").returncode == 0
+    huge = "99999999999999999999"  # beyond SQLite's integers
+    cases["huge number: verify"] = (rsi("verify", huge, "--dir", str(researched)), f"no experiment #{huge}")
+    cases["huge number: retest"] = (rsi("retest", huge, str(researched)), f"no experiment #{huge}")
+    fork = rsi("fork", "--from", huge, "--tag", "x", str(researched))
+    cases["huge number: fork"] = (fork, f"no experiment #{huge}")
     cases["a file, not a folder"] = (rsi("doctor", str(plain / "rsi.toml")), "is a file")
     for case, (p, expected) in cases.items():
         assert p.returncode == 2, (case, p.stderr)

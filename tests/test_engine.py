@@ -319,6 +319,12 @@ def test_a_keep_that_stops_holding_after_it_landed_is_reverted_on_the_branch(mak
     assert f" {first['id']} │" in table and "discard (reverted)" in table
     doctor = rsi("doctor", str(root))
     assert doctor.returncode == 0 and "branch rsi/drift: at the last keep (or its revert)" in doctor.stdout
+    # the branch by name is its champion, even where it points at a revert commit; an older revert is named
+    branch = rsi("verify", "rsi/drift", "--dir", str(root), "--runs", "2")
+    assert branch.returncode in (0, 1) and branch.stdout.startswith("experiment "), branch.stderr
+    if git(root, "rev-parse", "rsi/drift").strip() != first["revert_commit"]:
+        older = rsi("verify", first["revert_commit"][:10], "--dir", str(root))
+        assert older.returncode == 2 and f"reverted experiment {first['id']}: verify the experiment" in older.stderr
 
 
 def test_time_budget_stops_starting_experiments(make_task: MakeTask) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import MakeTask, git, rsi
 from fake_llm import reply, serve
 from test_llm import KEY, edit, toml
@@ -181,3 +182,26 @@ def test_a_fork_from_a_commit_without_rsi_toml_takes_the_folders(make_task: Make
     assert "rsi fork: the rsi.toml of" in git(where, "log", "-1", "--format=%s")
     assert rsi("run", str(where), "--max-experiments", "2").returncode == 0
     assert git(where, "status", "--porcelain") == ""
+
+
+def test_a_fork_that_fails_midway_leaves_no_clone_and_keeps_the_empty_folder_it_was_given(
+    make_task: MakeTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rsi import fork
+
+    root = make_task()
+    assert rsi("run", str(root), "--max-experiments", "1").returncode == 0
+
+    def broken(path: Path, readonly: bool = False) -> Ledger:
+        if "forks" in str(path) or "given" in str(path):
+            raise OSError("disk full")
+        return Ledger(path, readonly=readonly)
+
+    monkeypatch.setattr(fork, "Ledger", broken)
+    given = tmp_path / "given"
+    given.mkdir()
+    for dest in (None, given):
+        with pytest.raises(OSError, match="disk full"):
+            fork.fork(root, "0", "w", dest)
+    assert not (root / ".rsi" / "forks" / "w").exists()  # the folder it made: gone
+    assert given.is_dir() and not any(given.iterdir())  # the folder the user named: there, and empty

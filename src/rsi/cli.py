@@ -143,6 +143,8 @@ def run(
         fail(str(e) if isinstance(e, UserError) else f"--time-budget: {e}")
     research = _research(directory, cfg, proposer or cfg.proposer.kind, Limits(max_experiments, budget), tag)
     s = research.summary()
+    if s["baseline"] is None:  # a budget spent before the first run (the stop line said which)
+        return
     out.print(
         f"baseline {s['baseline']:.6g} -> best {s['best']:.6g} (experiment {s['best_id']}) after "
         f"{s['experiments']} experiments; kept changes are on branch {s['branch']}",

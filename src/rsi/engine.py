@@ -357,7 +357,8 @@ class Research:
             self.listener("message", None, "the baseline gave no metric last time: measuring it again")
         if baseline is None or baseline.state != "done":
             if not budget_left() and baseline is None:
-                return self.listener("stop", None, "the experiment budget is already spent")
+                why = self._spent() or self._plateau() or "no budget is left"
+                return self.listener("stop", None, f"{why}, before the baseline's first run: nothing was measured")
             self._setup()
             self._baseline()
         champion = self.experimenter.champion()

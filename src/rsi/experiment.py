@@ -465,9 +465,16 @@ class Experimenter:
     def _find(self, commit: str | None) -> Experiment:
         if commit is None:
             return self.champion()
+        if self.branch_head().startswith(commit):  # the branch: its last keep, or what a revert put back
+            return self.champion()
         for e in self.ledger.experiments():
             if any(c and c.startswith(commit) for c in (e.kept_commit, e.commit_sha)):
                 return e
+        for e in self.ledger.experiments("revert_commit IS NOT NULL"):
+            if e.revert_commit and e.revert_commit.startswith(commit):
+                raise UserError(
+                    f"commit {commit} reverted experiment {e.id}: verify the experiment it put back, by its number"
+                )
         raise UserError(f"no experiment of this research has commit {commit}")
 
 

@@ -47,12 +47,13 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
     dest = (dest or ws.state / "forks" / tag).resolve()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserError(f"{dest} exists and is not an empty folder: choose another --tag or --dir")
+    given = dest.exists()  # an empty folder the user named: emptied again on failure, not removed
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot make the folder for the fork: {e}") from None
-    _git(root, "clone", "--quiet", "--no-checkout", str(ws.root), str(dest))
     try:
+        _git(root, "clone", "--quiet", "--no-checkout", str(ws.root), str(dest))
         _git(dest, "checkout", "--quiet", "-b", f"fork/{tag}", commit)
         if settings is not None:  # committed on top, so the fork's research starts from a commit that has it
             (dest / CONFIG_NAME).write_bytes(settings)
@@ -65,7 +66,11 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
         mine.set(FORK_TAG, tag)
         mine.close()
     except BaseException:  # no half-made fork left to block a retry
-        shutil.rmtree(dest, ignore_errors=True)
+        for part in list(dest.iterdir()) if given and dest.is_dir() else [dest]:
+            if part.is_dir() and not part.is_symlink():
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)
         raise
     if research is not None:
         parent = Ledger(ledger_path)
@@ -84,7 +89,7 @@ def resolve(ws: Workspace, research: Ledger | None, start: str) -> str:
     if exp is not None:
         commit = exp.kept_commit or exp.commit_sha
         if commit is None:
-            raise UserError(f"experiment #{exp.id} was rejected before it was committed: nothing to start from")
+            raise UserError(f"experiment #{exp.id} was rejected before it was committed: it has no commit")
         return commit
     try:  # (digits alone may also begin a commit's hash)
         return ws.git("rev-parse", "--verify", "--quiet", f"{start}^{{commit}}").strip()

@@ -417,6 +417,8 @@ class Ledger:
     def experiment(self, exp_id: int) -> Experiment | None:
         """One experiment with its finished runs: read once, then from the cache until something changes it
         (the engine asks for the same few experiments many times per candidate)."""
+        if not 0 <= exp_id < 2**63:  # (SQLite's integers: a number typed by a user may be any size)
+            return None
         cache = self._cache()
         found = cache.by_id.get(exp_id)
         if found is None:
