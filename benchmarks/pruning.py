@@ -184,7 +184,7 @@ def wrongly_pruned(task: Task, ws_root: Path, sample: list[tuple[Experiment, Run
         deletes = deletes_code(exp.diff)
         decision = judge.decide(values, level, goal, noise, deletes)
         while decision.verdict == "more" and len(values) < task.cfg.judge.max_repeats:
-            values.append(select_run(task, screen_seed(pool, exp.id, len(values))))
+            values.append(select_run(task, screen_seed(pool[len(values) :], exp.id, len(values))))
             decision = judge.decide(values, level, goal, noise, deletes)
         shown = ", ".join("failed" if v is None else f"{v:.4f}" for v in values)
         log(f"  #{exp.id} {exp.hypothesis}: {shown} against {mean:.4f}: {decision.verdict}")

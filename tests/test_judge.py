@@ -12,7 +12,7 @@ import pytest
 
 from rsi.config import Config
 from rsi.engine import Limits, in_process
-from rsi.experiment import CLEAR_GAIN, FRESH_FAILURES, SHORT_TOP_UP
+from rsi.experiment import CLEAR_GAIN, FRESH_FAILURES, SHORT_TOP_UP, screen_seed
 from rsi.judge import (
     SIMPLER_RUNS,
     Noise,
@@ -23,7 +23,7 @@ from rsi.judge import (
     pooled_noise,
     with_seed_share,
 )
-from rsi.ledger import Experiment
+from rsi.ledger import Experiment, Run
 from rsi.proposer import Context, Proposal
 from rsi.status import standing, status_json
 from rsi.store import MemoryStore
@@ -611,3 +611,19 @@ def test_a_research_learns_the_seeds_share_from_its_replications_and_pairs_later
     assert any("paired" in e.reason for e in keeps[2:])
     data = status_json(r.ledger)
     assert data["noise_seed_share"] == pytest.approx(noise.shared / noise.sd**2)
+
+
+def test_a_screening_seed_is_never_one_the_candidate_ran_on_when_the_pool_grows_out_of_order() -> None:
+    """With several workers a champion run started earlier (a smaller id) may finish after one started later,
+    and land before it in the pool: the candidate's next seed is the first it has not run on, not the pool's
+    run k's, which would repeat a run (identical on a seeded task, and a variance understated)."""
+
+    def fresh(run_id: int, seed: int) -> Run:
+        return Run(run_id, 1, "fresh", seed, "done", "ok", 1.0, "", 1.0, None, "", "")
+
+    pool = [fresh(51, 10007)]
+    first = screen_seed(pool, 4, 0)
+    assert first == 10007
+    pool = [fresh(50, 10006), fresh(51, 10007)]  # the earlier-started run finished since
+    assert screen_seed(pool, 4, 1, {first}) == 10006
+    assert screen_seed(pool, 4, 2, {10006, 10007}) not in (10006, 10007)  # then a fresh one

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from scipy import stats
@@ -140,7 +140,7 @@ class Experimenter:
                     decision = Decision("inconclusive", decision.reason, decision.ci)
                     break
             k = len(screened)
-            seed = screen_seed([r for r in pool if r.seed not in taken], exp.id, k)
+            seed = screen_seed(pool, exp.id, k, taken | {r.seed for r in screened})
             # only a first run may be stopped early: once the judge asks for more, the candidate is promising
             # and its runs go to the end (a stop there would throw away what its other runs showed)
             against = self.reference(champion, judge, deletes) if k == 0 else None
@@ -485,10 +485,13 @@ def champion_pool(champion: Experiment) -> list[Run]:
     return fresh or [r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and r.metric is not None]
 
 
-def screen_seed(pool: Sequence[Run], exp_id: int, k: int) -> int:
-    """The seed of a candidate's screening run k (from 0): the champion's run k's, so that the two pair up;
-    past the champion's runs, a fresh one."""
-    return pool[k].seed if k < len(pool) else fresh_seed(exp_id, 100 + k)
+def screen_seed(pool: Sequence[Run], exp_id: int, k: int, used: Collection[int] = ()) -> int:
+    """The seed of a candidate's screening run k (from 0): that of the first of the champion's runs whose seed
+    is not `used` (those it ran on already, and a retest's taken ones), so that the two pair up; past the
+    champion's runs, a fresh one. (Not the champion's run k's: with several workers a champion run started
+    earlier may finish later, and land in the pool before seeds the candidate has used.)"""
+    left = [r for r in pool if r.seed not in used]
+    return left[0].seed if left else fresh_seed(exp_id, 100 + k)
 
 
 def contended(run: Run) -> bool:
