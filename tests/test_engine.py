@@ -418,6 +418,9 @@ def test_the_time_budget_does_not_wait_for_a_proposal_made_ahead(make_task: Make
         r.run(Limits(time_budget_s=2.0))
         assert model.calls == 2 and model.answered == 1  # it returned while the model was still thinking
         assert r.ledger.count() == 2 and said[-1] == "the time budget ran out"
+        model.answer.set()  # the model answers at last: the same research runs on (its proposer one call at a time)
+        r.run(Limits(max_experiments=3))
+        assert model.calls == 3 and model.answered == 3
     finally:
         model.answer.set()
 

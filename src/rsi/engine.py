@@ -183,6 +183,7 @@ class Research:
         self._links: tuple[str, set[str]] = ("", set())
         self._seen: dict[str, set[str]] = {}  # parent commit -> normalized changes tried on it
         self._changes_lock = threading.Lock()
+        self._unanswered: Ahead | None = None  # a proposal made ahead and not waited for: the budget ran out
 
     # start and resume
     def _start(self, tag: str | None) -> None:
@@ -329,6 +330,9 @@ class Research:
             self.store.close()
 
     def _loop(self, limits: Limits) -> None:
+        if self._unanswered is not None:  # a library caller's next run: one proposal at a time, always
+            self._unanswered.wait()
+            self._unanswered = None
         self.limits = limits
         self._deadline = _deadline(limits.time_budget_s)
 
@@ -412,11 +416,12 @@ class Research:
                 # the proposer learns of this experiment only once it is not proposing; at the end of the time
                 # budget it is not waited for (the next `rsi run` tells it of every experiment)
                 if ahead is not None and not ahead[2].wait(self._out_of_budget):
-                    ahead = None
+                    self._unanswered, ahead = ahead[2], None
+                    self._contended()  # what _observe would have warned of
                     break
             self._observe(exp.id)
-        if ahead is not None:
-            ahead[2].wait(self._out_of_budget)
+        if ahead is not None and not ahead[2].wait(self._out_of_budget):
+            self._unanswered = ahead[2]
         self.listener("stop", None, self._plateau() or self._spent() or "budget reached")
 
     def _parallel(self, limits: Limits, budget_left: Callable[[], bool]) -> None:
