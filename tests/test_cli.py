@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -333,3 +334,21 @@ def test_plain_output_says_what_still_runs_after_a_quiet_spell() -> None:
         assert plain._beat.is_alive()  # started for plain output only, and stopped with the view
     plain._beat.join(timeout=5)
     assert not plain._beat.is_alive()
+
+
+def test_a_ledger_damaged_on_disk_is_one_line_pointing_at_doctor(make_task: MakeTask) -> None:
+    root = make_task()
+    assert rsi("run", str(root), "--max-experiments", "3").returncode == 0
+    path = root / ".rsi" / "ledger.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    size = path.stat().st_size
+    with path.open("r+b") as f:  # its last pages overwritten: the header still reads, the tables do not
+        f.seek(size - 3 * 4096)
+        f.write(b"\x07" * 8192)
+    for args in (("status", str(root)), ("run", str(root)), ("export", str(root))):
+        p = rsi(*args)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, (args, p.stderr)
+        assert "ledger cannot be read" in p.stderr and "rsi doctor" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert "PROBLEM ledger" in rsi("doctor", str(root)).stdout
