@@ -93,6 +93,13 @@ def test_ablation_tells_what_matters_what_is_redundant_and_what_hurts(make_task:
     assert rsi("report", str(root)).returncode == 0
     html = (root / ".rsi" / "report.html").read_text()
     assert "Ablation" in html and "redundant" in html and "hurts" in html
+    # rsi.toml measuring otherwise than the research did: refused as `rsi run` refuses it, nothing measured
+    toml = root / "rsi.toml"
+    toml.write_text(toml.read_text().replace('goal = "minimize"', 'goal = "maximize"'))
+    flipped = rsi("ablate", str(root), "--repeats", "4", "--simplify")
+    assert flipped.returncode == 2 and "goal: 'minimize' -> 'maximize'" in flipped.stderr, flipped.stderr
+    assert len(flipped.stderr.strip().splitlines()) == 1 and "Traceback" not in flipped.stderr
+    assert sum(len(e.runs) for e in ablation.experiments()) == runs
 
 
 def test_a_change_rewritten_later_is_overwritten_and_bad_input_is_one_line(make_task: MakeTask) -> None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
 import math
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from pathlib import Path
 from scipy import stats
 
 from rsi.config import Config
+from rsi.engine import measure_meta, refuse_changed_measure
 from rsi.errors import UserError
 from rsi.judge import pooled_noise
 from rsi.ledger import Experiment, Ledger
@@ -80,6 +83,7 @@ def ablate(
 def _ablate(
     ws: Workspace, cfg: Config, research: Ledger, repeats: int, simplify: bool, say: Callable[[str], None]
 ) -> list[Row]:
+    refuse_changed_measure(research, cfg)  # measured otherwise, no row would compare with the research's
     kept = research.experiments("verdict = 'keep' AND state = 'done'")
     if not kept:
         raise UserError("nothing was kept in this research: there is no change to ablate")
@@ -120,20 +124,22 @@ def _ablate(
 
 
 def _ledger(ws: Workspace, cfg: Config, champion: str) -> Ledger:
-    """The ablation ledger of this champion: resumed if it is this champion's, else a new one (an older
-    champion's is kept beside it, renamed after its commit)."""
+    """The ablation ledger of this champion, measured as rsi.toml measures now: resumed if it is that, else
+    a new one (the older one is kept beside it, renamed after its champion's commit and the time)."""
     path = ws.state / FILE
+    measure = json.dumps(measure_meta(cfg), sort_keys=True)
     if path.exists():
         old = Ledger(path)
-        mine = old.get("champion")
+        mine, how = old.get("champion"), old.get("measure")
         old.close()
-        if mine != champion:
-            path.replace(path.with_name(f"ablation-{(mine or 'unknown')[:10]}.sqlite"))
+        if mine != champion or (how is not None and how != measure):  # (before `measure` was kept: the champion)
+            path.replace(path.with_name(f"ablation-{(mine or 'unknown')[:10]}-{int(time.time())}.sqlite"))
     ledger = Ledger(path)
     if ledger.get("champion") is None:
         ledger.set("champion", champion)
-        ledger.set("goal", cfg.metric.goal)
-        ledger.set("confidence", repr(cfg.judge.confidence))
+        ledger.set("measure", measure)
+    ledger.set("goal", cfg.metric.goal)  # the research's (checked): one an older rsi kept from another rsi.toml
+    ledger.set("confidence", repr(cfg.judge.confidence))
     return ledger
 
 

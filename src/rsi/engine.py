@@ -199,7 +199,7 @@ class Research:
                     "start_commit": head,
                     "frozen": json.dumps(frozen, sort_keys=True),
                     "task": self.cfg.task.name,
-                    **self._metric_meta(),
+                    **measure_meta(self.cfg),
                 }.items():
                     self.ledger.set(key, value)
         elif tag is not None and tag != known:
@@ -238,48 +238,14 @@ class Research:
             f"the baseline {what} on {(start or '')[:10]}; {head[:10]} was committed since: starting from it",
         )
 
-    def _metric_meta(self) -> dict[str, str]:
-        """What the ledger records of what a run measures: its measurements compare only under the same metric
-        (the progress lines early stopping reads are not part of it: pruning may be turned on or off
-        mid-research) and the same command, training budget, setup and holdout command."""
-        spec = json.dumps(self.cfg.metric.model_dump(mode="json", exclude={"progress_pattern"}), sort_keys=True)
-        t, holdout = self.cfg.task, self.cfg.holdout
-        task = {"command": t.command, "budget": t.budget, "setup": t.setup, "holdout": holdout and holdout.command}
-        return {
-            "goal": self.cfg.metric.goal,
-            "metric": self.cfg.metric.name,
-            "metric_spec": spec,
-            "task_spec": json.dumps(task, sort_keys=True),
-        }
-
     def _same_metric(self) -> None:
         """Resuming: rsi.toml's [metric], and what of [task] a run measures, must be those the research was
         measured with (a baseline that gave no metric is measured again, so they may still change)."""
-        now = self._metric_meta()
         baseline = self.ledger.experiment(0)
         if baseline is not None and baseline.valid():
-            recorded = {key: self.ledger.get(key) for key in now}
-            changes = [
-                ("[metric]", f"{k}: {v!r} -> {now[k]!r}")
-                for k, v in recorded.items()
-                if k in ("goal", "metric") and v is not None and v != now[k]
-            ]
-            for key, section in (("metric_spec", "[metric]"), ("task_spec", "[task]")):
-                was, new = json.loads(recorded[key] or "{}"), json.loads(now[key])
-                # a field one side does not have (an rsi that added one) is no change; one both have and differ
-                # on is
-                changes += [
-                    (section, f"{k}: {was[k]!r} -> {new[k]!r}") for k in sorted(new) if k in was and was[k] != new[k]
-                ]
-            if changes:
-                section, what = changes[0]
-                raise UserError(
-                    f"rsi.toml's {section} is not the one this research was measured with ({what}): its figures "
-                    "would not compare with those recorded; put it back, or research the change apart "
-                    "(`rsi fork`, or a clone of the repository)"
-                )
+            refuse_changed_measure(self.ledger, self.cfg)
         with self.ledger.transaction():
-            for key, value in now.items():
+            for key, value in measure_meta(self.cfg).items():
                 self.ledger.set(key, value)
 
     def _check_globs(self) -> None:
@@ -862,6 +828,44 @@ class Research:
             "experiments": self.ledger.count(),
             "branch": f"rsi/{self.tag}",
         }
+
+
+def measure_meta(cfg: Config) -> dict[str, str]:
+    """What the ledger records of what a run measures: its measurements compare only under the same metric (the
+    progress lines early stopping reads are not part of it: pruning may be turned on or off mid-research) and
+    the same command, training budget, setup and holdout command."""
+    spec = json.dumps(cfg.metric.model_dump(mode="json", exclude={"progress_pattern"}), sort_keys=True)
+    t, holdout = cfg.task, cfg.holdout
+    task = {"command": t.command, "budget": t.budget, "setup": t.setup, "holdout": holdout and holdout.command}
+    return {
+        "goal": cfg.metric.goal,
+        "metric": cfg.metric.name,
+        "metric_spec": spec,
+        "task_spec": json.dumps(task, sort_keys=True),
+    }
+
+
+def refuse_changed_measure(ledger: Ledger, cfg: Config) -> None:
+    """A UserError naming the first field of rsi.toml's [metric] or [task] that is not what the research in
+    `ledger` was measured with: its figures would not compare with those recorded."""
+    now = measure_meta(cfg)
+    recorded = {key: ledger.get(key) for key in now}
+    changes = [
+        ("[metric]", f"{k}: {v!r} -> {now[k]!r}")
+        for k, v in recorded.items()
+        if k in ("goal", "metric") and v is not None and v != now[k]
+    ]
+    for key, section in (("metric_spec", "[metric]"), ("task_spec", "[task]")):
+        was, new = json.loads(recorded[key] or "{}"), json.loads(now[key])
+        # a field one side does not have (an rsi that added one) is no change; one both have and differ on is
+        changes += [(section, f"{k}: {was[k]!r} -> {new[k]!r}") for k in sorted(new) if k in was and was[k] != new[k]]
+    if changes:
+        section, what = changes[0]
+        raise UserError(
+            f"rsi.toml's {section} is not the one this research was measured with ({what}): its figures would not "
+            "compare with those recorded; put it back, or research the change apart (`rsi fork`, or a clone of "
+            "the repository)"
+        )
 
 
 def editable_files(store: Store, commit: str, cfg: Config) -> dict[str, str]:
