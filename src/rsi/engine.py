@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import difflib
 import functools
+import glob
 import hashlib
 import json
 import math
@@ -187,6 +188,7 @@ class Research:
 
     # start and resume
     def _start(self, tag: str | None) -> None:
+        self._check_holdout_data()
         known = self.ledger.get("tag")
         if known is None:
             self._check_globs()
@@ -252,11 +254,25 @@ class Research:
         """A glob that matches nothing is a typo: researching without the file would waste the night."""
         head = self.store.head() if isinstance(self.store, Workspace) else ""
         for key, globs in (("editable", self.cfg.task.editable), ("frozen", self.cfg.task.frozen)):
-            for glob in globs:
-                if head and not self.store.files(head, [glob]):
-                    raise UserError(f"task.{key}: {glob!r} matches no committed file in the repository")
+            for pattern in globs:
+                if head and not self.store.files(head, [pattern]):
+                    raise UserError(f"task.{key}: {pattern!r} matches no committed file in the repository")
         if head and not editable_files(self.store, head, self.cfg):
             raise UserError("task.editable: every file it matches is frozen too (task.frozen): nothing may change")
+
+    def _check_holdout_data(self) -> None:
+        """Each `[holdout] data` entry names something (a typo would hide nothing from candidates), at every
+        start: it may change between two `rsi run`s."""
+        head = self.store.head() if isinstance(self.store, Workspace) else ""
+        for raw in self.cfg.holdout.data if self.cfg.holdout else []:
+            if Path(raw).is_absolute():
+                if not (glob.glob(raw, recursive=True) if any(c in raw for c in "*?[") else Path(raw).exists()):
+                    raise UserError(f"holdout.data: {raw!r} matches nothing on this machine")
+            elif head and not self.store.files(head, [raw.rstrip("/"), raw.rstrip("/") + "/*"]):
+                raise UserError(
+                    f"holdout.data: {raw!r} matches no committed file (candidates see what is committed; held-out "
+                    "data that is not needs no hiding)"
+                )
 
     def _recover(self) -> None:
         """Undo what a killed orchestrator left half done; see the module docstring for why this is enough."""

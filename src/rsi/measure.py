@@ -9,6 +9,7 @@ function on the commit's files instead, for tasks that are functions (synthetic 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from rsi.pruning import Reference, Watch
 from rsi.runner import MetricSpec, RunSpec, run, scrub_env
 from rsi.sandbox import Bare, Bubblewrap, Limits, Sandbox, View, bubblewrap_path, cgroup_available
 from rsi.store import MemoryStore
-from rsi.workspace import Workspace, hash_files
+from rsi.workspace import Workspace, hash_files, matches
 
 # screening runs of a candidate, its own replication runs, unbiased runs (the champion pool), held-out, verify
 SCREEN, CONFIRM, FRESH, HOLDOUT, VERIFY = "screen", "confirm", "fresh", "holdout", "verify"
@@ -153,7 +154,12 @@ class SubprocessMeasurer:
         outside: list[str] = []
         if kind != HOLDOUT and self.cfg.holdout is not None:
             for raw in self.cfg.holdout.data:
-                (outside if Path(raw).is_absolute() else inside).append(raw)
+                if not _is_glob(raw):
+                    (outside if Path(raw).is_absolute() else inside).append(raw)
+                elif Path(raw).is_absolute():
+                    outside += sorted(glob.glob(raw, recursive=True))
+                else:  # as rsi.toml's globs match (a `*` crosses folders), over what the worktree holds
+                    inside += _matching(wt, raw)
         view = View(
             repo=root,
             worktree=wt,
@@ -300,3 +306,17 @@ def start_time(pid: int) -> float:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return 0.0
+
+
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _matching(wt: Path, pattern: str) -> list[str]:
+    """The worktree's paths (files and folders, .git's aside) that an rsi.toml glob matches."""
+    found = []
+    for folder, dirs, files in os.walk(wt):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        here = Path(folder).relative_to(wt)
+        found += [str(here / name) for name in [*dirs, *files] if matches(str(here / name), [pattern])]
+    return sorted(found)

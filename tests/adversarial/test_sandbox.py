@@ -54,17 +54,12 @@ def runs_output(root: Path) -> list[str]:
 SETUP = "import os; open(os.path.join(os.environ['RSI_CACHE_DIR'], 'data.txt'), 'w').write('d')"
 
 
-@needs_bwrap
-def test_held_out_data_and_the_cache_as_each_command_sees_them(make_task: MakeTask) -> None:
-    holdout = "print('test:', len(open('secret.txt').read()))\n"
-    root = make_task(train=PEEK, files={"secret.txt": "labels\n", "holdout.py": holdout, "setup.py": SETUP})
-    (root / "rsi.toml").write_text(
-        f"""\
+TOML = """\
 [task]
 editable = ["train.py"]
 frozen = ["frozen.py"]
-setup = "{sys.executable} setup.py"
-command = "{sys.executable} train.py"
+setup = "{python} setup.py"
+command = "{python} train.py"
 
 [metric]
 name = "loss"
@@ -72,15 +67,30 @@ goal = "minimize"
 pattern = '^loss:\\s*(\\S+)'
 
 [holdout]
-command = "{sys.executable} holdout.py"
+command = "{python} holdout.py"
 pattern = '^test:\\s*(\\S+)'
-data = ["secret.txt"]
+data = [{data}]
 
 [judge]
 baseline_repeats = 2
 """
-    )
+
+
+@needs_bwrap
+@pytest.mark.parametrize("data", ['"secret.txt"', '"secret*.txt"', '"nothing-here/", "secret.*"'])
+def test_held_out_data_and_the_cache_as_each_command_sees_them(make_task: MakeTask, data: str) -> None:
+    """Held-out data named as a file or by a glob (matched as rsi.toml's globs are): hidden from every command
+    but the holdout's; an entry that names nothing (a typo would hide nothing) is refused before any run."""
+    holdout = "print('test:', len(open('secret.txt').read()))\n"
+    root = make_task(train=PEEK, files={"secret.txt": "labels\n", "holdout.py": holdout, "setup.py": SETUP})
+    (root / "rsi.toml").write_text(TOML.format(python=sys.executable, data=data))
     commit_all(root, "toml")
+    if "nothing-here" in data:
+        typo = rsi("run", str(root), "--max-experiments", "1")
+        assert typo.returncode == 2 and "holdout.data: 'nothing-here/' matches no committed file" in typo.stderr
+        assert "Traceback" not in typo.stderr and not runs_output(root)
+        (root / "rsi.toml").write_text(TOML.format(python=sys.executable, data='"secret.*"'))
+        commit_all(root, "toml")
     proc = rsi("run", str(root), "--max-experiments", "1")
     assert proc.returncode == 0, proc.stderr
     outputs = [o for o in runs_output(root) if "secret:" in o]
