@@ -125,3 +125,21 @@ def test_a_bound_the_baseline_already_breaks_is_warned_about_at_the_start(make_t
     fine = make_task(train=LATENCY, extra_toml=toml.replace("max = 5", "max = 45"), name="fine")
     quiet = rsi("run", str(fine), "--max-experiments", "2")
     assert quiet.returncode == 0 and "constraint" not in quiet.stdout, quiet.stdout
+
+
+def test_a_constraint_or_holdout_whose_pattern_the_baseline_never_matches_is_said_at_once(make_task: MakeTask) -> None:
+    """A constraint the baseline reports nothing for would discard every candidate: refused after the baseline,
+    and again on resume until rsi.toml is fixed. A holdout that gives no figure leaves no held-out check: a
+    warning."""
+    toml = "[[constraints]]\nname = 'latency'\npattern = '^latncy:\\s*(\\S+)'\nmax = 45\n"
+    root = make_task(train=LATENCY, extra_toml=toml)
+    for _ in range(2):
+        done = rsi("run", str(root), "--max-experiments", "5")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "the baseline reports nothing for constraint latency (logs under" in done.stderr, done.stderr
+        assert "every candidate would be discarded for it" in done.stderr
+    assert Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).count() == 1  # the baseline alone
+    holdout = "[holdout]\ncommand = 'python3 train.py'\npattern = '^nothing:\\s*(\\S+)'\n"
+    silent = make_task(train=LATENCY, extra_toml=holdout, name="silent")
+    run = rsi("run", str(silent), "--max-experiments", "2")
+    assert run.returncode == 0 and "warning: the [holdout] command gave no figure on the baseline" in run.stdout

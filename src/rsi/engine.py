@@ -32,7 +32,7 @@ from rsi.config import Config
 from rsi.environment import hold_kind, node_kind
 from rsi.errors import UserError
 from rsi.executor import Workers
-from rsi.experiment import RETEST, SUPERSEDED, Experimenter, OutOfBudget, broken_constraint
+from rsi.experiment import NO_VALUE, RETEST, SUPERSEDED, Experimenter, OutOfBudget, broken_constraint
 from rsi.fork import FORK_TAG, resolve
 from rsi.judge import Judge, SequentialJudge
 from rsi.knobs import literal_change
@@ -40,6 +40,7 @@ from rsi.ledger import Experiment, Ledger
 from rsi.measure import (
     CONFIRM,
     FRESH,
+    HOLDOUT,
     SCREEN,
     FunctionMeasurer,
     Measurer,
@@ -348,7 +349,14 @@ class Research:
             self._setup()
             self._baseline()
         champion = self.experimenter.champion()
+        self._holdout_silent()
         if (broken := broken_constraint(champion, self.cfg.constraints)) is not None:
+            if champion.id == 0 and broken.endswith(NO_VALUE):  # its pattern matched nothing: nothing can be kept
+                raise UserError(
+                    f"the baseline {broken.removesuffix(': ' + NO_VALUE)} (logs under "
+                    f"{self.logs / '0' if self.logs else '-'}): every candidate would be discarded for it; fix "
+                    "the constraint's pattern (or file and key) in rsi.toml"
+                )
             who = "the baseline" if champion.id == 0 else f"the champion, #{champion.id},"
             self.listener(
                 "message",
@@ -680,6 +688,20 @@ class Research:
         if noise is not None:
             smallest = f"; smallest improvement it keeps 80% of the time: {detectable:.4g}" if detectable else ""
             self.listener("message", None, f"noise sd {noise.sd:.4g} ({noise.dof} dof){smallest}")
+
+    def _holdout_silent(self) -> None:
+        """Warns when the baseline's holdout runs all gave no figure (a pattern that matches nothing): the
+        held-out check would be empty for the whole research, without a word."""
+        baseline = self.ledger.experiment(0)
+        held = [r for r in baseline.runs if r.kind == HOLDOUT] if baseline is not None else []
+        if held and all(r.metric is None for r in held):
+            why = held[-1].reason or held[-1].status or "no figure"
+            self.listener(
+                "message",
+                None,
+                f"warning: the [holdout] command gave no figure on the baseline ({why}; logs under "
+                f"{self.logs / '0' if self.logs else '-'}): there is no held-out check; fix [holdout] in rsi.toml",
+            )
 
     def _best(self) -> tuple[Experiment, str]:
         """The champion and the branch head, read together: a worker's keep may land at any moment. A champion
