@@ -126,6 +126,8 @@ def test_doctor_repairs_what_a_kill_left_and_reports_damage(make_task: MakeTask)
         assert what in fixed.stdout, (what, fixed.stdout)
     assert sleeper.wait(timeout=10) != 0
     assert git(root, "rev-parse", "rsi/d").strip() == kept
+    saved = f"refs/rsi/saved/d/{wrong[:12]}"  # the commit made on the branch is not dropped
+    assert f"kept as {saved}" in fixed.stdout and git(root, "rev-parse", saved).strip() == wrong
     clean = rsi("doctor", str(root))
     assert clean.returncode == 0 and "fixed" not in clean.stdout
     ledger = root / ".rsi" / "ledger.sqlite"
@@ -156,3 +158,29 @@ def test_interrupt_stops_cleanly_and_resumes(make_task: MakeTask, sig: signal.Si
     final = rsi("run", str(root), "--max-experiments", str(TOTAL))
     assert final.returncode == 0, final.stderr
     check_consistent(root)
+
+
+def test_commits_gone_from_the_repository_are_said_and_the_research_goes_on(make_task: MakeTask) -> None:
+    """Candidate refs deleted and the commits collected by `git gc`: doctor says so (no traceback), `rsi run`
+    discards a pending experiment whose commit is gone and goes on, and `rsi verify` of one is one line."""
+    root = make_task()
+    assert rsi("run", str(root), "--max-experiments", "4", "--tag", "g").returncode == 0
+    ledger = Ledger(root / ".rsi" / "ledger.sqlite")
+    lost = [e for e in ledger.experiments("id > 0 AND kept_commit IS NULL AND commit_sha IS NOT NULL")]
+    assert lost, "every candidate was kept: nothing to lose"
+    with ledger.transaction():  # as if killed before it was measured
+        ledger.db.execute("DELETE FROM runs WHERE experiment = ?", (lost[-1].id,))
+        ledger.update_experiment(lost[-1].id, state="proposed", verdict=None, status=None, reason="")
+    ledger.close()
+    for e in lost:
+        git(root, "update-ref", "-d", f"refs/rsi/candidates/{e.id}")
+    git(root, "reflog", "expire", "--expire=now", "--all")
+    git(root, "gc", "-q", "--prune=now")
+    doctor = rsi("doctor", str(root))
+    assert "Traceback" not in doctor.stderr and f"the commits of experiments [{lost[0].id}" in doctor.stdout
+    verify = rsi("verify", str(lost[0].id), "--dir", str(root))
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr and len(verify.stderr.splitlines()) == 1
+    again = rsi("run", str(root), "--max-experiments", "6", "--tag", "g")
+    assert again.returncode == 0, again.stderr
+    pending = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True).experiment(lost[-1].id)
+    assert pending is not None and pending.state == "done" and "its commit is gone" in pending.reason

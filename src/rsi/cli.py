@@ -699,6 +699,9 @@ def main() -> None:
     except UserError as e:  # a UserError raised outside a command's own handling
         print(f"rsi: {e}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as e:  # git failed under rsi (a repository changed behind its back)
+        print(f"rsi: {e}; `rsi doctor` checks the research", file=sys.stderr)
+        sys.exit(1)
     except sqlite3.DatabaseError as e:  # a ledger damaged on disk (a full disk, a copy cut short)
         print(f"rsi: the research's ledger cannot be read ({e}); `rsi doctor` says what is wrong", file=sys.stderr)
         sys.exit(2)

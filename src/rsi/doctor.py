@@ -112,13 +112,21 @@ class Doctor:
     def _refs(self, ledger: Ledger, repair: bool) -> None:
         recorded = {e.id: e.commit_sha for e in ledger.experiments("commit_sha IS NOT NULL AND id > 0")}
         lost = [i for i, sha in recorded.items() if sha and self.ws.ref(f"refs/rsi/candidates/{i}") != sha]
+        gone = [i for i in lost if not self.ws.has_commit(recorded[i] or "")]
+        if gone:
+            self.say(
+                "problem",
+                f"the commits of experiments {gone[:10]} are gone from the repository (their refs deleted, then a "
+                "git gc): their records stay; `rsi run` discards those not yet measured",
+            )
+            lost = [i for i in lost if i not in gone]
         if lost and repair:
             for i in lost:
                 self.ws.set_ref(f"refs/rsi/candidates/{i}", recorded[i] or "")
             self.say("fixed", f"candidate refs restored for experiments {lost[:10]}")
         elif lost:
             self.say("problem", f"candidate refs missing for experiments {lost[:10]}")
-        else:
+        elif not gone:
             self.say("ok", f"candidates: all {len(recorded)} reachable under refs/rsi/candidates/")
 
     def _branch(self, ledger: Ledger, repair: bool) -> None:
@@ -133,10 +141,11 @@ class Doctor:
         elif have == want:
             self.say("ok", f"branch rsi/{tag}: at the last keep (or its revert) {want[:10]}")
         elif repair:
-            self.ws.set_branch(tag, want)
+            saved = self.ws.restore_branch(tag, want)
+            kept = f"; the commit it held is kept as {saved}" if saved else ""
             self.say(
                 "fixed",
-                f"branch rsi/{tag}: moved from {(have or 'nothing')[:10]} to where the ledger says, {want[:10]}",
+                f"branch rsi/{tag}: moved from {(have or 'nothing')[:10]} to where the ledger says, {want[:10]}" + kept,
             )
         else:
             self.say("problem", f"branch rsi/{tag} is at {(have or 'nothing')[:10]}, the ledger says {want[:10]}")

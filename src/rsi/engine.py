@@ -286,9 +286,24 @@ class Research:
                 self.ledger.update_experiment(e.id, state="proposed")
         self.store.recover()
         for e in self.ledger.experiments("commit_sha IS NOT NULL AND id > 0"):
-            if e.commit_sha:
-                self.store.ensure_candidate(e.id, e.commit_sha)
-        self.store.set_branch(self.tag, self.experimenter.branch_head())
+            if e.commit_sha and not self.store.ensure_candidate(e.id, e.commit_sha) and e.state != "done":
+                with self.ledger.transaction():  # (its refs deleted, then a `git gc`): nothing left to measure
+                    self.ledger.update_experiment(
+                        e.id,
+                        state="done",
+                        verdict="discard",
+                        reason="its commit is gone from the repository (deleted refs, then a git gc): not measured",
+                    )
+        if isinstance(self.store, Workspace):
+            if saved := self.store.restore_branch(self.tag, self.experimenter.branch_head()):
+                self.listener(
+                    "message",
+                    None,
+                    f"branch rsi/{self.tag} held a commit the research did not make: kept as {saved}, and the "
+                    "branch put back where the research left it",
+                )
+        else:
+            self.store.set_branch(self.tag, self.experimenter.branch_head())
 
     def champion_files(self, commit: str) -> dict[str, str]:
         """The editable files at the champion's commit (cached: they change only on a keep)."""

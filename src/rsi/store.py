@@ -44,7 +44,9 @@ class Store(Protocol):
         """The candidate's change replayed on `onto`, which descends from its parent (None: it cannot be)."""
         ...
 
-    def ensure_candidate(self, exp_id: int, sha: str) -> None: ...
+    def ensure_candidate(self, exp_id: int, sha: str) -> bool:
+        """The candidate's commit kept reachable; False when it is gone."""
+        ...
 
     def keep(self, candidate: str, parent: str, message: str) -> str:
         """The commit that records a keep on the research branch."""
@@ -110,8 +112,8 @@ class MemoryStore:
             return None
         return self._put({**self.snapshots[onto], **changed}, onto, message)
 
-    def ensure_candidate(self, exp_id: int, sha: str) -> None:
-        return None
+    def ensure_candidate(self, exp_id: int, sha: str) -> bool:
+        return sha in self.snapshots
 
     def keep(self, candidate: str, parent: str, message: str) -> str:
         return self._put(dict(self.snapshots[candidate]), parent, message)

@@ -186,9 +186,13 @@ class Workspace:
         return self.candidate(exp_id, onto, edits, message) if edits else None
 
     @_serialized
-    def ensure_candidate(self, exp_id: int, sha: str) -> None:
+    def ensure_candidate(self, exp_id: int, sha: str) -> bool:
+        """Points the candidate's ref at its commit; False when the commit is gone from the repository."""
         if self.ref(f"refs/rsi/candidates/{exp_id}") != sha:
+            if not self.has_commit(sha):
+                return False
             self.set_ref(f"refs/rsi/candidates/{exp_id}", sha)
+        return True
 
     @_serialized
     def keep(self, candidate: str, parent: str, message: str) -> str:
@@ -197,6 +201,28 @@ class Workspace:
     @_serialized
     def set_branch(self, tag: str, sha: str) -> None:
         self.set_ref(f"refs/heads/rsi/{tag}", sha)
+
+    @_serialized
+    def restore_branch(self, tag: str, sha: str) -> str | None:
+        """Puts the research branch back at `sha` (where the ledger says it is). A commit it pointed at that is
+        not in `sha`'s history (someone committed on the branch) is kept under a ref of its own, whose name is
+        returned, and not dropped."""
+        have = self.ref(f"refs/heads/rsi/{tag}")
+        if have == sha:
+            return None
+        saved = None
+        if have is not None and not self._ancestor(have, sha):
+            saved = f"refs/rsi/saved/{tag}/{have[:12]}"
+            self.set_ref(saved, have)
+        self.set_ref(f"refs/heads/rsi/{tag}", sha)
+        return saved
+
+    def _ancestor(self, older: str, newer: str) -> bool:
+        try:
+            self.git("merge-base", "--is-ancestor", older, newer)
+        except RuntimeError:
+            return False
+        return True
 
     def checkout(self, name: str, commit: str) -> Path:
         return self.add_worktree(name, commit)
@@ -269,6 +295,10 @@ class Workspace:
     @_serialized
     def set_ref(self, ref: str, sha: str) -> None:
         self.git("update-ref", ref, sha)
+
+    def has_commit(self, sha: str) -> bool:
+        """Whether the repository holds the commit (a `git gc` after its refs were deleted removes it)."""
+        return self.ref(f"{sha}^{{commit}}") is not None
 
     def ref(self, ref: str) -> str | None:
         try:
