@@ -70,6 +70,7 @@ def _line(text: str, name: str) -> str:
         ("BASELINE_REPEATS = True\n", "BASELINE_REPEATS must be int"),
         ("def (:\n", "SyntaxError"),
         ("import nonexistent_module_of_rsi\n", "ModuleNotFoundError"),
+        ("SCOUT = 5\n", "SCOUT is no setting of a research program; did you mean SCOUTS?"),
     ],
 )
 def test_a_bad_program_is_one_line_and_exit_2(make_task: MakeTask, text: str, words: str) -> None:

@@ -1,13 +1,15 @@
 """The research program: the values that decide how rsi researches (programs/default.py), read from a file.
 
 A program is a Python module of plain assignments, so the knobs proposer can tune it and an LLM can edit it
-(`rsi meta`). It is run in a fresh namespace and only its known upper-case names are read; anything else in
-it is ignored, a wrong type or range is one line naming the name.
+(`rsi meta`). It is run in a fresh namespace and only its known upper-case names are read; other names are
+ignored, except an upper-case one close to a known one (a typo: `SCOUT` for `SCOUTS`), which is one line, as is a
+wrong type or range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,10 @@ def parse_program(text: str, where: str = "the program") -> Program:
         exec(code, namespace)  # a program is Python by design, like a config written in code
     except Exception as e:  # a program that does not run is the user's mistake: one line
         raise UserError(f"{path.name}: {type(e).__name__}: {e}") from None
+    known = {field.name.upper() for field in dataclasses.fields(Program)}
+    for name in sorted(namespace):
+        if name.isupper() and name not in known and (near := difflib.get_close_matches(name, known, n=1, cutoff=0.8)):
+            raise UserError(f"{path.name}: {name} is no setting of a research program; did you mean {near[0]}?")
     values: dict[str, Any] = {}
     for field in dataclasses.fields(Program):
         name = field.name.upper()
