@@ -352,3 +352,14 @@ def test_a_ledger_damaged_on_disk_is_one_line_pointing_at_doctor(make_task: Make
         assert p.returncode == 2 and "Traceback" not in p.stderr, (args, p.stderr)
         assert "ledger cannot be read" in p.stderr and "rsi doctor" in p.stderr and len(p.stderr.splitlines()) == 1
     assert "PROBLEM ledger" in rsi("doctor", str(root)).stdout
+
+
+def test_a_refused_run_leaves_the_lock_clean(make_task: MakeTask) -> None:
+    """A run refused after it took the task's lock (another tag, a changed rsi.toml) releases it as a clean stop
+    does: the next command does not report a dead holder."""
+    root = make_task()
+    assert rsi("run", str(root), "--max-experiments", "1", "--tag", "a").returncode == 0
+    refused = rsi("run", str(root), "--max-experiments", "2", "--tag", "b")
+    assert refused.returncode == 2 and "rsi/a" in refused.stderr
+    again = rsi("run", str(root), "--max-experiments", "2")
+    assert again.returncode == 0 and "no longer running" not in again.stdout + again.stderr, again.stdout

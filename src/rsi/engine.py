@@ -152,6 +152,19 @@ class Research:
         self.listener = listener
         self.judge = judge or default_judge(cfg)
         self.store.open()
+        try:
+            self._open(tag, proposer_factory, measurer)
+        except BaseException:  # refused (another tag, a changed rsi.toml): the lock is left clean
+            self.store.close()
+            raise
+
+    def _open(
+        self,
+        tag: str | None,
+        proposer_factory: Callable[[Store, str], Proposer],
+        measurer: MeasurerFactory | None,
+    ) -> None:
+        cfg = self.cfg
         state = self.store.state
         self.logs = state / "logs" if state else None
         self.ledger = Ledger(state / "ledger.sqlite" if state else Path(":memory:"))
