@@ -470,11 +470,16 @@ def test_a_candidate_resumed_after_a_keep_landed_is_judged_against_the_champion_
     # as a cut worker leaves it: made on the start, not measured yet
     made_before = r._record(Proposal({"g.py": "b = 0.5\n"}, "b 1.0 -> 0.5"), baseline, dict(base), start)
     assert made_before.state == "proposed"
-    r.run(Limits(max_experiments=4))
+    # one more, whose knob the keep moved too: rebased, its change reads from the new champion's value
+    also = r._record(Proposal({"f.py": "a = 0.5\n"}, "a 1.0 -> 0.5"), baseline, dict(base), start)
+    r.run(Limits(max_experiments=6))
+    again = r.ledger.experiments("hypothesis LIKE ?", (f"% (rebased from #{also.id} onto %",))
+    assert again and again[0].hypothesis.startswith("a 0.0 -> 0.5 (rebased from"), again
     judged = r.ledger.experiment(made_before.id)
     assert judged is not None and judged.reason.startswith("superseded:") and "it beat #0" in judged.reason
-    rebased = r.ledger.experiment(made_before.id + 1)
-    assert rebased is not None and rebased.verdict == "keep" and rebased.parent_commit != start
+    [rebased] = r.ledger.experiments("hypothesis LIKE ?", (f"% (rebased from #{made_before.id} onto %",))
+    assert rebased.verdict == "keep" and rebased.parent_commit != start
+    assert rebased.hypothesis == f"b 1.0 -> 0.5 (rebased from #{made_before.id} onto #1)"  # as it reads there
     assert r.store.snapshot(rebased.kept_commit or "") == {"f.py": "a = 0.0\n", "g.py": "b = 0.5\n"}  # type: ignore[attr-defined]
 
 

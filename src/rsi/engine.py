@@ -526,7 +526,10 @@ class Research:
             sha = self.store.rebase(exp_id, exp.commit_sha, head, f"rsi candidate {exp_id}: {hypothesis}")
             files = self.champion_files(head)
             after = editable_files(self.store, sha, self.cfg) if sha else {}
-            diff = unified_diff(files, {p: t for p, t in after.items() if files.get(p) != t})
+            edits = {p: t for p, t in after.items() if files.get(p) != t}
+            diff = unified_diff(files, edits)
+            if told := literal_change(files, {**files, **edits}):  # as it reads on the new best: its "from"s
+                hypothesis = f"{told} (rebased from #{exp.id} onto #{champion.id})"
             reason = "" if sha else "its change cannot be replayed as text on the new best (a deleted or binary file)"
             rebased = self._add(exp_id, exp.id, head, sha, exp.proposer, hypothesis, exp.params, diff, reason)
         return None if reason else rebased
