@@ -23,7 +23,7 @@ from rsi.engine import Limits, Research
 from rsi.errors import UserError
 from rsi.ledger import Ledger
 from rsi.proposer import Context, Proposal
-from rsi.slots import plan
+from rsi.slots import plan, visible_gpus
 
 
 def test_plan_deals_cores_in_blocks_and_one_experiment_per_gpu() -> None:
@@ -147,6 +147,7 @@ def test_each_run_gets_its_slot_cores_threads_and_gpu(make_task: MakeTask) -> No
     cores = sorted(os.sched_getaffinity(0))
     done = rsi("run", str(root), "--max-experiments", "4", "--gpus", "0,1", "--tag", "g")
     assert done.returncode == 0, done.stderr
+    assert ("but this machine shows no GPU device" in done.stdout) == (not visible_gpus()), done.stdout
     ledger = Ledger(root / ".rsi" / "ledger.sqlite", readonly=True)
     rows = ledger.db.execute("SELECT env, stdout_tail FROM runs WHERE kind != 'holdout'").fetchall()
     assert len(rows) >= 6

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from rsi.errors import UserError
 
@@ -84,6 +85,12 @@ def plan(
             f"warning: {workers} workers x {per} cores is more than the {len(cores)} cores here: experiments share "
             "cores, so a wall-clock budget buys each of them less work than alone"
         )
+    if gpus and not visible_gpus():
+        gpu_note = (
+            f"warning: --gpus {','.join(map(str, gpus))}, but this machine shows no GPU device (/dev/nvidia*, "
+            "/dev/kfd): runs are given CUDA_VISIBLE_DEVICES all the same, and will find no GPU"
+        )
+        note = f"{note}\n{gpu_note}" if note else gpu_note
     slots = []
     for i in range(workers):
         mine = tuple(sorted({cores[(i * per + j) % len(cores)] for j in range(per)}))
@@ -109,3 +116,9 @@ def using(slot: Slot) -> Iterator[None]:
 def current() -> Slot | None:
     slot: Slot | None = getattr(_current, "slot", None)
     return slot
+
+
+def visible_gpus() -> bool:
+    """Whether the machine shows a GPU device node: NVIDIA's or AMD's (ROCm)."""
+    dev = Path("/dev")
+    return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists()
