@@ -511,8 +511,8 @@ def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds_and_is_told
     r.run(Limits(max_experiments=3))
     assert [e.verdict for e in r.ledger.experiments()] == ["baseline", "keep", "discard"]
     # `rsi retest 2` twice, with no research running: both wait for the next `rsi run`
-    for _ in range(2):
-        assert rsi("retest", "2", str(root), "--repeats", "3").returncode == 0
+    for number in ("2", "#2"):  # as verify and fork take it
+        assert rsi("retest", number, str(root), "--repeats", "3").returncode == 0
     assert json.loads(rsi("status", str(root), "--json").stdout)["retests_waiting"] == [{"id": 2, "repeats": 3}] * 2
     assert "retests waiting: #2 (up to 3 runs), #2 (up to 3 runs)" in rsi("status", str(root)).stdout
     r.ledger.close()

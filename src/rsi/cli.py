@@ -529,20 +529,23 @@ def fork(
 
 @app.command()
 def retest(
-    experiment: Annotated[int, typer.Argument(help="the experiment whose change to measure again")],
+    experiment: Annotated[str, typer.Argument(help="the experiment (12 or #12) whose change to measure again")],
     directory: DirArg = Path("."),
     repeats: Annotated[int, typer.Option(min=1, max=100, help="screening runs it may get")] = 16,
 ) -> None:
     """Measure an experiment's change again, on the current champion: next in line for a running `rsi run`
     (or the next one started), judged with up to --repeats screening runs."""
+    digits = experiment.strip().removeprefix("#")
+    if not digits.isdigit():
+        fail(f"{experiment!r} is not an experiment number (12 or #12)")
     ledger = _steer(directory)
-    exp = ledger.experiment(experiment)
+    exp = ledger.experiment(int(digits))
     if exp is None:
-        fail(f"there is no experiment #{experiment} in this research")
+        fail(f"there is no experiment #{digits} in this research")
     if exp.id == 0 or exp.verdict == "keep":
-        fail(f"#{experiment} is in the champion already: `rsi verify` re-measures it, `rsi ablate` what it adds now")
+        fail(f"#{exp.id} is in the champion already: `rsi verify` re-measures it, `rsi ablate` what it adds now")
     if exp.commit_sha is None:
-        fail(f"#{experiment} was rejected before it ran ({exp.reason}): it has no change to measure")
+        fail(f"#{exp.id} was rejected before it ran ({exp.reason}): it has no change to measure")
     with ledger.transaction():
         queue = [*(ledger.get_json("retests") or []), {"id": exp.id, "repeats": repeats}]
         ledger.set("retests", json.dumps(queue))
