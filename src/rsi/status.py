@@ -51,7 +51,7 @@ def experiment_json(e: Experiment, flag: str | None = None) -> dict[str, Any]:
     return {
         "id": e.id,
         "status": experiment_status(e),
-        "verdict": "baseline" if e.id == 0 else (e.verdict or "pending"),
+        "verdict": ("baseline" if e.state == "done" else "pending") if e.id == 0 else (e.verdict or "pending"),
         "metric": e.mean(),
         "runs": e.metrics(),
         "seeds": [r.seed for r in select],
