@@ -209,6 +209,10 @@ def test_init_writes_a_valid_config(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already exists" in again.stderr
     assert rsi("init", str(tmp_path), "--force").returncode == 0
     assert rsi("init", str(tmp_path), "--from", "nanogpt", "--force").returncode == 2
+    bare = tmp_path / "bare"  # no script: the names written are placeholders, and init says so
+    bare.mkdir()
+    empty = rsi("init", str(bare))
+    assert empty.returncode == 0 and "main.py, which does not exist" in empty.stdout, empty.stdout
 
 
 def test_init_then_run_on_a_fresh_repository(tmp_path: Path) -> None:

@@ -107,6 +107,12 @@ def init(
         "commit has it), then `rsi run`",
         highlight=False,
     )
+    if not any(directory.glob("*.py")) and from_layout is None:
+        out.print(
+            "note: no Python script here, so editable and command name main.py, which does not exist: write them "
+            "for your files",
+            highlight=False,
+        )
     try:
         Workspace(directory).check_repository()
     except UserError as e:  # not an error yet: the user may init git next; `rsi run` refuses until then
