@@ -19,6 +19,7 @@ import glob
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -54,6 +55,7 @@ from rsi.store import MemoryStore, Store
 from rsi.workspace import Workspace, matches
 
 SETUP_TIMEOUT = 3600.0
+MAX_HIDDEN = 2000  # held-out paths a glob may name: each is a mount in a run's sandbox
 MAX_INTERRUPTS = 5  # runs of one experiment cut short in a row before it counts as a crash, not a kill
 BUSY_REPEAT_S = 600.0  # the warning about contended runs is given again at most this often
 
@@ -276,16 +278,31 @@ class Research:
 
     def _check_holdout_data(self) -> None:
         """Each `[holdout] data` entry names something (a typo would hide nothing from candidates), at every
-        start: it may change between two `rsi run`s."""
-        head = self.store.head() if isinstance(self.store, Workspace) else ""
-        for raw in self.cfg.holdout.data if self.cfg.holdout else []:
-            if Path(raw).is_absolute():
-                if not (glob.glob(raw, recursive=True) if any(c in raw for c in "*?[") else Path(raw).exists()):
-                    raise UserError(f"holdout.data: {raw!r} matches nothing on this machine")
-            elif head and not self.store.files(head, [raw.rstrip("/"), raw.rstrip("/") + "/*"]):
+        start (it may change between two `rsi run`s), in the commit the research started from (the user's
+        checkout may be elsewhere); and not so many paths that a run's sandbox could not be built."""
+        if self.cfg.holdout is None or not isinstance(self.store, Workspace):
+            return
+        commit = self.ledger.get("start_commit") or self.store.head()
+        for entry in self.cfg.holdout.data:
+            if Path(entry).is_absolute():
+                if self.cfg.executor.kind == "ray":  # (the nodes have their own files; runs there are not boxed)
+                    continue
+                found = glob.glob(entry, recursive=True) if any(c in entry for c in "*?[") else [entry]
+                if not any(Path(f).exists() for f in found):
+                    raise UserError(f"holdout.data: {entry!r} matches nothing on this machine")
+                continue
+            raw = os.path.normpath(entry)
+            paths = self.store.files(commit, [raw, raw + "/*"])
+            if not paths:
                 raise UserError(
-                    f"holdout.data: {raw!r} matches no committed file (candidates see what is committed; held-out "
+                    f"holdout.data: {entry!r} matches no committed file (candidates see what is committed; held-out "
                     "data that is not needs no hiding)"
+                )
+            hidden = {_first_match(path, raw) for path in paths}  # a matched folder is hidden whole
+            if len(hidden) > MAX_HIDDEN:
+                raise UserError(
+                    f"holdout.data: {entry!r} matches {len(hidden)} paths, too many to hide one by one; name the "
+                    "folder that holds them"
                 )
 
     def _recover(self) -> None:
@@ -935,6 +952,12 @@ def refuse_changed_measure(ledger: Ledger, cfg: Config) -> None:
             "compare with those recorded; put it back, or research the change apart (`rsi fork`, or a clone of "
             "the repository)"
         )
+
+
+def _first_match(path: str, pattern: str) -> str:
+    """The shortest leading part of a committed path that an rsi.toml glob matches (the path, if none does)."""
+    parts = path.split("/")
+    return next((p for i in range(1, len(parts) + 1) if matches(p := "/".join(parts[:i]), [pattern])), path)
 
 
 def editable_files(store: Store, commit: str, cfg: Config) -> dict[str, str]:

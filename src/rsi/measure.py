@@ -153,7 +153,8 @@ class SubprocessMeasurer:
         inside: list[str] = []
         outside: list[str] = []
         if kind != HOLDOUT and self.cfg.holdout is not None:
-            for raw in self.cfg.holdout.data:
+            for entry in self.cfg.holdout.data:
+                raw = entry if Path(entry).is_absolute() else os.path.normpath(entry)  # ./data/x as data/x
                 if not _is_glob(raw):
                     (outside if Path(raw).is_absolute() else inside).append(raw)
                 elif Path(raw).is_absolute():
@@ -313,10 +314,12 @@ def _is_glob(path: str) -> bool:
 
 
 def _matching(wt: Path, pattern: str) -> list[str]:
-    """The worktree's paths (files and folders, .git's aside) that an rsi.toml glob matches."""
+    """The worktree's paths (files and folders, .git's aside) that an rsi.toml glob matches; a matched folder is
+    hidden whole, so nothing under it is listed again."""
     found = []
     for folder, dirs, files in os.walk(wt):
-        dirs[:] = [d for d in dirs if d != ".git"]
         here = Path(folder).relative_to(wt)
-        found += [str(here / name) for name in [*dirs, *files] if matches(str(here / name), [pattern])]
+        hidden = {d for d in dirs if matches(str(here / d), [pattern])}
+        dirs[:] = [d for d in dirs if d != ".git" and d not in hidden]
+        found += [str(here / d) for d in hidden] + [str(here / f) for f in files if matches(str(here / f), [pattern])]
     return sorted(found)
