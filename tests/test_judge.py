@@ -432,6 +432,7 @@ def test_a_champion_a_revert_put_back_is_reverted_in_turn_when_it_stops_holding(
     _, first, second = r.ledger.experiments()
     assert first.verdict == "keep" and second.reverted and second.revert_commit is not None
     assert r.experimenter.champion().id == first.id and store.branches[r.tag] == second.revert_commit
+    assert r.ledger.restored_by(second.revert_commit) == first.id  # what a candidate made on it is judged against
     worse[first_gain] = 2.0  # the first keep's runs from now on: worse than the baseline it replaced
     for _ in range(4):
         r.experimenter._remeasure(r.experimenter.champion())
@@ -441,6 +442,8 @@ def test_a_champion_a_revert_put_back_is_reverted_in_turn_when_it_stops_holding(
     assert first.verdict == "discard" and first.reverted and sha is not None and "against #0" in first.reason
     assert store.parents[sha] == second.revert_commit and store.snapshot(sha) == {"f.py": base}
     assert r.ledger.branch_head() == sha and store.branches[r.tag] == sha
+    assert r.ledger.restored_by(sha) == 0 and r.ledger.restored_by(second.revert_commit) == first.id
+    assert r.ledger.restored_by(first.kept_commit or "") is None
     proposer.texts.append(later)
     r.run(Limits(max_experiments=4))
     last = r.ledger.experiment(3)

@@ -153,3 +153,21 @@ def test_the_cache_of_an_in_memory_ledger_is_shared_by_its_threads() -> None:
     seen = ledger.experiment(1)
     assert seen is not None and [r.metric for r in seen.runs] == [5.0]
     assert dict(ledger.select_metrics()) == {1: [5.0]}
+
+
+def test_moves_an_older_rsi_recorded_after_the_upgrade_are_the_newest(tmp_path: Path) -> None:
+    """An older rsi still running when a newer one upgraded the ledger records keeps without a move number:
+    they are the branch's newest moves, and numbered before the next one."""
+    ledger = Ledger(tmp_path / "l.sqlite")
+    for i, sha in ((1, "a" * 40), (2, "b" * 40)):  # this rsi's keep, numbered; then the older rsi's
+        with ledger.transaction():
+            ledger.add_experiment(
+                exp_id=i, parent=0, parent_commit=None, commit_sha=sha, proposer="p", hypothesis="h", params={}, diff=""
+            )
+            moved = {"moved": ledger.next_move()} if i == 1 else {}
+            ledger.update_experiment(i, state="done", verdict="keep", kept_commit=sha, **moved)
+    assert ledger.branch_head() == "b" * 40
+    with ledger.transaction():
+        move = ledger.next_move()
+    first, second = (r[0] for r in ledger.db.execute("SELECT moved FROM experiments WHERE id IN (1, 2) ORDER BY id"))
+    assert first < second < move and ledger.branch_head() == "b" * 40

@@ -406,12 +406,32 @@ class Ledger:
         row = self.db.execute(
             "SELECT COALESCE(revert_commit, kept_commit) FROM experiments WHERE"
             " (verdict = 'keep' AND kept_commit IS NOT NULL) OR revert_commit IS NOT NULL"
-            " ORDER BY moved DESC, id DESC LIMIT 1"
+            " ORDER BY moved IS NULL DESC, moved DESC, id DESC LIMIT 1"
         ).fetchone()
         return str(row[0]) if row else None
 
+    def restored_by(self, revert_commit: str) -> int | None:
+        """The experiment a revert commit put back as champion (0: the baseline), or None when the commit is no
+        revert: the last experiment before the reverted one that was a keep when the revert was made (a keep
+        then, or one reverted by a later move)."""
+        row = self.db.execute("SELECT id, moved FROM experiments WHERE revert_commit = ?", (revert_commit,)).fetchone()
+        if row is None:
+            return None
+        prior = self.db.execute(
+            "SELECT MAX(id) FROM experiments WHERE id > 0 AND id < ? AND kept_commit IS NOT NULL"
+            " AND (verdict = 'keep' OR (revert_commit IS NOT NULL AND moved > ?))",
+            (row[0], row[1] if row[1] is not None else -1),
+        ).fetchone()[0]
+        return int(prior) if prior is not None else 0
+
     def next_move(self) -> int:
-        """The number of the branch's next move (`moved`), taken in the transaction that records it."""
+        """The number of the branch's next move (`moved`), taken in the transaction that records it. Moves an
+        older rsi recorded after this ledger was upgraded (no number: they are the newest, in id order) are
+        numbered first."""
+        self.db.execute(
+            "UPDATE experiments SET moved = (SELECT COALESCE(MAX(moved), 0) FROM experiments) + id"
+            " WHERE moved IS NULL AND (kept_commit IS NOT NULL OR revert_commit IS NOT NULL)"
+        )
         return int(self.db.execute("SELECT COALESCE(MAX(moved), 0) + 1 FROM experiments").fetchone()[0])
 
     def experiment(self, exp_id: int) -> Experiment | None:
