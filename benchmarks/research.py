@@ -552,6 +552,8 @@ def reading(repeats: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any
                 behind.append(f"{name} vs {other} ({z:+.1f} SE)")
     if len(repeats) < READ_REPEATS:
         return {"met": False, "why": f"{len(repeats)} repeats; the reading needs {READ_REPEATS}", "pairs": pairs}
+    if len(pairs) < 2 * len(methods):  # a comparison without figures (rsi's, or another's) decides nothing
+        return {"met": False, "why": "some method gave no held-out gain or gap in two repeats or more", "pairs": pairs}
     why = "rsi is behind on " + ", ".join(behind) if behind else "no other method is ahead by 2 SE"
     return {"met": not behind, "why": why, "pairs": pairs}
 
@@ -688,8 +690,11 @@ def main() -> None:
             ap.error(f"--add {path}: no JSON line of benchmarks/research.py in it")
         earlier = json.loads(lines[-1])
         them = earlier.get("settings", {})
-        if them.get("minutes_per_method") != minutes:
-            ap.error(f"--add {path}: its minutes per method differ from this run's")
+        ours = {"minutes_per_method": minutes, "holdout_seeds": seeds}
+        if "tinygpt" in examples:
+            ours["tinygpt_train_budget"] = train_budget
+        if differ := [k for k, v in ours.items() if them.get(k) != v]:
+            ap.error(f"--add {path}: its settings differ from this run's ({', '.join(differ)})")
         seeds_there = them.get("seeds") or list(range(them.get("seed", 0), them.get("seed", 0) + them["repeats"]))
         if set(seeds_there) & set(used):
             ap.error(f"--add {path}: it ran seeds {seeds_there}, some of them this run's or another file's")

@@ -132,7 +132,7 @@ def _ledger(ws: Workspace, cfg: Config, champion: str) -> Ledger:
         old = Ledger(path)
         mine, how = old.get("champion"), old.get("measure")
         old.close()
-        if mine != champion or (how is not None and how != measure):  # (before `measure` was kept: the champion)
+        if mine != champion or (how is not None and not _same_measure(json.loads(how), measure_meta(cfg))):
             path.replace(path.with_name(f"ablation-{(mine or 'unknown')[:10]}-{int(time.time())}.sqlite"))
     ledger = Ledger(path)
     if ledger.get("champion") is None:
@@ -141,6 +141,19 @@ def _ledger(ws: Workspace, cfg: Config, champion: str) -> Ledger:
     ledger.set("goal", cfg.metric.goal)  # the research's (checked): one an older rsi kept from another rsi.toml
     ledger.set("confidence", repr(cfg.judge.confidence))
     return ledger
+
+
+def _same_measure(was: dict[str, str], now: dict[str, str]) -> bool:
+    """Whether two records of what a run measures agree on every field both have (an rsi that added a field
+    changes nothing measured, as for `refuse_changed_measure`)."""
+    for key in set(was) & set(now):
+        if key.endswith("_spec"):
+            old, new = json.loads(was[key]), json.loads(now[key])
+            if any(old[k] != new[k] for k in set(old) & set(new)):
+                return False
+        elif was[key] != now[key]:
+            return False
+    return True
 
 
 def _variants(ws: Workspace, ledger: Ledger, kept: list[Experiment], champion: str, tag: str) -> list[int]:

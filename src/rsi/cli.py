@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -542,10 +543,10 @@ def retest(
     """Measure an experiment's change again, on the current champion: next in line for a running `rsi run`
     (or the next one started), judged with up to --repeats screening runs."""
     digits = experiment.strip().removeprefix("#")
-    if not digits.isdigit():
+    if not re.fullmatch(r"[0-9]+", digits):  # (ASCII digits: int() reads others too)
         fail(f"{experiment!r} is not an experiment number (12 or #12)")
     ledger = _steer(directory)
-    exp = ledger.experiment(int(digits))
+    exp = ledger.experiment(int(digits)) if len(digits) <= 18 else None
     if exp is None:
         fail(f"there is no experiment #{digits} in this research")
     if exp.id == 0 or exp.verdict == "keep":
@@ -709,9 +710,13 @@ def main() -> None:
         print(f"rsi: {e}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as e:  # git failed under rsi (a repository changed behind its back)
+        if not str(e).startswith(("git ", "cannot read ")):  # (a bug's RuntimeError keeps its traceback)
+            raise
         print(f"rsi: {e}; `rsi doctor` checks the research", file=sys.stderr)
         sys.exit(1)
     except sqlite3.DatabaseError as e:  # a ledger damaged on disk (a full disk, a copy cut short)
+        if isinstance(e, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+            raise
         print(f"rsi: the research's ledger cannot be read ({e}); `rsi doctor` says what is wrong", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # before a command had set up its own handling

@@ -249,6 +249,7 @@ class Research:
             self.ledger.update_experiment(0, commit_sha=head)
             self.ledger.restart_baseline()  # runs it made before a kill measured the old commit
             self.ledger.set("setup_done", "0")  # the fix may be in what [task] setup runs
+        self.store.set_branch(tag, head)  # the research's own move: not a commit to keep aside (_recover)
         what = "gave no metric" if baseline.state == "done" else "was not finished"
         self.listener(
             "message",
@@ -533,6 +534,8 @@ class Research:
         """A new experiment holding `exp`'s change on the current best, child of `exp` (rejected when the change
         cannot be replayed). None when the experiment budget is spent."""
         assert exp.commit_sha is not None
+        if not self.store.ensure_candidate(exp.id, exp.commit_sha):  # gone from the repository: nothing to replay
+            return None
         with self.experimenter.lock:
             if self._spent():
                 return None
@@ -565,8 +568,8 @@ class Research:
             repeats = int(queue[0]["repeats"])
             exp_id = self.ledger.next_id()
             head, champion = self.experimenter.branch_head(), self.experimenter.champion()
-            if asked is None or asked.commit_sha is None:
-                with self.ledger.transaction():
+            if asked is None or asked.commit_sha is None or not self.store.ensure_candidate(asked.id, asked.commit_sha):
+                with self.ledger.transaction():  # (a commit gone from the repository cannot be measured again)
                     self._dequeue_retest()
                 return None
             original = re.sub(r" \((rebased from|retest of) #\d+.*\)$", "", asked.hypothesis)

@@ -84,8 +84,9 @@ def fork(root: Path, start: str, tag: str, dest: Path | None = None) -> tuple[Pa
 def resolve(ws: Workspace, research: Ledger | None, start: str) -> str:
     """A commit from an experiment number (`12` or `#12`: its kept commit, else its candidate commit) or
     anything git reads as a commit (a hash, a branch, `rsi/<tag>~2`)."""
-    number = re.fullmatch(r"#?(\d+)", start.strip())
-    exp = research.experiment(int(number.group(1))) if research is not None and number else None
+    number = re.fullmatch(r"#?([0-9]+)", start.strip())  # (ASCII digits: int() reads others too)
+    known = research is not None and number is not None and len(number.group(1)) <= 18
+    exp = research.experiment(int(number.group(1))) if known and research is not None and number else None
     if exp is not None:
         commit = exp.kept_commit or exp.commit_sha
         if commit is None:

@@ -160,6 +160,7 @@ class _Cache:
         self.version = -1  # SQLite's data_version when it was filled
         self.by_id: dict[int, Experiment] = {}
         self.metrics: dict[int, list[float]] | None = None  # select_metrics()
+        self.reverted: set[int] = set()  # ... and the experiments it leaves out
         self.seeded: dict[str, dict[int, dict[int, float]]] | None = None  # replication_pairs()
 
     def clear(self) -> None:
@@ -512,6 +513,8 @@ class Ledger:
         cache = self._cache()
         if cache.metrics is None:
             cache.metrics = {}
+            reverted = self.db.execute("SELECT id FROM experiments WHERE revert_commit IS NOT NULL")
+            cache.reverted = {int(r[0]) for r in reverted}
             rows = self.db.execute(
                 "SELECT experiment, metric FROM runs WHERE state = 'done' AND status = 'ok' AND metric IS NOT NULL"
                 " AND kind IN ('screen', 'confirm', 'fresh')"
@@ -578,7 +581,13 @@ class Ledger:
         if exp is not None:
             exp.interrupts = 0
             bisect.insort(exp.runs, run, key=lambda r: r.id)
-        if cache.metrics is not None and run.kind in SELECT_KINDS and run.status == "ok" and run.metric is not None:
+        if (
+            cache.metrics is not None
+            and run.kind in SELECT_KINDS
+            and run.status == "ok"
+            and run.metric is not None
+            and run.experiment not in cache.reverted
+        ):
             cache.metrics.setdefault(run.experiment, []).append(float(run.metric))
         if cache.seeded is not None and run.kind in cache.seeded and run.status == "ok" and run.metric is not None:
             _seeded(cache.seeded, run.kind, run.experiment, run.seed, float(run.metric))
