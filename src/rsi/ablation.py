@@ -36,7 +36,7 @@ from pathlib import Path
 from scipy import stats
 
 from rsi.config import Config
-from rsi.engine import measure_meta, refuse_changed_measure
+from rsi.engine import measure_differences, measure_meta, refuse_changed_measure
 from rsi.errors import UserError
 from rsi.judge import pooled_noise
 from rsi.ledger import Experiment, Ledger
@@ -127,33 +127,20 @@ def _ledger(ws: Workspace, cfg: Config, champion: str) -> Ledger:
     """The ablation ledger of this champion, measured as rsi.toml measures now: resumed if it is that, else
     a new one (the older one is kept beside it, renamed after its champion's commit and the time)."""
     path = ws.state / FILE
-    measure = json.dumps(measure_meta(cfg), sort_keys=True)
+    now = measure_meta(cfg)
     if path.exists():
         old = Ledger(path)
         mine, how = old.get("champion"), old.get("measure")
         old.close()
-        if mine != champion or (how is not None and not _same_measure(json.loads(how), measure_meta(cfg))):
+        if mine != champion or (how is not None and measure_differences(json.loads(how), now)):
             path.replace(path.with_name(f"ablation-{(mine or 'unknown')[:10]}-{int(time.time())}.sqlite"))
     ledger = Ledger(path)
     if ledger.get("champion") is None:
         ledger.set("champion", champion)
-        ledger.set("measure", measure)
+        ledger.set("measure", json.dumps(now, sort_keys=True))
     ledger.set("goal", cfg.metric.goal)  # the research's (checked): one an older rsi kept from another rsi.toml
     ledger.set("confidence", repr(cfg.judge.confidence))
     return ledger
-
-
-def _same_measure(was: dict[str, str], now: dict[str, str]) -> bool:
-    """Whether two records of what a run measures agree on every field both have (an rsi that added a field
-    changes nothing measured, as for `refuse_changed_measure`)."""
-    for key in set(was) & set(now):
-        if key.endswith("_spec"):
-            old, new = json.loads(was[key]), json.loads(now[key])
-            if any(old[k] != new[k] for k in set(old) & set(new)):
-                return False
-        elif was[key] != now[key]:
-            return False
-    return True
 
 
 def _variants(ws: Workspace, ledger: Ledger, kept: list[Experiment], champion: str, tag: str) -> list[int]:

@@ -52,7 +52,7 @@ from rsi.proposer import Context, Proposal, Proposer
 from rsi.runner import BUSY, kill_orphan
 from rsi.slots import Slot, plan
 from rsi.store import MemoryStore, Store
-from rsi.workspace import Workspace, matches
+from rsi.workspace import Workspace, is_glob, matches
 
 SETUP_TIMEOUT = 3600.0
 MAX_HIDDEN = 2000  # held-out paths a glob may name: each is a mount in a run's sandbox
@@ -288,7 +288,7 @@ class Research:
             if Path(entry).is_absolute():
                 if self.cfg.executor.kind == "ray":  # (the nodes have their own files; runs there are not boxed)
                     continue
-                found = glob.glob(entry, recursive=True) if any(c in entry for c in "*?[") else [entry]
+                found = glob.glob(entry, recursive=True) if is_glob(entry) else [entry]
                 if not any(Path(f).exists() for f in found):
                     raise UserError(f"holdout.data: {entry!r} matches nothing on this machine")
                 continue
@@ -934,21 +934,26 @@ def measure_meta(cfg: Config) -> dict[str, str]:
     }
 
 
+def measure_differences(recorded: Mapping[str, str | None], now: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The fields of `measure_meta` records that differ, as (rsi.toml section, "field: old -> new"). A field one
+    side does not have (an rsi that added one), or has no value for, is no change; one both have and differ on
+    is."""
+    changes = [
+        ("[metric]", f"{k}: {recorded[k]!r} -> {now[k]!r}")
+        for k in ("goal", "metric")
+        if recorded.get(k) is not None and recorded[k] != now[k]
+    ]
+    for key, section in (("metric_spec", "[metric]"), ("task_spec", "[task]")):
+        was, new = json.loads(recorded.get(key) or "{}"), json.loads(now[key])
+        changes += [(section, f"{k}: {was[k]!r} -> {new[k]!r}") for k in sorted(new) if k in was and was[k] != new[k]]
+    return changes
+
+
 def refuse_changed_measure(ledger: Ledger, cfg: Config) -> None:
     """A UserError naming the first field of rsi.toml's [metric] or [task] that is not what the research in
     `ledger` was measured with: its figures would not compare with those recorded."""
     now = measure_meta(cfg)
-    recorded = {key: ledger.get(key) for key in now}
-    changes = [
-        ("[metric]", f"{k}: {v!r} -> {now[k]!r}")
-        for k, v in recorded.items()
-        if k in ("goal", "metric") and v is not None and v != now[k]
-    ]
-    for key, section in (("metric_spec", "[metric]"), ("task_spec", "[task]")):
-        was, new = json.loads(recorded[key] or "{}"), json.loads(now[key])
-        # a field one side does not have (an rsi that added one) is no change; one both have and differ on is
-        changes += [(section, f"{k}: {was[k]!r} -> {new[k]!r}") for k in sorted(new) if k in was and was[k] != new[k]]
-    if changes:
+    if changes := measure_differences({key: ledger.get(key) for key in now}, now):
         section, what = changes[0]
         raise UserError(
             f"rsi.toml's {section} is not the one this research was measured with ({what}): its figures would not "

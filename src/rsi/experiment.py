@@ -168,17 +168,16 @@ class Experimenter:
         made_on = exp.parent_commit
         if made_on is None or made_on in (champion.kept_commit, champion.commit_sha, self.branch_head()):
             return champion
-        found = self.ledger.experiments("verdict = 'keep' AND kept_commit = ?", (made_on,))
         restored = self.ledger.restored_by(made_on)  # made on a revert commit: the champion it put back
         if restored is not None:
-            put_back = self.ledger.experiment(restored)
-            found = [put_back] if put_back is not None and put_back.verdict in ("keep", "baseline") else []
-        if not found and made_on == self.start_commit:
-            base = self.ledger.experiment(0)
-            found = [base] if base is not None and base.valid() else []
-        if found and found[0].id == 0 and not found[0].valid():
+            made = self.ledger.experiment(restored)
+        elif kept := self.ledger.experiments("verdict = 'keep' AND kept_commit = ?", (made_on,)):
+            made = kept[0]
+        else:
+            made = self.ledger.experiment(0) if made_on == self.start_commit else None
+        if made is None or made.verdict not in ("keep", "baseline") or (made.id == 0 and not made.valid()):
             return champion
-        return found[0] if found else champion
+        return made
 
     def _retested_seeds(self, exp: Experiment) -> set[int]:
         """The screening seeds of earlier measurements of a retest's change on the same commit (the original,

@@ -28,7 +28,7 @@ from rsi.pruning import Reference, Watch
 from rsi.runner import MetricSpec, RunSpec, run, scrub_env
 from rsi.sandbox import Bare, Bubblewrap, Limits, Sandbox, View, bubblewrap_path, cgroup_available
 from rsi.store import MemoryStore
-from rsi.workspace import Workspace, hash_files, matches
+from rsi.workspace import Workspace, hash_files, is_glob, matches
 
 # screening runs of a candidate, its own replication runs, unbiased runs (the champion pool), held-out, verify
 SCREEN, CONFIRM, FRESH, HOLDOUT, VERIFY = "screen", "confirm", "fresh", "holdout", "verify"
@@ -155,7 +155,7 @@ class SubprocessMeasurer:
         if kind != HOLDOUT and self.cfg.holdout is not None:
             for entry in self.cfg.holdout.data:
                 raw = entry if Path(entry).is_absolute() else os.path.normpath(entry)  # ./data/x as data/x
-                if not _is_glob(raw):
+                if not is_glob(raw):
                     (outside if Path(raw).is_absolute() else inside).append(raw)
                 elif Path(raw).is_absolute():
                     outside += sorted(glob.glob(raw, recursive=True))
@@ -307,10 +307,6 @@ def start_time(pid: int) -> float:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return 0.0
-
-
-def _is_glob(path: str) -> bool:
-    return any(c in path for c in "*?[")
 
 
 def _matching(wt: Path, pattern: str) -> list[str]:

@@ -46,6 +46,11 @@ _GIT_ENV = {
 }
 
 
+def is_glob(pattern: str) -> bool:
+    """Whether a path from rsi.toml is a glob rather than a plain path."""
+    return any(c in pattern for c in "*?[")
+
+
 def matches(path: str, globs: Iterable[str]) -> bool:
     """A repository-relative path against `rsi.toml` globs (`*.py`, `src/**/*.py`, `train.py`)."""
     return any(
