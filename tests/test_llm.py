@@ -130,6 +130,24 @@ def test_the_cost_cap_stops_proposing(make_task: MakeTask) -> None:
     assert ledger_rows(root, "SELECT COUNT(*) FROM calls") == [(2,)]  # $0.004 each
 
 
+def test_a_call_the_time_budget_stopped_waiting_for_stays_on_record(make_task: MakeTask) -> None:
+    """The model still thinking when the time budget runs out: the research stops on time, and the call is in
+    the ledger and in `rsi status` as one with no answer (what it cost is unknown), not missing."""
+    slow = Step(text=edit("train.py", "lr = 0.5", "lr = 0.3"), delay=60.0)
+    with serve([reply(edit("train.py", "lr = 0.5", "lr = 0.4")), slow]) as (url, script):
+        root = make_task(extra_toml=toml(url).replace('timeout = "2s"', 'timeout = "120s"'))
+        proc = rsi("run", str(root), "--time-budget", "15s", env={"FAKE_LLM_KEY": KEY})
+        assert len(script.requests) == 2  # the second call was made, and not answered
+    assert proc.returncode == 0, proc.stderr
+    calls = ledger_rows(root, "SELECT tokens_in, error FROM calls ORDER BY rowid")
+    assert len(calls) == 2 and calls[0] == (1000, ""), calls
+    assert calls[1][0] == 0 and str(calls[1][1]).startswith("no answer recorded"), calls
+    status = rsi("status", str(root))
+    (line,) = [x for x in status.stdout.splitlines() if x.startswith("model fake-model:")]
+    assert line.startswith("model fake-model: 2 calls, 1200 tokens,") and "failed" not in line, line
+    assert line.endswith(", 1 with no answer (in flight, or left when the research stopped)"), line
+
+
 def test_a_crash_goes_back_to_the_model_and_the_fix_is_its_child(make_task: MakeTask) -> None:
     steps = [
         reply(edit("train.py", "DEPTH = 3", "DEPTH = 3\nraise RuntimeError('boom-17')", "deeper")),

@@ -288,7 +288,12 @@ def status(
         )
     for model, m in data["models"].items():
         tokens = int(m["tokens_in"] + m["tokens_out"])
-        out.print(f"model {model}: {int(m['calls'])} calls, {tokens} tokens, ${m['cost_usd']:.4f}", highlight=False)
+        failed = f", {int(m['failed'])} failed" if m["failed"] else ""
+        if m["unanswered"]:  # cost unknown
+            failed += f", {int(m['unanswered'])} with no answer (in flight, or left when the research stopped)"
+        out.print(
+            f"model {model}: {int(m['calls'])} calls, {tokens} tokens, ${m['cost_usd']:.4f}{failed}", highlight=False
+        )
     if waiting := data["retests_waiting"]:
         queued = ", ".join(f"#{r['id']} (up to {r['repeats']} runs)" for r in waiting)
         out.print(f"retests waiting: {queued}: the research takes them before its next proposal", highlight=False)

@@ -21,6 +21,9 @@ from typing import Any
 
 from rsi.errors import UserError
 
+# a model call's error until its answer is recorded; it stays when the research stopped waiting (its time budget
+# ran out while the model thought) and the process ended: what that call cost is unknown
+UNANSWERED_CALL = "no answer recorded: in flight, or the research stopped before the model replied"
 SCHEMA_VERSION = 7  # 3: calls (what each model call cost); 4: runs.progress; 5: experiments.revert_commit;
 # 6: runs.cpu_s and runs.busy; 7: experiments.moved
 SELECT_KINDS = ("screen", "confirm", "fresh")  # runs of the task's command; "holdout" and "verify" are apart
@@ -603,11 +606,23 @@ class Ledger:
         duration: float,
         retries: int,
         error: str,
-    ) -> None:
-        self.db.execute(
+    ) -> int:
+        """The call's row; `finish_call` fills in a call recorded before its answer came."""
+        cur = self.db.execute(
             "INSERT INTO calls (experiment, proposer, model, tokens_in, tokens_out, cost_usd, duration_s, retries, "
             "error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (experiment, proposer, model, tokens[0], tokens[1], cost, duration, retries, error, time.time()),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def finish_call(
+        self, row: int, tokens: tuple[int, int], cost: float, duration: float, retries: int, error: str
+    ) -> None:
+        self.db.execute(
+            "UPDATE calls SET tokens_in = ?, tokens_out = ?, cost_usd = ?, duration_s = ?, retries = ?, error = ? "
+            "WHERE rowid = ?",
+            (tokens[0], tokens[1], cost, duration, retries, error, row),
         )
 
     def spent(self) -> tuple[int, float]:
@@ -618,10 +633,11 @@ class Ledger:
 
     def calls_by_model(self) -> dict[str, dict[str, float]]:
         rows = self.db.execute(
-            "SELECT model, COUNT(*), SUM(tokens_in), SUM(tokens_out), SUM(cost_usd), SUM(error != '') FROM calls "
-            "GROUP BY model"
+            "SELECT model, COUNT(*), SUM(tokens_in), SUM(tokens_out), SUM(cost_usd), SUM(error NOT IN ('', ?)), "
+            "SUM(error = ?) FROM calls GROUP BY model",
+            (UNANSWERED_CALL, UNANSWERED_CALL),
         )
-        keys = ("calls", "tokens_in", "tokens_out", "cost_usd", "failed")
+        keys = ("calls", "tokens_in", "tokens_out", "cost_usd", "failed", "unanswered")
         return {r[0]: dict(zip(keys, (float(x or 0) for x in r[1:]), strict=True)) for r in rows}
 
     def interrupted_runs(self) -> list[tuple[int, int, int | None, float | None]]:

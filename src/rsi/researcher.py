@@ -18,7 +18,7 @@ from rsi.config import ModelConfig, ProposerConfig
 from rsi.edits import EditError, apply, parse
 from rsi.errors import UserError
 from rsi.judge import NoisePool
-from rsi.ledger import Experiment
+from rsi.ledger import UNANSWERED_CALL, Experiment
 from rsi.models import Attempt, Caller, Model, make_model
 from rsi.prompt import SYSTEM, fix_prompt, user_prompt
 from rsi.proposer import Context, Proposal
@@ -76,8 +76,14 @@ class LLMProposer:
             prompt, files = fix_prompt(fix, base, tail), base
         else:
             prompt, files = self._prompt(ctx), dict(ctx.files)
-        attempt = caller.call(SYSTEM, prompt)
-        self._record(ctx, exp_id, cfg, attempt)
+        with ctx.ledger.transaction():  # recorded first: a call the research stops waiting for stays on record
+            row = ctx.ledger.add_call(exp_id, self.name, cfg.model, (0, 0), 0.0, 0.0, 0, UNANSWERED_CALL)
+        try:
+            attempt = caller.call(SYSTEM, prompt)
+        except BaseException as e:  # not a failed call (those are attempts): a defect, or an interrupt
+            self._record(ctx, row, cfg, Attempt(cfg.model, None, f"{type(e).__name__}: {e}"[:500], 0.0, 0))
+            raise
+        self._record(ctx, row, cfg, attempt)
         params: dict[str, object] = {"model": name}
         if fix is not None:
             params["fix_of"] = int(fix.params.get("fix_of", fix.id))
@@ -149,14 +155,12 @@ class LLMProposer:
             ideas=[i["text"] for i in ctx.ledger.ideas()],
         )
 
-    def _record(self, ctx: Context, exp_id: int, cfg: ModelConfig, attempt: Attempt) -> None:
+    def _record(self, ctx: Context, row: int, cfg: ModelConfig, attempt: Attempt) -> None:
         c = attempt.completion
         tokens = (c.tokens_in, c.tokens_out) if c else (0, 0)
         cost = (tokens[0] * cfg.price_in + tokens[1] * cfg.price_out) / 1e6
         with ctx.ledger.transaction():
-            ctx.ledger.add_call(
-                exp_id, self.name, cfg.model, tokens, cost, attempt.duration_s, attempt.retries, attempt.error
-            )
+            ctx.ledger.finish_call(row, tokens, cost, attempt.duration_s, attempt.retries, attempt.error)
 
 
 def _first_line(text: str) -> str:

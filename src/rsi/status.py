@@ -118,7 +118,7 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,
         "holdout_flags": sum(1 for r in rows if r["holdout_flag"]),
         "contended_runs": sum(r["contended_runs"] for r in rows),
-        "models": ledger.calls_by_model(),  # per model: calls, tokens_in, tokens_out, cost_usd, failed
+        "models": ledger.calls_by_model(),  # per model: calls, tokens_in, tokens_out, cost_usd, failed, unanswered
         "proposers": _proposers(ledger),  # per proposer: proposals, keeps, cost, bandit index and share
         "pareto": pareto(exps, ledger.get_json("constraints") or [], goal),
         "experiments": rows,
