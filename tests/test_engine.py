@@ -495,8 +495,9 @@ def test_a_second_orchestrator_on_the_same_task_is_refused(make_task: MakeTask) 
     assert rsi("status", str(root), "--json").returncode == 0  # the ledger is intact
 
 
+@pytest.mark.parametrize("workers", [1, 2])  # with two, both retests run at once
 def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds_and_is_told_as_it_reads_there(
-    make_task: MakeTask,
+    make_task: MakeTask, workers: int
 ) -> None:
     root = make_task()
     toml = root / "rsi.toml"  # the editable glob matches the frozen file too: it is no part of any change
@@ -516,6 +517,8 @@ def test_a_change_retested_twice_on_the_same_champion_gets_new_seeds_and_is_told
     assert json.loads(rsi("status", str(root), "--json").stdout)["retests_waiting"] == [{"id": 2, "repeats": 3}] * 2
     assert "retests waiting: #2 (up to 3 runs), #2 (up to 3 runs)" in rsi("status", str(root)).stdout
     r.ledger.close()
+    toml.write_text(toml.read_text() + f"\n[executor]\nworkers = {workers}\n")
+    git(root, "commit", "-qam", "workers")
     again, _ = scripted(root, [])
     again.run(Limits(max_experiments=5))
     retests = [e for e in again.ledger.experiments() if e.proposer == "retest"]

@@ -480,6 +480,8 @@ def test_a_candidate_resumed_after_a_keep_landed_is_judged_against_the_champion_
     assert again and again[0].hypothesis.startswith("a 0.0 -> 0.5 (rebased from"), again
     judged = r.ledger.experiment(made_before.id)
     assert judged is not None and judged.reason.startswith("superseded:") and "it beat #0" in judged.reason
+    # no confirming runs against the old champion, nor a holdout: its change is judged again on the new one
+    assert {x.kind for x in judged.runs} == {"screen"}, [(x.kind, x.seed) for x in judged.runs]
     [rebased] = r.ledger.experiments("hypothesis LIKE ?", (f"% (rebased from #{made_before.id} onto %",))
     assert rebased.verdict == "keep" and rebased.parent_commit != start
     assert rebased.hypothesis == f"b 1.0 -> 0.5 (rebased from #{made_before.id} onto #1)"  # as it reads there

@@ -47,6 +47,8 @@ class Experimenter:
         # made, and the champion's re-measurements pick their seeds one at a time
         self.lock = threading.RLock()
         self._remeasuring: dict[int, set[int]] = {}  # champion id -> seeds of its re-measurements in flight
+        # (commit, diff) of a retest -> the screening seeds its retests run now (finished ones are in the ledger)
+        self._retesting: dict[tuple[str | None, str], set[int]] = {}
         self._noise: dict[int, tuple[tuple[int, int], Noise | None, Noise | None]] = {}  # per thread: version,
         # the pooled noise, and with the seed's share
         self._pools: dict[int, NoisePool] = {}  # per thread
@@ -115,7 +117,6 @@ class Experimenter:
         if exp.proposer == RETEST and (asked := int(exp.params.get("max_repeats", 0))):
             # `rsi retest --repeats K`: its own sequential design, with up to K looks' worth of runs
             most, judge = asked, judge.with_repeats(asked)
-        taken = self._retested_seeds(exp)
         while True:
             champion = self._reload(champion)  # other workers' re-measurements of it count at every look
             pool = champion_pool(champion)
@@ -128,7 +129,8 @@ class Experimenter:
                 metrics = [r.metric if r.status == "ok" else None for r in screened]
                 pool_metrics = [r.metric for r in pool if r.metric is not None]
                 decision = judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
-                if decision.verdict in ("more", "inconclusive") and not remeasured:
+                current = champion.id == self.champion().id  # (not an older one this candidate was made on)
+                if decision.verdict in ("more", "inconclusive") and not remeasured and current:
                     # undecided: the champion's precision now matters (for the next candidates too, when this
                     # one has no more looks, as with max_repeats 1)
                     champion = self._top_up(champion, None, self._top_up_runs())  # a short top-up completed
@@ -140,24 +142,39 @@ class Experimenter:
                     decision = Decision("inconclusive", decision.reason, decision.ci)
                     break
             k = len(screened)
-            seed = screen_seed(pool, exp.id, k, taken | {r.seed for r in screened})
             # only a first run may be stopped early: once the judge asks for more, the candidate is promising
             # and its runs go to the end (a stop there would throw away what its other runs showed)
             against = self.reference(champion, judge, deletes) if k == 0 else None
             self._budget_left()
-            self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed, against)
+            change = (exp.parent_commit, exp.diff) if exp.proposer == RETEST else None
+            with self.lock:  # a retest of the same change another worker runs now takes its own seeds
+                taking = self._retesting.setdefault(change, set()) if change else set()
+                seed = screen_seed(pool, exp.id, k, self._retested_seeds(exp) | taking | {r.seed for r in screened})
+                taking.add(seed)
+            try:
+                self.measurer.measure(wt, exp.id, exp.commit_sha, SCREEN, seed, against)
+            finally:
+                with self.lock:
+                    taking.discard(seed)
             exp = self._reload(exp)
         if decision.verdict == "keep":  # the bounds on secondary figures, before replication spends more runs
             decision = self._within_constraints(exp, decision)
-        if decision.verdict == "keep" and self.judge.replicate:
+        # a winner made on a champion the branch has moved on from is superseded in _finish, and its change
+        # measured again on the new one: replicating it against the old one would spend runs for nothing
+        settled = decision.verdict == "keep" and not self._moved_on(exp)
+        if settled and self.judge.replicate:
             decision = self._replicate(exp, wt, champion)
             if decision.verdict == "keep":
                 decision = self._within_constraints(self._reload(exp), decision)
-        if decision.verdict == "keep":  # the holdout after its last run, whose output it may read
+        if settled and decision.verdict == "keep":  # the holdout after its last run, whose output it may read
             self._holdout_last(self._reload(exp), wt)
         if self._finish(self._reload(exp), decision.verdict, decision, champion) == "keep":
             kept = self._reload(exp)  # after the keep landed: a deadline now cannot lose it
             self._top_up(kept, wt, self._top_up_runs(kept))
+
+    def _moved_on(self, exp: Experiment) -> bool:
+        """Whether the branch has moved on from the commit `exp` was made on (a keep or a revert since)."""
+        return exp.parent_commit is not None and exp.parent_commit != self.branch_head()
 
     def built_on(self, exp: Experiment, champion: Experiment) -> Experiment:
         """The champion `exp` was made from, which it is judged against: its change is what is measured, and
@@ -180,13 +197,14 @@ class Experimenter:
         return made
 
     def _retested_seeds(self, exp: Experiment) -> set[int]:
-        """The screening seeds of earlier measurements of a retest's change on the same commit (the original,
-        earlier retests): it pairs with the champion's other seeds, then fresh ones (the same seeds would repeat
-        the same runs). Two retests of one change started at once by two workers may still share seeds."""
+        """The screening seeds of the other measurements of a retest's change on the same commit (the original,
+        other retests; asked at every look, as another worker may be running one now, whose runs in flight are
+        in `_retesting`): it pairs with the champion's other seeds, then fresh ones (the same seeds would repeat
+        the same runs)."""
         if exp.proposer != RETEST:
             return set()
-        earlier = self.ledger.experiments("parent_commit IS ? AND id < ?", (exp.parent_commit, exp.id))
-        return {r.seed for e in earlier if e.diff == exp.diff for r in e.runs if r.kind == SCREEN}
+        others = self.ledger.experiments("parent_commit IS ? AND id != ?", (exp.parent_commit, exp.id))
+        return {r.seed for e in others if e.diff == exp.diff for r in e.runs if r.kind == SCREEN}
 
     def reference(self, champion: Experiment, judge: Judge, deletes: bool) -> Reference | None:
         """What a first screening run is stopped early against, with `[pruning]` on: the champion's level from
