@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsi.errors import UserError
-from rsi.knobs import Knob, apply_values, describe, find_knobs, format_value
+from rsi.knobs import Knob, apply_values, carried_params, describe, find_knobs, format_value, held_values
 
 
 def knobs_by_name(source: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict[str, Knob]:
@@ -421,3 +421,16 @@ class C:
     assert names == ["lr", "mode"]
     hinted = source.replace("\nb = 0.0", "\nb = 0.0  # rsi: range(0.0, 1.0)")
     assert [k.name for k in find_knobs("t.py", hinted)] == ["lr", "b", "mode"]
+
+
+def test_a_replayed_change_carries_the_knob_values_its_files_hold() -> None:
+    """A candidate's params after its change is replayed on another commit: each knob's value as the replay's
+    files hold it (a bare name is its first file's, `path:name` another file's); a param that was no literal of
+    the candidate's code (a model's name) is carried as it was."""
+    own = {"a.py": "lr = 0.01\nwidth = 32\nname = 'x'\n", "b.py": "lr = 0.5\n", "c.txt": "lr = 9\n"}
+    replay = {"a.py": "lr = 0.01\nwidth = 64\nname = 'x'\n", "b.py": "lr = 0.25\n", "c.txt": "lr = 9\n"}
+    assert held_values(replay, ["lr", "b.py:lr", "width", "depth"]) == {"lr": 0.01, "b.py:lr": 0.25, "width": 64}
+    params = {"lr": 0.01, "b.py:lr": 0.5, "width": 32, "name": "y", "model": "m"}
+    carried = carried_params(params, own, replay)
+    assert carried == {"lr": 0.01, "b.py:lr": 0.25, "width": 64, "name": "y", "model": "m"}
+    assert carried_params(params, own, {"a.py": "lr = (\n"}) == params  # a replay that does not parse: as it was

@@ -111,8 +111,8 @@ def test_a_winner_against_an_old_best_is_rebased_and_measured_again(make_task: M
     root = make_task(train=train, extra_toml="[executor]\nworkers = 2\n")
     text = (root / "train.py").read_text()
     proposals = [
-        Proposal({"train.py": text.replace("a = 0", "a = 1")}, "a = 1"),
-        Proposal({"train.py": text.replace("b = 0", "b = 2")}, "b = 2"),
+        Proposal({"train.py": text.replace("a = 0", "a = 1")}, "a = 1", {"a": 1, "b": 0, "model": "m"}),
+        Proposal({"train.py": text.replace("b = 0", "b = 2")}, "b = 2", {"a": 0, "b": 2, "model": "m"}),
     ]
     scripted = Scripted(proposals)
     research = Research(root, load_config(root), lambda ws, start: scripted, tag="w")
@@ -125,6 +125,8 @@ def test_a_winner_against_an_old_best_is_rebased_and_measured_again(make_task: M
     assert loser.verdict == "discard" and loser.kept_commit is None
     (rebased,) = [e for e in exps.values() if e.parent == loser.id]
     assert "rebased from" in rebased.hypothesis and rebased.verdict == "keep", rebased.reason
+    # its params are the knob values it holds (a proposer learns from them), not its original's; the rest is kept
+    assert rebased.params == {"a": 1, "b": 2, "model": "m"}, rebased.params
     assert kept_chain_is_measured(root, "w") == [3 - loser.id, rebased.id]
     final = git(root, "show", "rsi/w:train.py")
     assert "a = 1" in final and "b = 2" in final

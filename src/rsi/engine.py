@@ -36,7 +36,7 @@ from rsi.executor import Workers
 from rsi.experiment import NO_VALUE, RETEST, SUPERSEDED, Experimenter, OutOfBudget, broken_constraint
 from rsi.fork import FORK_TAG, resolve
 from rsi.judge import Judge, SequentialJudge
-from rsi.knobs import literal_change
+from rsi.knobs import carried_params, literal_change
 from rsi.ledger import Experiment, Ledger
 from rsi.measure import (
     CONFIRM,
@@ -205,6 +205,7 @@ class Research:
     # start and resume
     def _start(self, tag: str | None) -> None:
         self._check_holdout_data()
+        self._check_sandbox_paths()
         known = self.ledger.get("tag")
         if known is None:
             self._check_globs()
@@ -305,6 +306,21 @@ class Research:
                     f"holdout.data: {entry!r} matches {len(hidden)} paths, too many to hide one by one; name the "
                     "folder that holds them"
                 )
+
+    def _check_sandbox_paths(self) -> None:
+        """Each `[sandbox] read_only` / `writable` path exists: a run cannot see one that does not (it is bound
+        only if there), so a typo would fail the runs far from its cause. Not checked with Ray (the nodes have
+        their own files) or with the sandbox off (nothing is bound)."""
+        box = self.cfg.sandbox
+        if not box.enabled or self.cfg.executor.kind == "ray" or not isinstance(self.store, Workspace):
+            return
+        for name, paths in (("read_only", box.read_only), ("writable", box.writable)):
+            for entry in paths:
+                if not (self.store.root / entry).exists():
+                    raise UserError(
+                        f"sandbox.{name}: {entry!r} does not exist on this machine (a run could not see it; create it "
+                        "or fix the path; relative paths are from the repository's root)"
+                    )
 
     def _recover(self) -> None:
         """Undo what a killed orchestrator left half done; see the module docstring for why this is enough."""
@@ -551,7 +567,9 @@ class Research:
             if told := literal_change(files, {**files, **edits}):  # as it reads on the new best: its "from"s
                 hypothesis = f"{told} (rebased from #{exp.id} onto #{champion.id})"
             reason = "" if sha else "its change cannot be replayed as text on the new best (a deleted or binary file)"
-            rebased = self._add(exp_id, exp.id, head, sha, exp.proposer, hypothesis, exp.params, diff, reason)
+            # the knob values it holds there (those its change left alone are the new best's)
+            params = carried_params(exp.params, editable_files(self.store, exp.commit_sha, self.cfg), after)
+            rebased = self._add(exp_id, exp.id, head, sha, exp.proposer, hypothesis, params, diff, reason)
         return None if reason else rebased
 
     def _retest(self) -> Experiment | None:

@@ -37,10 +37,10 @@ import io
 import math
 import re
 import tokenize
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Literal
 
 from rsi.errors import UserError
 
@@ -414,3 +414,35 @@ def literal_change(before: Mapping[str, str], after: Mapping[str, str]) -> str:
         old.update({name: was[name] for name in changed})
         new.update(changed)
     return describe(old, new)
+
+
+def held_values(files: Mapping[str, str], keys: Iterable[str]) -> dict[str, Value]:
+    """The value each knob named by `keys` holds in `files`, the knobs named as KnobsProposer names them: by
+    name in the first file (in path order) that has it, as `path:name` in the others. Keys naming no knob, and
+    files that do not parse, are left out."""
+    wanted = set(keys)
+    names = sorted({key.rsplit(":", 1)[-1] for key in wanted})
+    found: dict[str, Value] = {}
+    seen: set[str] = set()
+    for path, text in sorted(files.items()):
+        if not path.endswith(".py") or not any(name in text for name in names):
+            continue
+        try:
+            knobs = find_knobs(path, text, include=names)
+        except (UserError, ValueError, RecursionError):  # (ast.parse's ValueError: a NUL byte)
+            continue
+        for k in knobs:
+            key = k.name if k.name not in seen else f"{path}:{k.name}"
+            seen.add(k.name)
+            if key in wanted:
+                found[key] = k.value
+    return found
+
+
+def carried_params(params: Mapping[str, Any], before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, Any]:
+    """A candidate's params once its change is replayed on another commit (`before`: its own files, `after`:
+    the replay's): a param that was a knob's value in its code becomes that knob's value in the replay, where
+    the knobs its change left alone hold the other commit's values. The rest (a model's name, say) is carried
+    as it was."""
+    was, now = held_values(before, params), held_values(after, params)
+    return {k: now[k] if k in now and k in was and was[k] == v else v for k, v in params.items()}

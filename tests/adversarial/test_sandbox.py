@@ -101,6 +101,19 @@ def test_held_out_data_and_the_cache_as_each_command_sees_them(make_task: MakeTa
     assert not (root / ".rsi" / "cache" / "poison.txt").exists()
 
 
+def test_a_sandbox_path_that_does_not_exist_is_refused(make_task: MakeTask) -> None:
+    """A `[sandbox]` path a run could not see (bound only if it exists) is exit 2 at the start, not runs that fail
+    far from the typo; once it exists, the research runs."""
+    root = make_task(extra_toml='[sandbox]\nread_only = ["shared-data"]\n')
+    typo = rsi("run", str(root), "--max-experiments", "1")
+    assert typo.returncode == 2, typo.stderr
+    assert "sandbox.read_only: 'shared-data' does not exist" in typo.stderr and "Traceback" not in typo.stderr
+    assert not runs_output(root)
+    (root / "shared-data").mkdir()
+    proc = rsi("run", str(root), "--max-experiments", "1")
+    assert proc.returncode == 0, proc.stderr
+
+
 def _spec(tmp_path: Path, script: str, limits: Limits) -> RunSpec:
     return RunSpec(
         command=f"{PY} -c {shlex.quote(script)}",
