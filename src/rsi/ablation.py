@@ -33,12 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy import stats
-
 from rsi.config import Config
 from rsi.engine import measure_differences, measure_meta, refuse_changed_measure
 from rsi.errors import UserError
-from rsi.judge import pooled_noise
+from rsi.judge import pooled_noise, t_quantile
 from rsi.ledger import Experiment, Ledger
 from rsi.measure import FRESH, SubprocessMeasurer
 from rsi.runner import kill_orphan
@@ -283,7 +281,7 @@ def _contribution(ledger: Ledger, exp_id: int) -> tuple[float | None, float | No
     if noise is None or noise.dof < 1:
         return statistics.fmean(diffs), None
     level = 1 - (1 - float(ledger.get("confidence") or 0.99)) / max(1, len(rows))
-    t = float(stats.t.ppf(0.5 + level / 2, noise.dof))
+    t = t_quantile(0.5 + level / 2, noise.dof)
     return statistics.fmean(diffs), t * noise.sd / math.sqrt(len(diffs))
 
 

@@ -11,12 +11,10 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from scipy import stats
-
 from rsi import slots
 from rsi.config import Config, ConstraintConfig
 from rsi.errors import UserError
-from rsi.judge import Decision, Judge, Noise, NoisePool, improvement, pooled_noise, with_seed_share
+from rsi.judge import Decision, Judge, Noise, NoisePool, improvement, pooled_noise, t_quantile, with_seed_share
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.pruning import PRUNED, Reference, reference
@@ -129,8 +127,8 @@ class Experimenter:
                 metrics = [r.metric if r.status == "ok" else None for r in screened]
                 pool_metrics = [r.metric for r in pool if r.metric is not None]
                 decision = judge.decide(metrics, pool_metrics, self.cfg.metric.goal, self.noise(), deletes)
-                current = champion.id == self.champion().id  # (not an older one this candidate was made on)
-                if decision.verdict in ("more", "inconclusive") and not remeasured and current:
+                undecided = decision.verdict in ("more", "inconclusive") and not remeasured
+                if undecided and champion.id == self.champion().id:  # (not an older one it was made on)
                     # undecided: the champion's precision now matters (for the next candidates too, when this
                     # one has no more looks, as with max_repeats 1)
                     champion = self._top_up(champion, None, self._top_up_runs())  # a short top-up completed
@@ -406,8 +404,7 @@ class Experimenter:
             kept_commit = None
             if verdict == "keep" and status == "ok" and champion is not None:
                 assert exp.commit_sha is not None
-                head = self.branch_head()
-                if exp.parent_commit is not None and exp.parent_commit != head:
+                if self._moved_on(exp):
                     # it beat a champion that another worker's keep has since replaced: what it was measured
                     # against is not what the branch holds, so it is not kept on these figures
                     verdict = "discard"
@@ -421,7 +418,7 @@ class Experimenter:
                         f"{exp.hypothesis}\n\n{self.cfg.metric.name}: {before:.6g} -> {after:.6g} "
                         f"(experiment {exp.id}, {len(exp.valid())} runs; {decision.reason})"
                     )
-                    kept_commit = self.store.keep(exp.commit_sha, head, message)
+                    kept_commit = self.store.keep(exp.commit_sha, self.branch_head(), message)
             elif verdict == "keep" and champion is not None:
                 verdict = "discard"
             ci = decision.ci or (None, None)
@@ -477,7 +474,7 @@ class Experimenter:
         if noise.sd == 0:
             ok = abs(diff) <= 1e-12 * max(1.0, abs(statistics.fmean(recorded)))
             return exp, fresh, f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}", ok
-        half = float(stats.t.ppf(0.5 + self.cfg.judge.confidence / 2, noise.dof)) * noise.sd
+        half = t_quantile(0.5 + self.cfg.judge.confidence / 2, noise.dof) * noise.sd
         half *= math.sqrt(1 / len(valid) + 1 / len(recorded))
         sentence = (
             f"recorded {statistics.fmean(recorded):.6g} over {len(recorded)} runs, now {statistics.fmean(valid):.6g}"

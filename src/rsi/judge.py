@@ -34,8 +34,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from scipy import stats
-
 Goal = Literal["minimize", "maximize"]
 Verdict = Literal["keep", "discard", "inconclusive", "more"]
 POWER = 0.8  # the power at which the smallest detectable effect is quoted
@@ -76,6 +74,8 @@ def improvement(candidate: float, champion: float, goal: Goal) -> float:
 @functools.lru_cache(maxsize=4096)
 def t_quantile(level: float, dof: int) -> float:
     """Student's t quantile; asked for the same few levels and degrees of freedom again and again."""
+    from scipy import stats  # (here: it takes a second to import, which commands that judge nothing skip)
+
     return float(stats.t.ppf(level, dof))
 
 
@@ -87,6 +87,8 @@ def pooled_noise(samples: Sequence[Sequence[float]]) -> Noise | None:
 
 @functools.lru_cache(maxsize=4096)
 def f_quantile(level: float, dfn: int, dfd: int) -> float:
+    from scipy import stats
+
     return float(stats.f.ppf(level, dfn, dfd))
 
 
@@ -185,6 +187,8 @@ def with_seed_share(
 
 @functools.lru_cache(maxsize=4096)
 def chi2_quantile(level: float, dof: int) -> float:
+    from scipy import stats
+
     return float(stats.chi2.ppf(level, dof))
 
 

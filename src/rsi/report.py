@@ -12,20 +12,19 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from matplotlib.transforms import blended_transform_factory
 
 from rsi.ablation import recorded
 from rsi.errors import UserError
 from rsi.judge import Goal
 from rsi.ledger import Experiment, Ledger
 from rsi.status import status_json
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 GREEN, GREY, RED, BLUE, ORANGE = "#1a7f37", "#8c959f", "#cf222e", "#0969da", "#bc4c00"
 
@@ -93,6 +92,9 @@ def _png(fig: Figure) -> bytes:
 
 def _new_figure(width: float, height: float) -> tuple[Figure, Axes]:
     """A figure on the Agg canvas, never pyplot: no display, no global state shared with the caller."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # (here: importing it takes most of a second)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
@@ -138,6 +140,9 @@ def progress_png(rows: list[Row], task: str, metric: str, goal: Goal, noise: flo
     base = rows[0].metric if rows[0].group == "champion" else None
     band = (base - noise, base + noise) if base is not None and noise else None
     lo, hi = _window(rows, band)
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import blended_transform_factory
+
     edge = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in axes fraction
     if band is not None:
         ax.axhspan(*band, color=BLUE, alpha=0.08, lw=0)

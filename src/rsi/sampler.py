@@ -16,13 +16,15 @@ import random
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import cmaes
 import numpy as np
 import optuna
 
 from rsi.judge import Goal
+
+if TYPE_CHECKING:
+    import cmaes
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
@@ -159,6 +161,8 @@ class CmaSampler:
         self.solutions: list[tuple[Any, float | None, tuple[float, float]]] = []
 
     def _cma(self, mean: np.ndarray) -> cmaes.CMA | cmaes.CatCMA:
+        import cmaes  # (here: it imports scipy.stats, a second that commands proposing nothing skip)
+
         dim = len(self.box)
         if self.joint:
             return cmaes.CatCMA(
@@ -205,7 +209,9 @@ class CmaSampler:
         free = any(key not in fixed for key in (*self.box, *self.choices))
         x, c = None, None
         if self.cma is not None and self.started and free:
-            x, c = self.cma.ask() if isinstance(self.cma, cmaes.CatCMA) else (self.cma.ask(), None)
+            from cmaes import CatCMA  # (already imported by _cma)
+
+            x, c = self.cma.ask() if isinstance(self.cma, CatCMA) else (self.cma.ask(), None)
         units = dict(zip(self.box, x, strict=True)) if x is not None else {}
         if self.cma is None and not self.middle_asked and any(key not in fixed for key in self.box):
             self.middle_asked = True  # the first scout: the middle
