@@ -568,7 +568,8 @@ class Research:
                 hypothesis = f"{told} (rebased from #{exp.id} onto #{champion.id})"
             reason = "" if sha else "its change cannot be replayed as text on the new best (a deleted or binary file)"
             # the knob values it holds there (those its change left alone are the new best's)
-            params = carried_params(exp.params, editable_files(self.store, exp.commit_sha, self.cfg), after)
+            knobs, own = self.cfg.knobs, editable_files(self.store, exp.commit_sha, self.cfg) if exp.params else {}
+            params = carried_params(exp.params, own, after, knobs.include, knobs.exclude)
             rebased = self._add(exp_id, exp.id, head, sha, exp.proposer, hypothesis, params, diff, reason)
         return None if reason else rebased
 

@@ -416,33 +416,46 @@ def literal_change(before: Mapping[str, str], after: Mapping[str, str]) -> str:
     return describe(old, new)
 
 
-def held_values(files: Mapping[str, str], keys: Iterable[str]) -> dict[str, Value]:
-    """The value each knob named by `keys` holds in `files`, the knobs named as KnobsProposer names them: by
-    name in the first file (in path order) that has it, as `path:name` in the others. Keys naming no knob, and
-    files that do not parse, are left out."""
-    wanted = set(keys)
-    names = sorted({key.rsplit(":", 1)[-1] for key in wanted})
-    found: dict[str, Value] = {}
-    seen: set[str] = set()
+def named_knobs(
+    files: Mapping[str, str], include: Sequence[str] = (), exclude: Sequence[str] = (), *, strict: bool = True
+) -> dict[str, Knob]:
+    """The knobs of the Python files among `files`, keyed as a research names them: by name in the first file
+    (in path order) that has it, as `path:name` in the others. A file that does not parse raises UserError, or
+    is left out when not `strict`."""
+    named: dict[str, Knob] = {}
     for path, text in sorted(files.items()):
-        if not path.endswith(".py") or not any(name in text for name in names):
+        if not path.endswith(".py"):
             continue
         try:
-            knobs = find_knobs(path, text, include=names)
+            knobs = find_knobs(path, text, include, exclude)
         except (UserError, ValueError, RecursionError):  # (ast.parse's ValueError: a NUL byte)
+            if strict:
+                raise
             continue
         for k in knobs:
-            key = k.name if k.name not in seen else f"{path}:{k.name}"
-            seen.add(k.name)
-            if key in wanted:
-                found[key] = k.value
-    return found
+            named[k.name if k.name not in named else f"{path}:{k.name}"] = k
+    return named
 
 
-def carried_params(params: Mapping[str, Any], before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, Any]:
+def held_values(
+    files: Mapping[str, str], keys: Iterable[str], include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> dict[str, Value]:
+    """The value each knob named by `keys` holds in `files` (knobs found and named as `named_knobs` does).
+    Keys naming no knob, and files that do not parse, are left out."""
+    wanted = set(keys)
+    return {key: k.value for key, k in named_knobs(files, include, exclude, strict=False).items() if key in wanted}
+
+
+def carried_params(
+    params: Mapping[str, Any],
+    before: Mapping[str, str],
+    after: Mapping[str, str],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> dict[str, Any]:
     """A candidate's params once its change is replayed on another commit (`before`: its own files, `after`:
     the replay's): a param that was a knob's value in its code becomes that knob's value in the replay, where
     the knobs its change left alone hold the other commit's values. The rest (a model's name, say) is carried
     as it was."""
-    was, now = held_values(before, params), held_values(after, params)
+    was, now = held_values(before, params, include, exclude), held_values(after, params, include, exclude)
     return {k: now[k] if k in now and k in was and was[k] == v else v for k, v in params.items()}

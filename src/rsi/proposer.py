@@ -18,7 +18,7 @@ import optuna
 from rsi.config import KnobsConfig
 from rsi.errors import UserError
 from rsi.judge import Goal
-from rsi.knobs import Knob, apply_values, as_written, describe, find_knobs
+from rsi.knobs import Knob, apply_values, as_written, describe, named_knobs
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED, shortfall
 from rsi.sampler import Point, Sampler, State, make_sampler
@@ -78,13 +78,7 @@ class KnobsProposer:
     overlap = False
 
     def __init__(self, start_files: Mapping[str, str], cfg: KnobsConfig, goal: Goal, seed: int = 0) -> None:
-        self.knobs: dict[str, Knob] = {}
-        for path, text in sorted(start_files.items()):
-            if not path.endswith(".py"):
-                continue
-            for k in find_knobs(path, text, cfg.include, cfg.exclude):
-                key = k.name if k.name not in self.knobs else f"{path}:{k.name}"
-                self.knobs[key] = k
+        self.knobs = named_knobs(start_files, cfg.include, cfg.exclude)
         self.cfg = cfg
         self.seed = seed
         self.dists = {key: _distribution(k) for key, k in self.knobs.items()}
@@ -101,12 +95,9 @@ class KnobsProposer:
 
     def _values(self, files: Mapping[str, str]) -> dict[str, Any]:
         """Current values of the knobs in the champion's files (they change as knobs are kept)."""
-        found: dict[str, Any] = {}
-        for path in {k.file for k in self.knobs.values()}:
-            if path in files:
-                for k in find_knobs(path, files[path], include=[k.name for k in self.knobs.values()]):
-                    found[k.name if k.name in self.knobs else f"{path}:{k.name}"] = k.value
-        return {key: found.get(key, k.value) for key, k in self.knobs.items()}
+        held = {path: files[path] for path in {k.file for k in self.knobs.values()} if path in files}
+        found = named_knobs(held, self.cfg.include, self.cfg.exclude, strict=False)
+        return {key: found[key].value if key in found else k.value for key, k in self.knobs.items()}
 
     def propose(self, ctx: Context) -> Proposal | None:
         if not self.knobs:
