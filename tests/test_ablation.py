@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import MakeTask, git, rsi
 
 from rsi.ablation import _label, revert, undo
@@ -142,6 +143,7 @@ def test_undo_reverts_one_change_at_either_end_of_a_file_and_leaves_later_edits(
         assert undo(before, after, now) == want, (before, after, now)
 
 
+@pytest.mark.slow
 def test_a_killed_ablation_leaves_no_run_behind_and_resumes(make_task: MakeTask, tmp_path: Path) -> None:
     flag = tmp_path / "slow"  # runs take seconds once it exists: the ablation's, not the research's
     slow = TRAIN.replace(

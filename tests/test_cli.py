@@ -85,6 +85,7 @@ def test_bad_config_is_validated_even_when_the_budget_is_spent(make_task: MakeTa
     assert rsi("run", str(root), "--max-experiments", "2").returncode == 2
 
 
+@pytest.mark.slow
 def test_bad_states_exit_2(make_task: MakeTask, tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -157,6 +158,7 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path, args: tuple[str, .
     assert rsi("--help", cwd=tmp_path).returncode == 0  # help itself is no error
 
 
+@pytest.mark.slow
 def test_a_failed_baseline_is_measured_again_and_the_metric_cannot_change_under_a_research(
     make_task: MakeTask,
 ) -> None:
@@ -231,6 +233,7 @@ def test_init_then_run_on_a_fresh_repository(tmp_path: Path) -> None:
     assert s["best"]["metric"] <= s["baseline"]["metric"]
 
 
+@pytest.mark.slow
 def test_runs_on_a_busy_machine_are_said_so_in_the_log_and_in_status(make_task: MakeTask) -> None:
     spin = """\
     import time
@@ -258,6 +261,7 @@ def test_runs_on_a_busy_machine_are_said_so_in_the_log_and_in_status(make_task: 
     assert "2 run(s) on a busy machine" in rsi("status", str(root)).stdout
 
 
+@pytest.mark.slow
 def test_verify_reruns_the_champion_and_flags_a_change(make_task: MakeTask) -> None:
     drifting = """\
     import os, random

@@ -357,6 +357,7 @@ def test_exports_in_autoresearch_shape_and_as_tables(researched: Path, tmp_path:
     assert bad.returncode == 2 and "tsv, csv or json" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_export_to_a_local_mlflow_store_reads_back(researched: Path, tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     exps = Ledger(researched / ".rsi" / "ledger.sqlite", readonly=True).experiments()

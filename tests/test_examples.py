@@ -33,6 +33,7 @@ def test_demo_tinygpt_trains_evaluates_and_reports(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 90 runs of a few seconds each: past the 300 s that catches a hung test when slow
 def test_tabular_improves_its_held_out_score_within_30_experiments(tmp_path: Path) -> None:
     root = create("tabular", tmp_path / "tab")
     p = rsi("run", str(root), "--max-experiments", "30")

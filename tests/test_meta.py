@@ -363,6 +363,7 @@ def test_the_curve_steps_at_the_run_each_champion_was_kept() -> None:
         done.value("best")
 
 
+@pytest.mark.slow
 def test_a_meta_task_says_what_its_meta_utility_measures(tmp_path: Path) -> None:
     """A meta-task made before the area under the curve was the default measured the final gap, and is read so;
     an unknown measure is one line, and nothing is made."""

@@ -209,6 +209,7 @@ def test_a_run_clearly_behind_is_stopped_and_one_on_par_is_not(tmp_path: Path) -
     assert result.status == "ok" and result.metric == 1.0 and len(result.progress) == 20
 
 
+@pytest.mark.slow
 def test_a_research_prunes_candidates_that_could_not_have_won(make_task: MakeTask) -> None:
     toml = "[judge]\nbaseline_repeats = 4\n[pruning]\nenabled = true\n"
     root = make_task(train=CURVE, extra_toml=toml)

@@ -43,6 +43,7 @@ def count(root: Path) -> int:
     return Ledger(path, readonly=True).count() if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_pause_holds_a_running_research_and_resume_lets_it_go_on(make_task: MakeTask) -> None:
     root = make_task(train=SLOW)
     proc = subprocess.Popen(
@@ -86,6 +87,7 @@ def test_steering_a_folder_without_a_research_is_one_line(make_task: MakeTask, t
     assert empty.returncode == 2 and "empty" in empty.stderr
 
 
+@pytest.mark.slow
 def test_retest_measures_a_change_again_on_the_champion_while_the_research_runs(make_task: MakeTask) -> None:
     root = make_task(train=SLOW)
     assert rsi("run", str(root), "--max-experiments", "6").returncode == 0
@@ -130,6 +132,7 @@ def test_retest_measures_a_change_again_on_the_champion_while_the_research_runs(
         assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_fork_starts_a_line_from_any_experiment_beside_the_running_research(make_task: MakeTask) -> None:
     root = make_task()
     assert rsi("run", str(root), "--max-experiments", "8", "--tag", "main").returncode == 0

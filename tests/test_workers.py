@@ -133,6 +133,7 @@ def test_a_winner_against_an_old_best_is_rebased_and_measured_again(make_task: M
     assert sorted(scripted.seen) == sorted(exps)  # the proposer heard of every experiment, the rebase included
 
 
+@pytest.mark.slow
 def test_each_run_gets_its_slot_cores_threads_and_gpu(make_task: MakeTask) -> None:
     """Two GPUs given on a 2-core machine: two workers, one core and one GPU each. The task sees its affinity,
     the thread variables, PyTorch's thread count and CUDA_VISIBLE_DEVICES; the ledger records the slot."""

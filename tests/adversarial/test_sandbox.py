@@ -78,6 +78,7 @@ baseline_repeats = 2
 
 @needs_bwrap
 @pytest.mark.parametrize("data", ['"./secret.txt"', '"secret*.txt"', '"nothing-here/", "secret.*"'])
+@pytest.mark.slow
 def test_held_out_data_and_the_cache_as_each_command_sees_them(make_task: MakeTask, data: str) -> None:
     """Held-out data named as a file or by a glob (matched as rsi.toml's globs are): hidden from every command
     but the holdout's; an entry that names nothing (a typo would hide nothing) is refused before any run."""
