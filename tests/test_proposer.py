@@ -111,6 +111,18 @@ def test_the_sampler_moves_towards_better_values(sampler: str, ledger: Ledger) -
     assert best is not None and best < 0.3
 
 
+def test_knobs_named_alike_in_two_files_keep_their_own_values() -> None:
+    """The first file (in path order) names a knob, another file's knob of that name is `path:name`: the
+    champion's current values are read by the same rule (they were read in a set's order of the files, which
+    differs between processes)."""
+    start = {"b.py": "lr = 0.5\n", "a.py": "lr = 0.01\nwidth = 32\n", "notes.txt": "lr = 9\n"}
+    p = KnobsProposer(start, KnobsConfig(), "minimize")
+    assert {key: k.value for key, k in p.knobs.items()} == {"lr": 0.01, "width": 32, "b.py:lr": 0.5}
+    now = {"a.py": "lr = 0.02\nwidth = 64\n", "b.py": "lr = 0.25\n"}
+    assert p._values(now) == {"lr": 0.02, "width": 64, "b.py:lr": 0.25}  # (it failed in about half of processes)
+    assert p._values({"b.py": "lr = 0.25\n"}) == {"lr": 0.01, "width": 32, "b.py:lr": 0.25}  # gone: as it began
+
+
 def test_resume_rebuilds_the_study_from_the_ledger(ledger: Ledger) -> None:
     cfg = KnobsConfig(sampler="tpe", per_candidate=2)
     first = KnobsProposer({"train.py": SOURCE}, cfg, "minimize")

@@ -18,7 +18,7 @@ import optuna
 from rsi.config import KnobsConfig
 from rsi.errors import UserError
 from rsi.judge import Goal
-from rsi.knobs import Knob, apply_values, as_written, describe, named_knobs
+from rsi.knobs import Knob, apply_values, as_written, describe, find_knobs, named_knobs
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger
 from rsi.pruning import PRUNED, shortfall
 from rsi.sampler import Point, Sampler, State, make_sampler
@@ -94,10 +94,16 @@ class KnobsProposer:
         return make_sampler(c.sampler, self.dists, self.goal, seed, c.startup, c.multivariate, c.candidates, c.scouts)
 
     def _values(self, files: Mapping[str, str]) -> dict[str, Any]:
-        """Current values of the knobs in the champion's files (they change as knobs are kept)."""
-        held = {path: files[path] for path in {k.file for k in self.knobs.values()} if path in files}
-        found = named_knobs(held, self.cfg.include, self.cfg.exclude, strict=False)
-        return {key: found[key].value if key in found else k.value for key, k in self.knobs.items()}
+        """Current values of the knobs in the champion's files (they change as knobs are kept), each knob found
+        in the file it was found in at the start; one its file no longer holds keeps its start value."""
+        keys = {(k.file, k.name): key for key, k in self.knobs.items()}
+        names = sorted({k.name for k in self.knobs.values()})
+        found: dict[str, Any] = {}
+        for path in sorted({k.file for k in self.knobs.values()} & files.keys()):
+            for k in find_knobs(path, files[path], include=names):
+                if (path, k.name) in keys:
+                    found[keys[path, k.name]] = k.value
+        return {key: found.get(key, k.value) for key, k in self.knobs.items()}
 
     def propose(self, ctx: Context) -> Proposal | None:
         if not self.knobs:
