@@ -63,7 +63,7 @@ from rsi.config import Config, load_config
 from rsi.demo import create
 from rsi.engine import Limits, Research
 from rsi.judge import Goal, Judge, ThresholdJudge, improvement
-from rsi.knobs import apply_values, describe, find_knobs, format_value
+from rsi.knobs import apply_values, describe, format_value
 from rsi.ledger import SELECT_KINDS, Ledger
 from rsi.proposer import KnobsProposer, Proposer
 from rsi.runner import MetricSpec, RunSpec, run, scrub_env
@@ -196,17 +196,6 @@ def write_files(task: Task, files: Mapping[str, str]) -> None:
 def knob_space(task: Task) -> KnobsProposer:
     """The knobs and ranges rsi's proposer searches: every method searches exactly these."""
     return KnobsProposer(task.files, task.cfg.knobs, task.cfg.metric.goal)
-
-
-def knob_values(space: KnobsProposer, files: Mapping[str, str]) -> dict[str, Any]:
-    names = sorted({k.name for k in space.knobs.values()})
-    found = {
-        (k.file, k.name): k.value
-        for path in files
-        if path.endswith(".py")
-        for k in find_knobs(path, files[path], include=names)
-    }
-    return {key: found.get((k.file, k.name), k.value) for key, k in space.knobs.items()}
 
 
 @dataclass
@@ -449,7 +438,7 @@ def figures(task: Task, out: Outcome, holdout: Holdout) -> dict[str, Any]:
     fresh = gain(pick_fresh, base_fresh, goal)
     held = gain(pick_holdout, base_holdout, goal)
     space = knob_space(task)
-    before, after = knob_values(space, task.files), knob_values(space, out.pick)
+    before, after = space.values(task.files), space.values(out.pick)
     return {
         "experiments": out.experiments,
         "runs": out.runs,

@@ -119,8 +119,8 @@ def test_knobs_named_alike_in_two_files_keep_their_own_values() -> None:
     p = KnobsProposer(start, KnobsConfig(), "minimize")
     assert {key: k.value for key, k in p.knobs.items()} == {"lr": 0.01, "width": 32, "b.py:lr": 0.5}
     now = {"a.py": "lr = 0.02\nwidth = 64\n", "b.py": "lr = 0.25\n"}
-    assert p._values(now) == {"lr": 0.02, "width": 64, "b.py:lr": 0.25}  # (it failed in about half of processes)
-    assert p._values({"b.py": "lr = 0.25\n"}) == {"lr": 0.01, "width": 32, "b.py:lr": 0.25}  # gone: as it began
+    assert p.values(now) == {"lr": 0.02, "width": 64, "b.py:lr": 0.25}  # (it failed in about half of processes)
+    assert p.values({"b.py": "lr = 0.25\n"}) == {"lr": 0.01, "width": 32, "b.py:lr": 0.25}  # gone: as it began
 
 
 def test_resume_rebuilds_the_study_from_the_ledger(ledger: Ledger) -> None:

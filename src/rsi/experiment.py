@@ -170,9 +170,10 @@ class Experimenter:
             kept = self._reload(exp)  # after the keep landed: a deadline now cannot lose it
             self._top_up(kept, wt, self._top_up_runs(kept))
 
-    def _moved_on(self, exp: Experiment) -> bool:
-        """Whether the branch has moved on from the commit `exp` was made on (a keep or a revert since)."""
-        return exp.parent_commit is not None and exp.parent_commit != self.branch_head()
+    def _moved_on(self, exp: Experiment, head: str | None = None) -> bool:
+        """Whether the branch (its `head`, when the caller has it) has moved on from the commit `exp` was made on
+        (a keep or a revert since)."""
+        return exp.parent_commit is not None and exp.parent_commit != (head or self.branch_head())
 
     def built_on(self, exp: Experiment, champion: Experiment) -> Experiment:
         """The champion `exp` was made from, which it is judged against: its change is what is measured, and
@@ -404,7 +405,8 @@ class Experimenter:
             kept_commit = None
             if verdict == "keep" and status == "ok" and champion is not None:
                 assert exp.commit_sha is not None
-                if self._moved_on(exp):
+                head = self.branch_head()
+                if self._moved_on(exp, head):
                     # it beat a champion that another worker's keep has since replaced: what it was measured
                     # against is not what the branch holds, so it is not kept on these figures
                     verdict = "discard"
@@ -418,7 +420,7 @@ class Experimenter:
                         f"{exp.hypothesis}\n\n{self.cfg.metric.name}: {before:.6g} -> {after:.6g} "
                         f"(experiment {exp.id}, {len(exp.valid())} runs; {decision.reason})"
                     )
-                    kept_commit = self.store.keep(exp.commit_sha, self.branch_head(), message)
+                    kept_commit = self.store.keep(exp.commit_sha, head, message)
             elif verdict == "keep" and champion is not None:
                 verdict = "discard"
             ci = decision.ci or (None, None)

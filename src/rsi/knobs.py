@@ -443,7 +443,10 @@ def held_values(
     """The value each knob named by `keys` holds in `files` (knobs found and named as `named_knobs` does).
     Keys naming no knob, and files that do not parse, are left out."""
     wanted = set(keys)
-    return {key: k.value for key, k in named_knobs(files, include, exclude, strict=False).items() if key in wanted}
+    names = {key.rsplit(":", 1)[-1] for key in wanted}
+    # a file whose text holds none of the names holds none of these knobs, and takes no name from another file's
+    holding = {path: text for path, text in files.items() if any(name in text for name in names)}
+    return {key: k.value for key, k in named_knobs(holding, include, exclude, strict=False).items() if key in wanted}
 
 
 def carried_params(

@@ -93,7 +93,7 @@ class KnobsProposer:
         c = self.cfg
         return make_sampler(c.sampler, self.dists, self.goal, seed, c.startup, c.multivariate, c.candidates, c.scouts)
 
-    def _values(self, files: Mapping[str, str]) -> dict[str, Any]:
+    def values(self, files: Mapping[str, str]) -> dict[str, Any]:
         """Current values of the knobs in the champion's files (they change as knobs are kept), each knob found
         in the file it was found in at the start; one its file no longer holds keeps its start value."""
         keys = {(k.file, k.name): key for key, k in self.knobs.items()}
@@ -108,7 +108,7 @@ class KnobsProposer:
     def propose(self, ctx: Context) -> Proposal | None:
         if not self.knobs:
             return None
-        current = self._values(ctx.files)
+        current = self.values(ctx.files)
         clipped = {key: _clip(v, self.dists[key]) for key, v in current.items()}  # the champion, in the box
         if self.cfg.restart_after and self.dry >= self.cfg.restart_after:
             self._restart()
