@@ -14,7 +14,17 @@ from pathlib import Path
 from rsi import slots
 from rsi.config import Config, ConstraintConfig
 from rsi.errors import UserError
-from rsi.judge import Decision, Judge, Noise, NoisePool, improvement, pooled_noise, t_quantile, with_seed_share
+from rsi.judge import (
+    Decision,
+    Judge,
+    Noise,
+    NoisePool,
+    improvement,
+    pooled_noise,
+    spikes,
+    t_quantile,
+    with_seed_share,
+)
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
 from rsi.measure import CONFIRM, FRESH, HOLDOUT, SCREEN, VERIFY, Measurer, fresh_seed
 from rsi.pruning import PRUNED, Reference, reference
@@ -476,11 +486,18 @@ class Experimenter:
         if noise.sd == 0:
             ok = abs(diff) <= 1e-12 * max(1.0, abs(statistics.fmean(recorded)))
             return exp, fresh, f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}", ok
+        # spikes on either side are left out, as they are of the noise the interval is made of
+        goal, seen = self.cfg.metric.goal, len(valid) + len(recorded)
+        valid = [x for x, f in zip(valid, spikes(valid, noise.scale, goal), strict=True) if not f] or valid
+        recorded = [x for x, f in zip(recorded, spikes(recorded, noise.scale, goal), strict=True) if not f] or recorded
+        diff = statistics.fmean(valid) - statistics.fmean(recorded)
         half = t_quantile(0.5 + self.cfg.judge.confidence / 2, noise.dof) * noise.sd
         half *= math.sqrt(1 / len(valid) + 1 / len(recorded))
+        left = seen - len(valid) - len(recorded)
         sentence = (
             f"recorded {statistics.fmean(recorded):.6g} over {len(recorded)} runs, now {statistics.fmean(valid):.6g}"
             f" over {len(valid)}: difference {diff:+.4g}, allowed +-{half:.4g}"
+            + (f" ({left} spike run(s) left out)" if left else "")
         )
         return exp, fresh, sentence, abs(diff) <= half
 

@@ -17,10 +17,13 @@ research branch:
    at the rest. The last look is a paired t test on the candidate's own pairs where earlier candidates' pairs
    showed that the seed explains enough of the noise for that to be the more powerful test (with_seed_share).
 
+Spikes (a run far from the other runs of its code, one that lost its CPU to another process, say) are left out
+of the pooled noise, and of a comparison when they would count in the candidate's favour (`spikes`).
+
 The stages use disjoint runs, so a candidate with no real effect is kept with probability at most
 alpha_s * alpha_c = 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for 0.99). Over a night
 of 500 candidates that is at most 5 false keeps expected in the worst case, and benchmarks/judge.py measures
-0.15% to 0.22% (about one in a night). The constants below were chosen with that benchmark: at most 3 runs per
+0.14% to 0.36% (one or two in a night). The constants below were chosen with that benchmark: at most 3 runs per
 candidate on a realistic mix, and at least 80% of true 2-sigma gains kept, under Gaussian and heavy tails.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -47,6 +51,10 @@ EARLY_CONFIRM = 0.1  # the share of replication's alpha spent after its first pa
 # every later comparison too wide to keep anything
 OUTLIER_LEVEL = 1e-6
 OUTLIER_RATIO = 50.0
+# a run further than this many robust sds from the median of the runs of its code is a spike: a
+# time-limited run that another process starved of CPU, a node that stalled (see `spikes`)
+SPIKE_SDS = 6.0
+MEDIAN_GAP = 0.6745 * math.sqrt(2)  # the median distance between two runs of one code, in sds (Gaussian noise)
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,14 @@ class Decision:
 
 @dataclass(frozen=True)
 class Noise:
-    """The run-to-run standard deviation of the metric, pooled, with its degrees of freedom; and `shared`, the
-    part of its variance a seed gives every commit alike (0 until replication pairs show it; see with_seed_share)."""
+    """The run-to-run standard deviation of the metric, pooled, with its degrees of freedom, spikes left out; and
+    `shared`, the part of its variance a seed gives every commit alike (0 until replication pairs show it; see
+    with_seed_share)."""
 
     sd: float
     dof: int
     shared: float = 0.0
+    scale: float | None = None  # a robust sd (from the median distance of two runs of one code): spikes' yardstick
 
 
 def improvement(candidate: float, champion: float, goal: Goal) -> float:
@@ -77,6 +87,32 @@ def t_quantile(level: float, dof: int) -> float:
     from scipy import stats  # (here: it takes a second to import, which commands that judge nothing skip)
 
     return float(stats.t.ppf(level, dof))
+
+
+def spikes(runs: Sequence[float], scale: float | None, goal: Goal = "maximize") -> list[int]:
+    """For each run, 1 (-1) when it is more than SPIKE_SDS robust sds (`scale`) better (worse) than the median
+    of the runs of its code, else 0. The median counts the run itself, so that with three runs the far one
+    cannot drag the reference towards it; two runs twice that far apart are both spikes (neither can be told
+    from the other); a single run never is one.
+
+    Spikes are left out of the pooled noise, and each comparison leaves out those that would count in the
+    candidate's favour (its own better spikes, the champion's worse ones) and keeps the others, which only count
+    against it: a run that lost its CPU to another process no longer widens every interval of the research (one
+    such run in 58 doubled the noise sd on tinygpt), and a spike told apart never counts for a keep."""
+    n = len(runs)
+    if not scale or n < 2 or max(runs) - min(runs) <= SPIKE_SDS * scale:
+        return [0] * n
+    middle, flags = statistics.median(runs), []
+    for x in runs:
+        gain = improvement(x, middle, goal)
+        flags.append(0 if abs(gain) <= SPIKE_SDS * scale else 1 if gain > 0 else -1)
+    return flags
+
+
+def unspiked(runs: Sequence[float], noise: Noise | None, goal: Goal, side: int) -> list[float]:
+    """`runs` without their spikes on one `side` (1: the better ones, -1: the worse ones; see `spikes`)."""
+    flags = spikes(runs, noise.scale if noise is not None else None, goal)
+    return [x for x, f in zip(runs, flags, strict=True) if f != side]
 
 
 def pooled_noise(samples: Sequence[Sequence[float]]) -> Noise | None:
@@ -115,22 +151,42 @@ class NoisePool:
     times the variance at least) against the pool without it and without every one before it; those up to the
     last that fails the test are left out. The search stops at the first that spreads no more than the rest, or
     where it would leave out half of the degrees of freedom. The `anchor` (the baseline, whose runs are the
-    noise floor) is never left out: if it is the noisy one, so is the task."""
+    noise floor) is never left out: if it is the noisy one, so is the task.
+
+    Before that, single runs far from the median of the runs of their code (`spikes`, against a robust sd: the median
+    distance between successive runs of one code) are left out, counted in `spikes`: one starved run otherwise
+    doubles the sd of a task whose runs are otherwise close."""
 
     def __init__(self, anchor: int | None = None) -> None:
-        self._squares: dict[int, tuple[int, float]] = {}  # experiment -> (runs, sum of squared deviations)
+        # experiment -> (runs, sum of squared deviations, distances between successive runs)
+        self._seen: dict[int, tuple[int, float, list[float]]] = {}
         self.anchor = anchor
         self.left_out: list[int] = []
+        self.spikes = 0  # runs left out as spikes (see `spikes`)
 
     def __call__(self, samples: Mapping[int, Sequence[float]]) -> Noise | None:
-        parts: list[tuple[int, int, float]] = []  # (experiment, dof, sum of squares)
+        seen: dict[int, tuple[int, float, list[float]]] = {}
         for exp_id, runs in samples.items():
             n = len(runs)
             if n >= 2:
-                seen = self._squares.get(exp_id)
-                if seen is None or seen[0] != n:
-                    seen = self._squares[exp_id] = (n, _squares(runs))
-                parts.append((exp_id, n - 1, seen[1]))
+                known = self._seen.get(exp_id)
+                if known is None or known[0] != n:
+                    gaps = [abs(a - b) for a, b in itertools.pairwise(runs)]
+                    known = self._seen[exp_id] = (n, _squares(runs), gaps)
+                seen[exp_id] = known
+        gaps = [g for _, _, some in seen.values() for g in some]
+        scale = statistics.median(gaps) / MEDIAN_GAP if gaps else None
+        parts: list[tuple[int, int, float]] = []  # (experiment, dof, sum of squares)
+        self.spikes = 0
+        for exp_id, (n, squares, _) in seen.items():
+            flags = spikes(samples[exp_id], scale)
+            if any(flags):  # left out of the spread, not only of the mean: they are not the noise of the code
+                clean = [x for x, f in zip(samples[exp_id], flags, strict=True) if not f]
+                self.spikes += n - len(clean)
+                if len(clean) >= 2:
+                    parts.append((exp_id, len(clean) - 1, _squares(clean)))
+            else:
+                parts.append((exp_id, n - 1, squares))
         num, dof = math.fsum(s for _, _, s in parts), sum(d for _, d, _ in parts)
         suspects = sorted((p for p in parts if p[0] != self.anchor), key=lambda p: p[2] / p[1], reverse=True)
         rest, rest_dof, out = num, dof, 0
@@ -144,7 +200,7 @@ class NoisePool:
         if out:
             kept = [(d, s) for exp_id, d, s in parts if exp_id not in self.left_out]
             num, dof = math.fsum(s for _, s in kept), sum(d for d, _ in kept)
-        return Noise(math.sqrt(max(num, 0.0) / dof), dof) if dof else None
+        return Noise(math.sqrt(max(num, 0.0) / dof), dof, scale=scale) if dof else None
 
 
 PAIRED_DOF = 4  # replication pairs' degrees of freedom before the seed's share of the noise is estimated
@@ -330,6 +386,8 @@ class SequentialJudge:
         as replication misses them. Looked at again as its fresh runs grow in number: the look at n runs spends
         2 alpha / (n (n + 1)) of alpha = 1 - confidence, so that all of them together spend at most alpha,
         whichever counts are looked at."""
+        # spikes that would count for a revert are left out: its own worse ones, its predecessor's better ones
+        fresh, before = unspiked(fresh, noise, goal, -1), unspiked(before, noise, goal, 1)
         n = len(fresh)
         if noise is None or noise.sd == 0 or n < 2 or not before:
             return Decision("keep", "too few fresh runs to tell")
@@ -355,9 +413,12 @@ class SequentialJudge:
             return Decision("discard", "the champion has no valid measurement to compare with")
         if noise is None or noise.sd == 0:
             return self._noiseless(candidate, champion, goal, noise)
-        gain = improvement(statistics.fmean(m for m in candidate if m is not None), statistics.fmean(champion), goal)
-        se = noise.sd * math.sqrt(1 / n + 1 / len(champion))
         points = looks(self.max_repeats)
+        # spikes that would count in its favour are left out: its own better ones, the champion's worse ones
+        mine = unspiked([m for m in candidate if m is not None], noise, goal, 1)
+        theirs = unspiked(champion, noise, goal, -1)
+        gain = improvement(statistics.fmean(mine), statistics.fmean(theirs), goal)
+        se = noise.sd * math.sqrt(1 / len(mine) + 1 / len(theirs))
         if n not in points:
             return Decision("more", f"{n} run(s); next look at {min(p for p in points if p > n)}")
         q_keep = self._quantile(1 - self.alpha_stage / len(points), noise.dof)
@@ -428,6 +489,13 @@ class SequentialJudge:
         n, final = len(pairs), len(pairs) >= self.replicate
         if not final and n > 1:  # looks after the first pair and after the last only
             return Decision("more", f"{n} of {self.replicate} fresh pairs")
+        if noise is not None and n > 1:  # the pairs with a spike in the candidate's favour are left out
+            mine = spikes([c for c, _ in pairs], noise.scale, goal)
+            theirs = spikes([h for _, h in pairs], noise.scale, goal)
+            pairs = [p for p, a, b in zip(pairs, mine, theirs, strict=True) if a != 1 and b != -1]
+            if not pairs:
+                return Decision("discard", "every fresh pair held a spike in its favour")
+            n = len(pairs)
         seeds = f"{n} fresh seed{'s' if n > 1 else ''}"
         gain = improvement(statistics.fmean(c for c, _ in pairs), statistics.fmean(h for _, h in pairs), goal)
         if noise is None or noise.sd == 0:

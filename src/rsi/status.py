@@ -113,6 +113,8 @@ def status_json(ledger: Ledger) -> dict[str, Any]:
         "noise_seed_share": noise.shared / noise.sd**2 if noise and noise.sd > 0 else 0.0,
         # experiments whose runs spread too much to share the noise of the others (code unstable on some seeds)
         "noise_left_out": pool.left_out,
+        # runs far from the other runs of their code, left out of the noise (judge.spikes)
+        "noise_spikes": pool.spikes,
         "detectable": float(detectable) if detectable else None,
         "selection_gain": _gain(believed_best, base.mean(), goal) if best and base else None,
         "holdout_gain": _gain(best.mean("holdout"), base.mean("holdout"), goal) if best and base else None,
@@ -166,6 +168,8 @@ def standing(data: Mapping[str, Any]) -> str:
     share = f", {data['noise_seed_share']:.0%} of it the seed's" if data["noise_seed_share"] else ""
     out = data.get("noise_left_out") or []
     unstable = f" (without {', '.join(f'#{i}' for i in out)}: runs too spread to share it)" if out else ""
+    spiked = data.get("noise_spikes") or 0
+    unstable += f" (without {spiked} spike run(s), far from the other runs of their code)" if spiked else ""
     busy = data.get("contended_runs") or 0
     paused = "  PAUSED (rsi resume lets it go on)" if data.get("paused") else ""
     load = f"  {busy} run(s) on a busy machine (other processes used half their cores or more)" if busy else ""
