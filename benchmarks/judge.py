@@ -50,6 +50,7 @@ MIX = {"null": (0.0, 0.60), "regression": (-1.0, 0.25), "gain_1sd": (1.0, 0.10),
 SEEDED = 0.7  # the `seeded` model's share of the variance that comes with the seed
 SPIKE, SPIKE_EVERY = 8.0, 20  # the `spiky` model: one run in SPIKE_EVERY is worse by SPIKE sds
 NOISES = ("gauss", "t3", "seeded", "spiky")
+JUDGES = ("rsi", "rsi unpaired", "autoresearch", "two-sigma")
 
 
 def noise_draw(kind: str, key: str) -> float:
@@ -122,6 +123,7 @@ class TwoSigmaJudge:
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
+        among: tuple[Sequence[float], Sequence[float]] = ((), ()),
     ) -> Decision:
         return Decision("keep", "no replication")
 
@@ -186,11 +188,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer candidates (about a minute)")
     ap.add_argument("--tasks", type=int, help="researches of 1000 candidates per judge and noise (default 6)")
     ap.add_argument("--noises", default="gauss,t3,seeded", help=f"comma-separated, of {','.join(NOISES)}")
+    ap.add_argument("--judges", default=",".join(JUDGES), help=f"comma-separated, of {','.join(JUDGES)}")
     ap.add_argument("--program", type=Path, help="rsi's judge settings from this research program (default: shipped)")
     args = ap.parse_args()
     noises = args.noises.split(",")
     if unknown := [n for n in noises if n not in NOISES]:
         ap.error(f"--noises: unknown {', '.join(unknown)} (known: {', '.join(NOISES)})")
+    judges = args.judges.split(",")
+    if unknown := [j for j in judges if j not in JUDGES]:
+        ap.error(f"--judges: unknown {', '.join(unknown)} (known: {', '.join(JUDGES)})")
+    if "autoresearch" not in judges:
+        ap.error("--judges: autoresearch is needed, as the runs per candidate are held to its")
     program = load_program(args.program) if args.program else default_program()
     candidates, tasks = (300, 3) if args.quick else (1000, 6)
     tasks = args.tasks or tasks
@@ -199,7 +207,7 @@ def main() -> None:
     print(f"{'noise':8}{'judge':16}{heads}")
     for noise in noises:
         figures[noise] = {}
-        for name in ("rsi", "rsi unpaired", "autoresearch", "two-sigma"):
+        for name in judges:
             rows = [research(name, noise, candidates, seed, program) for seed in range(tasks)]
             nulls = sum(r["nulls"] for r in rows)
             gains = sum(r["gains_2sd"] for r in rows)
@@ -219,7 +227,8 @@ def main() -> None:
                 flush=True,
             )
     met = all(
-        f["rsi"]["false_keep_rate"] <= 0.01
+        "rsi" in f
+        and f["rsi"]["false_keep_rate"] <= 0.01
         and f["rsi"]["keep_rate_2sd"] >= 0.8
         and f["rsi"]["runs_per_candidate"] <= 3 * f["autoresearch"]["runs_per_candidate"]
         for f in figures.values()

@@ -27,6 +27,7 @@ from rsi.judge import (
     with_seed_share,
 )
 from rsi.ledger import Experiment, Run
+from rsi.measure import fresh_seed
 from rsi.proposer import Context, Proposal
 from rsi.status import standing, status_json
 from rsi.store import MemoryStore
@@ -205,6 +206,22 @@ def test_a_spike_never_counts_in_the_candidates_favour() -> None:
     assert judge.confirm(*fair, "minimize", Noise(0.1, 40)).verdict == "keep"  # counted, it made a keep
     kept = judge.confirm([3.5, 3.5, 3.5, 4.4], [4.0, 4.0, 4.0, 4.0], "minimize", noise)  # its worse spike counts
     assert kept.verdict == "keep" and "4 fresh seeds: 0.275," in kept.reason
+
+
+def test_a_spike_in_the_first_fresh_pair_is_told_by_the_other_runs_of_its_code() -> None:
+    """The first fresh pair, one run each, is judged on its own (a gain of many noise sds lands at once); the
+    other runs of each code tell whether one of its runs is a spike."""
+    judge, noise = SequentialJudge(), Noise(0.1, 40, scale=0.1)
+    assert judge.confirm([4.0], [5.2], "minimize", noise).verdict == "keep"  # 12 sds on one pair
+    champion = [4.0, 4.02, 3.98, 4.01, 5.2]  # ... but the champion's other fresh runs are near 4.0
+    starved = judge.confirm([4.0], [5.2], "minimize", noise, among=([4.0, 3.99, 4.0], champion))
+    assert starved.verdict == "more" and "spike" in starved.reason
+    lucky = judge.confirm([2.8], [4.0], "minimize", noise, among=([4.0, 3.99, 2.8], [4.0, 4.02, 3.98]))
+    assert lucky.verdict == "more"  # the candidate's own run, far better than its screening runs
+    real = judge.confirm([2.8], [4.0], "minimize", noise, among=([2.81, 2.79, 2.8], [4.0, 4.02, 3.98]))
+    assert real.verdict == "keep"
+    last = judge.confirm([4.0] * 4, [5.2] * 4, "minimize", noise, among=([4.0] * 4, [4.0] * 5 + [5.2] * 4))
+    assert last.verdict == "discard" and "every fresh pair held a spike" in last.reason
 
 
 def test_with_nothing_kept_the_selection_gain_is_zero() -> None:
@@ -693,3 +710,21 @@ def test_a_screening_seed_is_never_one_the_candidate_ran_on_when_the_pool_grows_
     pool = [fresh(50, 10006), fresh(51, 10007)]  # the earlier-started run finished since
     assert screen_seed(pool, 4, 1, {first}) == 10006
     assert screen_seed(pool, 4, 2, {10006, 10007}) not in (10006, 10007)  # then a fresh one
+
+
+def test_a_starved_champion_run_in_the_first_fresh_pair_does_not_land_a_keep() -> None:
+    """Replication's first pair keeps a gain of many noise sds at once. Here the gain is 3 sds, and the
+    champion's run on that pair's seed lost its CPU (a whole unit worse): the champion's other fresh runs show
+    it for a spike, so the keep waits for the other pairs and stands on them."""
+    first_pair = fresh_seed(1, 1)
+
+    def metric(files: Mapping[str, str], seed: int) -> float:
+        starved = 1.0 if "gain" not in files["f.py"] and seed == first_pair else 0.0
+        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01) + starved
+
+    r = in_process(config(), {"f.py": "loss = 1.0\n"}, metric, Scripted(["loss = 0.97\ngain = 1\n"]))
+    r.run(Limits(max_experiments=2))
+    base, gain = r.ledger.experiments()
+    assert base.metrics("fresh")[5] == pytest.approx(2.0, abs=0.05)  # the starved run, replication's first
+    assert gain.verdict == "keep" and "replicated on 3 fresh seeds" in gain.reason
+    assert [run.kind for run in gain.runs].count("confirm") == 4

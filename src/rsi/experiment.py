@@ -21,8 +21,8 @@ from rsi.judge import (
     NoisePool,
     improvement,
     pooled_noise,
-    spikes,
     t_quantile,
+    unspiked,
     with_seed_share,
 )
 from rsi.ledger import SELECT_KINDS, Experiment, Ledger, Run
@@ -368,7 +368,10 @@ class Experimenter:
             cand = [_metric_at(exp, s, CONFIRM) for s in seeds]
             champ = [_metric_at(champion, s) for s in seeds]
             noise = self.noise(leave_out=exp.id)  # its own pairs never choose how they are tested
-            confirmed = self.judge.confirm(cand, champ, self.cfg.metric.goal, noise, deletes_code(exp.diff))
+            # every run of each code, which tell a spike in a pair (the first one too)
+            among = exp.valid(), [r.metric for r in champion_pool(champion) if r.metric is not None]
+            goal, deletes = self.cfg.metric.goal, deletes_code(exp.diff)
+            confirmed = self.judge.confirm(cand, champ, goal, noise, deletes, among)
             if confirmed.verdict != "more":
                 break
         if confirmed.verdict != "keep":
@@ -487,9 +490,8 @@ class Experimenter:
             ok = abs(diff) <= 1e-12 * max(1.0, abs(statistics.fmean(recorded)))
             return exp, fresh, f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}", ok
         # spikes on either side are left out, as they are of the noise the interval is made of
-        goal, seen = self.cfg.metric.goal, len(valid) + len(recorded)
-        valid = [x for x, f in zip(valid, spikes(valid, noise.scale, goal), strict=True) if not f] or valid
-        recorded = [x for x, f in zip(recorded, spikes(recorded, noise.scale, goal), strict=True) if not f] or recorded
+        seen = len(valid) + len(recorded)
+        valid, recorded = unspiked(valid, noise.scale) or valid, unspiked(recorded, noise.scale) or recorded
         diff = statistics.fmean(valid) - statistics.fmean(recorded)
         half = t_quantile(0.5 + self.cfg.judge.confidence / 2, noise.dof) * noise.sd
         half *= math.sqrt(1 / len(valid) + 1 / len(recorded))

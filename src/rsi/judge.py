@@ -17,8 +17,7 @@ research branch:
    at the rest. The last look is a paired t test on the candidate's own pairs where earlier candidates' pairs
    showed that the seed explains enough of the noise for that to be the more powerful test (with_seed_share).
 
-Spikes (a run far from the other runs of its code, one that lost its CPU to another process, say) are left out
-of the pooled noise, and of a comparison when they would count in the candidate's favour (`spikes`).
+Spikes, single runs far from the other runs of their code, are left out where they would mislead (`spikes`).
 
 The stages use disjoint runs, so a candidate with no real effect is kept with probability at most
 alpha_s * alpha_c = 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for 0.99). Over a night
@@ -89,30 +88,36 @@ def t_quantile(level: float, dof: int) -> float:
     return float(stats.t.ppf(level, dof))
 
 
-def spikes(runs: Sequence[float], scale: float | None, goal: Goal = "maximize") -> list[int]:
+def spikes(
+    runs: Sequence[float], scale: float | None, goal: Goal = "maximize", among: Sequence[float] = ()
+) -> list[int]:
     """For each run, 1 (-1) when it is more than SPIKE_SDS robust sds (`scale`) better (worse) than the median
-    of the runs of its code, else 0. The median counts the run itself, so that with three runs the far one
-    cannot drag the reference towards it; two runs twice that far apart are both spikes (neither can be told
-    from the other); a single run never is one.
+    of the runs of its code (`among`, all of them, of which `runs` are some; default `runs` alone), else 0.
+    The median counts the run itself, so that with three runs the far one cannot drag the reference towards
+    it; two runs twice that far apart are both spikes (neither can be told from the other); a run alone never
+    is one.
 
-    Spikes are left out of the pooled noise, and each comparison leaves out those that would count in the
-    candidate's favour (its own better spikes, the champion's worse ones) and keeps the others, which only count
-    against it: a run that lost its CPU to another process no longer widens every interval of the research (one
-    such run in 58 doubled the noise sd on tinygpt), and a spike told apart never counts for a keep."""
-    n = len(runs)
-    if not scale or n < 2 or max(runs) - min(runs) <= SPIKE_SDS * scale:
-        return [0] * n
-    middle, flags = statistics.median(runs), []
+    A spike is a run that another process starved of CPU, or a node that stalled: one such run in 58 doubled
+    the pooled noise sd on tinygpt. Spikes are left out of the pooled noise (NoisePool), and a comparison
+    leaves out those that would count in the candidate's favour (its own better ones, the champion's worse
+    ones) and keeps the others, which only count against it: a spike told apart never helps a keep."""
+    code = among or runs
+    if not scale or len(code) < 2 or max(*code, *runs) - min(*code, *runs) <= SPIKE_SDS * scale:
+        return [0] * len(runs)
+    middle, flags = statistics.median(code), []
     for x in runs:
         gain = improvement(x, middle, goal)
         flags.append(0 if abs(gain) <= SPIKE_SDS * scale else 1 if gain > 0 else -1)
     return flags
 
 
-def unspiked(runs: Sequence[float], noise: Noise | None, goal: Goal, side: int) -> list[float]:
-    """`runs` without their spikes on one `side` (1: the better ones, -1: the worse ones; see `spikes`)."""
-    flags = spikes(runs, noise.scale if noise is not None else None, goal)
-    return [x for x, f in zip(runs, flags, strict=True) if f != side]
+def unspiked(
+    runs: Sequence[float], scale: float | None, goal: Goal = "maximize", side: int | None = None
+) -> list[float]:
+    """`runs` without their spikes (`spikes`) on one `side` (1: the better ones, -1: the worse ones), or on
+    both (None)."""
+    flags = spikes(runs, scale, goal)
+    return [x for x, f in zip(runs, flags, strict=True) if not f or (side is not None and f != side)]
 
 
 def pooled_noise(samples: Sequence[Sequence[float]]) -> Noise | None:
@@ -153,9 +158,8 @@ class NoisePool:
     where it would leave out half of the degrees of freedom. The `anchor` (the baseline, whose runs are the
     noise floor) is never left out: if it is the noisy one, so is the task.
 
-    Before that, single runs far from the median of the runs of their code (`spikes`, against a robust sd: the median
-    distance between successive runs of one code) are left out, counted in `spikes`: one starved run otherwise
-    doubles the sd of a task whose runs are otherwise close."""
+    Before that, spikes are left out (`spikes`, against a robust sd: the median distance between successive runs
+    of one code), counted in `spikes`."""
 
     def __init__(self, anchor: int | None = None) -> None:
         # experiment -> (runs, sum of squared deviations, distances between successive runs)
@@ -179,14 +183,12 @@ class NoisePool:
         parts: list[tuple[int, int, float]] = []  # (experiment, dof, sum of squares)
         self.spikes = 0
         for exp_id, (n, squares, _) in seen.items():
-            flags = spikes(samples[exp_id], scale)
-            if any(flags):  # left out of the spread, not only of the mean: they are not the noise of the code
-                clean = [x for x, f in zip(samples[exp_id], flags, strict=True) if not f]
-                self.spikes += n - len(clean)
-                if len(clean) >= 2:
-                    parts.append((exp_id, len(clean) - 1, _squares(clean)))
-            else:
+            clean = unspiked(samples[exp_id], scale)  # out of the spread too: they are not the code's noise
+            self.spikes += n - len(clean)
+            if len(clean) == n:
                 parts.append((exp_id, n - 1, squares))
+            elif len(clean) >= 2:
+                parts.append((exp_id, len(clean) - 1, _squares(clean)))
         num, dof = math.fsum(s for _, _, s in parts), sum(d for _, d, _ in parts)
         suspects = sorted((p for p in parts if p[0] != self.anchor), key=lambda p: p[2] / p[1], reverse=True)
         rest, rest_dof, out = num, dof, 0
@@ -281,9 +283,11 @@ class Judge(Protocol):
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
+        among: tuple[Sequence[float], Sequence[float]] = ((), ()),
     ) -> Decision:
         """Replication on fresh seeds, both arms on the same seeds, the pairs so far: keep, discard, or more
-        (another pair first; never once `replicate` pairs are in)."""
+        (another pair first; never once `replicate` pairs are in). `among`: every valid run of the candidate's
+        code and of the champion's, the pairs' among them, against which a spike in a pair is told."""
         ...
 
     def detectable(self, champion_runs: int, noise: Noise | None, deletes_code: bool = False) -> float | None:
@@ -334,6 +338,7 @@ class ThresholdJudge:
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
+        among: tuple[Sequence[float], Sequence[float]] = ((), ()),
     ) -> Decision:
         return Decision("keep", "no replication stage")
 
@@ -387,7 +392,8 @@ class SequentialJudge:
         2 alpha / (n (n + 1)) of alpha = 1 - confidence, so that all of them together spend at most alpha,
         whichever counts are looked at."""
         # spikes that would count for a revert are left out: its own worse ones, its predecessor's better ones
-        fresh, before = unspiked(fresh, noise, goal, -1), unspiked(before, noise, goal, 1)
+        scale = noise.scale if noise is not None else None
+        fresh, before = unspiked(fresh, scale, goal, -1), unspiked(before, scale, goal, 1)
         n = len(fresh)
         if noise is None or noise.sd == 0 or n < 2 or not before:
             return Decision("keep", "too few fresh runs to tell")
@@ -415,8 +421,8 @@ class SequentialJudge:
             return self._noiseless(candidate, champion, goal, noise)
         points = looks(self.max_repeats)
         # spikes that would count in its favour are left out: its own better ones, the champion's worse ones
-        mine = unspiked([m for m in candidate if m is not None], noise, goal, 1)
-        theirs = unspiked(champion, noise, goal, -1)
+        mine = unspiked([m for m in candidate if m is not None], noise.scale, goal, 1)
+        theirs = unspiked(champion, noise.scale, goal, -1)
         gain = improvement(statistics.fmean(mine), statistics.fmean(theirs), goal)
         se = noise.sd * math.sqrt(1 / len(mine) + 1 / len(theirs))
         if n not in points:
@@ -482,6 +488,7 @@ class SequentialJudge:
         goal: Goal,
         noise: Noise | None,
         deletes_code: bool = False,
+        among: tuple[Sequence[float], Sequence[float]] = ((), ()),
     ) -> Decision:
         pairs = [(c, h) for c, h in zip(candidate, champion, strict=False) if c is not None and h is not None]
         if len(pairs) < len(candidate) or not pairs:
@@ -489,12 +496,14 @@ class SequentialJudge:
         n, final = len(pairs), len(pairs) >= self.replicate
         if not final and n > 1:  # looks after the first pair and after the last only
             return Decision("more", f"{n} of {self.replicate} fresh pairs")
-        if noise is not None and n > 1:  # the pairs with a spike in the candidate's favour are left out
-            mine = spikes([c for c, _ in pairs], noise.scale, goal)
-            theirs = spikes([h for _, h in pairs], noise.scale, goal)
+        if noise is not None:  # the pairs with a spike in the candidate's favour are left out
+            mine = spikes([c for c, _ in pairs], noise.scale, goal, among[0])
+            theirs = spikes([h for _, h in pairs], noise.scale, goal, among[1])
             pairs = [p for p, a, b in zip(pairs, mine, theirs, strict=True) if a != 1 and b != -1]
             if not pairs:
-                return Decision("discard", "every fresh pair held a spike in its favour")
+                if final:
+                    return Decision("discard", "every fresh pair held a spike in its favour")
+                return Decision("more", f"1 of {self.replicate} fresh pairs, a spike in its favour left out")
             n = len(pairs)
         seeds = f"{n} fresh seed{'s' if n > 1 else ''}"
         gain = improvement(statistics.fmean(c for c, _ in pairs), statistics.fmean(h for _, h in pairs), goal)
