@@ -22,7 +22,7 @@ Spikes, single runs far from the other runs of their code, are left out where th
 The stages use disjoint runs, so a candidate with no real effect is kept with probability at most
 alpha_s * alpha_c = 1 - confidence (alpha_s = alpha_c = sqrt(1 - confidence): 0.1 each for 0.99). Over a night
 of 500 candidates that is at most 5 false keeps expected in the worst case, and benchmarks/judge.py measures
-0.14% to 0.36% (one or two in a night). The constants below were chosen with that benchmark: at most 3 runs per
+0.14% to 0.33% (one or two in a night). The constants below were chosen with that benchmark: at most 3 runs per
 candidate on a realistic mix, and at least 80% of true 2-sigma gains kept, under Gaussian and heavy tails.
 """
 
