@@ -217,10 +217,15 @@ def test_a_spike_in_the_first_fresh_pair_is_told_by_the_other_runs_of_its_code()
     starved = judge.confirm([4.0], [5.2], "minimize", noise, among=([4.0, 3.99, 4.0], champion))
     assert starved.verdict == "more" and "spike" in starved.reason
     lucky = judge.confirm([2.8], [4.0], "minimize", noise, among=([4.0, 3.99, 2.8], [4.0, 4.02, 3.98]))
-    assert lucky.verdict == "more"  # the candidate's own run, far better than its screening runs
+    assert lucky.verdict == "more" and "spike" in lucky.reason  # its own run, far better than its screening
     real = judge.confirm([2.8], [4.0], "minimize", noise, among=([2.81, 2.79, 2.8], [4.0, 4.02, 3.98]))
     assert real.verdict == "keep"
-    last = judge.confirm([4.0] * 4, [5.2] * 4, "minimize", noise, among=([4.0] * 4, [4.0] * 5 + [5.2] * 4))
+    # maximized: the same rule, and spikes against the candidate (its worse run, the champion's better) count
+    up = judge.confirm([5.2], [4.0], "maximize", noise, among=([4.0, 3.99, 5.2], [4.0, 4.02, 3.98]))
+    assert up.verdict == "more" and "spike" in up.reason
+    counted = judge.confirm([4.0], [5.2], "maximize", noise, among=([4.0, 3.99, 4.0], [4.0, 4.02, 3.98, 5.2]))
+    assert counted.verdict == "more" and "pairs: -1.2," in counted.reason  # (the first look only keeps)
+    last = judge.confirm([4.0] * 4, [5.2] * 4, "minimize", noise, among=([4.0] * 4, [4.0] * 8 + [5.2] * 4))
     assert last.verdict == "discard" and "every fresh pair held a spike" in last.reason
 
 

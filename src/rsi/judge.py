@@ -101,7 +101,7 @@ def spikes(
     the pooled noise sd on tinygpt. Spikes are left out of the pooled noise (NoisePool), and a comparison
     leaves out those that would count in the candidate's favour (its own better ones, the champion's worse
     ones) and keeps the others, which only count against it: a spike told apart never helps a keep."""
-    code = among or runs
+    code = among if len(among) >= len(runs) else runs  # (`among` holds `runs`)
     if not scale or len(code) < 2 or max(*code, *runs) - min(*code, *runs) <= SPIKE_SDS * scale:
         return [0] * len(runs)
     middle, flags = statistics.median(code), []
@@ -286,8 +286,9 @@ class Judge(Protocol):
         among: tuple[Sequence[float], Sequence[float]] = ((), ()),
     ) -> Decision:
         """Replication on fresh seeds, both arms on the same seeds, the pairs so far: keep, discard, or more
-        (another pair first; never once `replicate` pairs are in). `among`: every valid run of the candidate's
-        code and of the champion's, the pairs' among them, against which a spike in a pair is told."""
+        (another pair first; never once `replicate` pairs are in). `among`: the runs of each code against which
+        a spike in a pair is told (the pairs' runs among them): the candidate's valid runs, the champion's fresh
+        ones."""
         ...
 
     def detectable(self, champion_runs: int, noise: Noise | None, deletes_code: bool = False) -> float | None:
