@@ -368,7 +368,7 @@ class Experimenter:
             cand = [_metric_at(exp, s, CONFIRM) for s in seeds]
             champ = [_metric_at(champion, s) for s in seeds]
             noise = self.noise(leave_out=exp.id)  # its own pairs never choose how they are tested
-            # every run of each code, which tell a spike in a pair (the first one too)
+            # what tells a spike in a pair (the first one too): the candidate's valid runs, the champion's fresh ones
             among = exp.valid(), [r.metric for r in champion_pool(champion) if r.metric is not None]
             goal, deletes = self.cfg.metric.goal, deletes_code(exp.diff)
             confirmed = self.judge.confirm(cand, champ, goal, noise, deletes, among)
