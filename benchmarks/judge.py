@@ -133,7 +133,14 @@ class TwoSigmaJudge:
     def with_repeats(self, most: int) -> Judge:
         return self
 
-    def holds(self, fresh: Sequence[float], before: Sequence[float], goal: Goal, noise: Noise | None) -> Decision:
+    def holds(
+        self,
+        fresh: Sequence[float],
+        before: Sequence[float],
+        goal: Goal,
+        noise: Noise | None,
+        among: tuple[Sequence[float], Sequence[float]] = ((), ()),
+    ) -> Decision:
         return Decision("keep", "nothing is re-measured")
 
 

@@ -319,7 +319,12 @@ class Experimenter:
                 # the noise without its own runs: those that kept it and those since, were it not to hold, would
                 # spread as two levels, and make the test too wide to see it
                 others = {k: v for k, v in self.ledger.select_metrics().items() if k != champion.id}
-                held = self.judge.holds(valid, previous, self.cfg.metric.goal, NoisePool(anchor=0)(others))
+                noise = NoisePool(anchor=0)(others)
+                # what tells a spike in its fresh runs: every run of its code (its screening and confirmation
+                # runs too), not the fresh ones alone, of which two starved runs in three would be the median
+                runs = [r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and not contended(r)]
+                mine = [r.metric for r in runs if r.metric is not None]
+                held = self.judge.holds(valid, previous, self.cfg.metric.goal, noise, (mine, previous))
                 if held.verdict != "discard":
                     return champion
                 why = f"{held.reason} against #{before.id}"

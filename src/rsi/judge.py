@@ -95,7 +95,8 @@ def spikes(
     of the runs of its code (`among`, all of them, of which `runs` are some; default `runs` alone), else 0.
     The median counts the run itself, so that with three runs the far one cannot drag the reference towards
     it; two runs twice that far apart are both spikes (neither can be told from the other); a run alone never
-    is one.
+    is one, nor is any run of three or more when most of them are that far from their median: a code whose runs
+    fall at two levels (a keep whose later runs got worse) shows a shift, not a spike.
 
     A spike is a run that another process starved of CPU, or a node that stalled: one such run in 58 doubled
     the pooled noise sd on tinygpt. Spikes are left out of the pooled noise (NoisePool), and a comparison
@@ -105,6 +106,8 @@ def spikes(
     if not scale or len(code) < 2 or max(*code, *runs) - min(*code, *runs) <= SPIKE_SDS * scale:
         return [0] * len(runs)
     middle, flags = statistics.median(code), []
+    if len(code) > 2 and 2 * sum(abs(x - middle) <= SPIKE_SDS * scale for x in code) <= len(code):
+        return [0] * len(runs)  # most runs of the code are far from its median: two levels, not a spike
     for x in runs:
         gain = improvement(x, middle, goal)
         flags.append(0 if abs(gain) <= SPIKE_SDS * scale else 1 if gain > 0 else -1)
@@ -112,11 +115,15 @@ def spikes(
 
 
 def unspiked(
-    runs: Sequence[float], scale: float | None, goal: Goal = "maximize", side: int | None = None
+    runs: Sequence[float],
+    scale: float | None,
+    goal: Goal = "maximize",
+    side: int | None = None,
+    among: Sequence[float] = (),
 ) -> list[float]:
-    """`runs` without their spikes (`spikes`) on one `side` (1: the better ones, -1: the worse ones), or on
-    both (None)."""
-    flags = spikes(runs, scale, goal)
+    """`runs` without their spikes (`spikes`, told `among` the runs of their code) on one `side` (1: the better
+    ones, -1: the worse ones), or on both (None)."""
+    flags = spikes(runs, scale, goal, among)
     return [x for x, f in zip(runs, flags, strict=True) if not f or (side is not None and f != side)]
 
 
@@ -302,9 +309,18 @@ class Judge(Protocol):
         --repeats`)."""
         ...
 
-    def holds(self, fresh: Sequence[float], before: Sequence[float], goal: Goal, noise: Noise | None) -> Decision:
+    def holds(
+        self,
+        fresh: Sequence[float],
+        before: Sequence[float],
+        goal: Goal,
+        noise: Noise | None,
+        among: tuple[Sequence[float], Sequence[float]] = ((), ()),
+    ) -> Decision:
         """After a keep landed: whether its fresh runs (`fresh`, none of which decided its keep) still show it
-        no worse than the champion it replaced (that one's fresh runs, `before`). "discard": revert it."""
+        no worse than the champion it replaced (that one's fresh runs, `before`). "discard": revert it. `among`:
+        the runs of each code against which a spike is told (`fresh` and `before` among them): the keep's valid
+        runs, its predecessor's fresh ones."""
         ...
 
 
@@ -349,7 +365,14 @@ class ThresholdJudge:
     def with_repeats(self, most: int) -> ThresholdJudge:
         return self  # one run decides, however many are allowed
 
-    def holds(self, fresh: Sequence[float], before: Sequence[float], goal: Goal, noise: Noise | None) -> Decision:
+    def holds(
+        self,
+        fresh: Sequence[float],
+        before: Sequence[float],
+        goal: Goal,
+        noise: Noise | None,
+        among: tuple[Sequence[float], Sequence[float]] = ((), ()),
+    ) -> Decision:
         return Decision("keep", "one run decides: nothing is re-measured")
 
 
@@ -386,7 +409,14 @@ class SequentialJudge:
     def with_repeats(self, most: int) -> SequentialJudge:
         return dataclasses.replace(self, max_repeats=most)
 
-    def holds(self, fresh: Sequence[float], before: Sequence[float], goal: Goal, noise: Noise | None) -> Decision:
+    def holds(
+        self,
+        fresh: Sequence[float],
+        before: Sequence[float],
+        goal: Goal,
+        noise: Noise | None,
+        among: tuple[Sequence[float], Sequence[float]] = ((), ()),
+    ) -> Decision:
         """Reverted only when the fresh runs show it worse than the champion it replaced: its improvement's
         upper bound below zero. Not a second replication, which would revert true small gains about as often
         as replication misses them. Looked at again as its fresh runs grow in number: the look at n runs spends
@@ -394,7 +424,7 @@ class SequentialJudge:
         whichever counts are looked at."""
         # spikes that would count for a revert are left out: its own worse ones, its predecessor's better ones
         scale = noise.scale if noise is not None else None
-        fresh, before = unspiked(fresh, scale, goal, -1), unspiked(before, scale, goal, 1)
+        fresh, before = unspiked(fresh, scale, goal, -1, among[0]), unspiked(before, scale, goal, 1, among[1])
         n = len(fresh)
         if noise is None or noise.sd == 0 or n < 2 or not before:
             return Decision("keep", "too few fresh runs to tell")
