@@ -768,7 +768,7 @@ def test_a_keep_whose_first_fresh_runs_were_starved_is_not_reverted(monkeypatch:
     cfg = config()
     cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"baseline_repeats": 3})})
     r = in_process(cfg, {"f.py": "loss = 1.0\n"}, metric, Scripted(["loss = 0.97\n", "loss = 1.0\n"]))
-    finish, starved = r.ledger.finish_run, []
+    finish, starved = r.ledger.finish_run, list[int]()
 
     def starve_first_fresh(run_id: int, **fields: Any) -> None:
         row = r.ledger.db.execute("SELECT experiment, kind FROM runs WHERE id = ?", (run_id,)).fetchone()
