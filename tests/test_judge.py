@@ -786,3 +786,28 @@ def test_a_keep_whose_first_fresh_runs_were_starved_is_not_reverted(monkeypatch:
     fresh = [run.metric or 0 for run in kept.runs if run.kind == "fresh"]
     assert len(fresh) > 3 and min(fresh[:2]) > 1.9 and max(fresh[2:]) < 1.0
     assert r.experimenter.champion().id == 1
+
+
+def test_verify_tells_starved_runs_among_every_run_of_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rsi verify` re-runs the champion: two of its three new runs are starved (a whole unit worse). Told among
+    the new runs alone they are the median; among every run of the code they are spikes, left out, and the
+    recorded figure is reproduced by the run that is left."""
+
+    def metric(files: Mapping[str, str], seed: int) -> float:
+        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
+
+    r = in_process(config(), {"f.py": "loss = 1.0\n"}, metric, Scripted([]))
+    r.run(Limits(max_experiments=1))
+    finish, starved = r.ledger.finish_run, list[int]()
+
+    def starve_two(run_id: int, **fields: Any) -> None:
+        row = r.ledger.db.execute("SELECT kind FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if tuple(row) == ("verify",) and len(starved) < 2:
+            starved.append(run_id)
+            fields["metric"] += 1.0
+        finish(run_id, **fields)
+
+    monkeypatch.setattr(r.ledger, "finish_run", starve_two)
+    exp, metrics, sentence, ok = r.experimenter.verify(None, 3)
+    assert exp.id == 0 and len(starved) == 2 and sorted(m or 0 for m in metrics)[1] > 1.9
+    assert ok and "(2 spike run(s) left out)" in sentence, sentence

@@ -486,17 +486,18 @@ class Experimenter:
         recorded, noise = exp.valid(), self.noise()
         if not valid or not recorded:
             return exp, fresh, "no valid run to compare", False
-        diff = statistics.fmean(valid) - statistics.fmean(recorded)
         noise = noise or pooled_noise([recorded, valid])  # the research has no estimate yet: these runs'
+        before, now = statistics.fmean(recorded), statistics.fmean(valid)
+        means = f"recorded {before:.6g}, now {now:.6g}"
         if noise is None:
-            means = f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}"
             return exp, fresh, f"cannot judge: {means}, and no estimate of the noise (give --runs 2 or more)", False
         if noise.sd == 0:
-            ok = abs(diff) <= 1e-12 * max(1.0, abs(statistics.fmean(recorded)))
-            return exp, fresh, f"recorded {statistics.fmean(recorded):.6g}, now {statistics.fmean(valid):.6g}", ok
-        # spikes on either side are left out, as they are of the noise the interval is made of
-        seen = len(valid) + len(recorded)
-        valid, recorded = unspiked(valid, noise.scale) or valid, unspiked(recorded, noise.scale) or recorded
+            return exp, fresh, means, abs(now - before) <= 1e-12 * max(1.0, abs(before))
+        # spikes on either side are left out, as they are of the noise the interval is made of; told among every
+        # run of the code, recorded and new (two starved runs of three new ones would be their own median)
+        code, seen = [*recorded, *valid], len(valid) + len(recorded)
+        valid = unspiked(valid, noise.scale, among=code) or valid
+        recorded = unspiked(recorded, noise.scale, among=code) or recorded
         diff = statistics.fmean(valid) - statistics.fmean(recorded)
         half = t_quantile(0.5 + self.cfg.judge.confidence / 2, noise.dof) * noise.sd
         half *= math.sqrt(1 / len(valid) + 1 / len(recorded))
