@@ -777,7 +777,7 @@ class Research:
         """The champion and the branch head, read together: a worker's keep may land at any moment. A champion
         that did not hold is reverted first, so that no candidate is built on it."""
         with self.experimenter.lock:
-            return self.experimenter.holds(), self.experimenter.branch_head()
+            return self.experimenter.holds(measure=False), self.experimenter.branch_head()
 
     def _record_proposal(
         self, proposal: Proposal, champion: Experiment, files: dict[str, str], head: str

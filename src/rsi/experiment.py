@@ -289,13 +289,23 @@ class Experimenter:
                 running.discard(seed)
         return wt
 
-    def holds(self, champion: Experiment | None = None) -> Experiment:
+    def holds(self, champion: Experiment | None = None, measure: bool = True) -> Experiment:
         """The champion, or the one before it when this one did not hold on the fresh runs it had since it
         landed (none of which decided its keep): its last FRESH_FAILURES failed, or they show it worse than the
         champion it replaced (`Judge.holds`). Then it is reverted: a commit on the branch with the tree of the
         one before it (history kept), its verdict discard with `reverted` and the reason. The champion is the
-        last keep, so a champion a revert put back is checked in turn, and reverted too if it stops holding."""
+        last keep, so a champion a revert put back is checked in turn, and reverted too if it stops holding.
+        When its fresh runs cannot tell yet (mostly far worse, too few for a shift), it gets one more first,
+        while the budget lasts, if `measure` (not by a caller holding the lock: a run takes a while)."""
         champion = champion or self.champion()
+        while (held := self._held(champion)) is None:
+            if not measure or self._fresh_run(champion, None, 5000, lambda fresh: False) is None:
+                return champion
+            champion = self._reload(champion)
+        return held
+
+    def _held(self, champion: Experiment) -> Experiment | None:
+        """`holds` at one look: the champion, the one a revert put back, or None for one more fresh run first."""
         if champion.id == 0 or champion.kept_commit is None:
             return champion
         # runs on a busy machine are left out: a time-limited run does less work under load, and a champion is
@@ -320,11 +330,12 @@ class Experimenter:
                 # spread as two levels, and make the test too wide to see it
                 others = {k: v for k, v in self.ledger.select_metrics().items() if k != champion.id}
                 noise = NoisePool(anchor=0)(others)
-                # what tells a spike in its fresh runs: every run of its code (its screening and confirmation
-                # runs too), not the fresh ones alone, of which two starved runs in three would be the median
-                runs = [r for r in champion.runs if r.kind in SELECT_KINDS and r.status == "ok" and not contended(r)]
-                mine = [r.metric for r in runs if r.metric is not None]
-                held = self.judge.holds(valid, previous, self.cfg.metric.goal, noise, (mine, previous))
+                # what tells a spike in fresh runs: every run of their code (its screening and confirmation runs
+                # too), not the fresh ones alone, of which two starved runs in three would be the median
+                among = usable_runs(champion), usable_runs(before)
+                held = self.judge.holds(valid, previous, self.cfg.metric.goal, noise, among)
+                if held.verdict == "more":
+                    return None
                 if held.verdict != "discard":
                     return champion
                 why = f"{held.reason} against #{before.id}"
@@ -539,6 +550,12 @@ def screen_seed(pool: Sequence[Run], exp_id: int, k: int, used: Collection[int] 
     earlier may finish later, and land in the pool before seeds the candidate has used.)"""
     left = [r for r in pool if r.seed not in used]
     return left[0].seed if left else fresh_seed(exp_id, 100 + k)
+
+
+def usable_runs(exp: Experiment) -> list[float]:
+    """The metrics of its runs of the task's command that gave one on a machine not contended."""
+    runs = (r for r in exp.runs if r.kind in SELECT_KINDS and r.status == "ok" and not contended(r))
+    return [r.metric for r in runs if r.metric is not None]
 
 
 def contended(run: Run) -> bool:

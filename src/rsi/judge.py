@@ -53,6 +53,7 @@ OUTLIER_RATIO = 50.0
 # a run further than this many robust sds from the median of the runs of its code is a spike: a
 # time-limited run that another process starved of CPU, a node that stalled (see `spikes`)
 SPIKE_SDS = 6.0
+SHIFT_RUNS = 3  # a keep's fresh runs far worse than its others, most of them and this many: a shift, not spikes
 MEDIAN_GAP = 0.6745 * math.sqrt(2)  # the median distance between two runs of one code, in sds (Gaussian noise)
 
 
@@ -95,8 +96,7 @@ def spikes(
     of the runs of its code (`among`, all of them, of which `runs` are some; default `runs` alone), else 0.
     The median counts the run itself, so that with three runs the far one cannot drag the reference towards
     it; two runs twice that far apart are both spikes (neither can be told from the other); a run alone never
-    is one, nor is any run of three or more when most of them are that far from their median: a code whose runs
-    fall at two levels (a keep whose later runs got worse) shows a shift, not a spike.
+    is one.
 
     A spike is a run that another process starved of CPU, or a node that stalled: one such run in 58 doubled
     the pooled noise sd on tinygpt. Spikes are left out of the pooled noise (NoisePool), and a comparison
@@ -106,8 +106,6 @@ def spikes(
     if not scale or len(code) < 2 or max(*code, *runs) - min(*code, *runs) <= SPIKE_SDS * scale:
         return [0] * len(runs)
     middle, flags = statistics.median(code), []
-    if len(code) > 2 and 2 * sum(abs(x - middle) <= SPIKE_SDS * scale for x in code) <= len(code):
-        return [0] * len(runs)  # most runs of the code are far from its median: two levels, not a spike
     for x in runs:
         gain = improvement(x, middle, goal)
         flags.append(0 if abs(gain) <= SPIKE_SDS * scale else 1 if gain > 0 else -1)
@@ -319,8 +317,8 @@ class Judge(Protocol):
     ) -> Decision:
         """After a keep landed: whether its fresh runs (`fresh`, none of which decided its keep) still show it
         no worse than the champion it replaced (that one's fresh runs, `before`). "discard": revert it. `among`:
-        the runs of each code against which a spike is told (`fresh` and `before` among them): the keep's valid
-        runs, its predecessor's fresh ones."""
+        the runs of each code against which a spike is told (`fresh` and `before` among them): every valid run
+        of the keep, and of its predecessor. "more": one more fresh run first, as these cannot tell."""
         ...
 
 
@@ -422,9 +420,16 @@ class SequentialJudge:
         as replication misses them. Looked at again as its fresh runs grow in number: the look at n runs spends
         2 alpha / (n (n + 1)) of alpha = 1 - confidence, so that all of them together spend at most alpha,
         whichever counts are looked at."""
-        # spikes that would count for a revert are left out: its own worse ones, its predecessor's better ones
+        # spikes that would count for a revert are left out: its own worse ones, its predecessor's better ones;
+        # but worse runs that are most of its fresh runs, SHIFT_RUNS of them at least, are a shift, and count
+        # (fewer: spikes or a shift, which one more fresh run tells)
         scale = noise.scale if noise is not None else None
-        fresh, before = unspiked(fresh, scale, goal, -1, among[0]), unspiked(before, scale, goal, 1, among[1])
+        worse = spikes(fresh, scale, goal, among[0]).count(-1)
+        if 2 * worse > len(fresh) and worse < SHIFT_RUNS:
+            return Decision("more", f"{worse} of {len(fresh)} fresh runs far worse than its others: too few to tell")
+        if not 2 * worse > len(fresh):
+            fresh = unspiked(fresh, scale, goal, -1, among[0])
+        before = unspiked(before, scale, goal, 1, among[1])
         n = len(fresh)
         if noise is None or noise.sd == 0 or n < 2 or not before:
             return Decision("keep", "too few fresh runs to tell")
