@@ -370,7 +370,8 @@ class Research:
             with slots.using(self.slots[0]):  # the baseline's noise floor is measured in what candidates get
                 self._loop(limits)
             if self.ledger.experiment(0) is not None:  # (a library caller's limits may allow no baseline)
-                self.experimenter.holds()  # the last champion's top-up came after the last candidate's check
+                # the last champion's top-up came after the last candidate's check (no more runs: it has stopped)
+                self.experimenter.holds(measure=False)
         finally:
             self.store.close()
 

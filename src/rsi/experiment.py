@@ -5,7 +5,9 @@ it is worth, with the judge, and records each run in the ledger as it happens, s
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import statistics
 import threading
 from collections.abc import Callable, Collection, Sequence
@@ -15,6 +17,7 @@ from rsi import slots
 from rsi.config import Config, ConstraintConfig
 from rsi.errors import UserError
 from rsi.judge import (
+    SHIFT_RUNS,
     Decision,
     Judge,
     Noise,
@@ -295,13 +298,20 @@ class Experimenter:
         champion it replaced (`Judge.holds`). Then it is reverted: a commit on the branch with the tree of the
         one before it (history kept), its verdict discard with `reverted` and the reason. The champion is the
         last keep, so a champion a revert put back is checked in turn, and reverted too if it stops holding.
-        When its fresh runs cannot tell yet (mostly far worse, too few for a shift), it gets one more first,
-        while the budget lasts, if `measure` (not by a caller holding the lock: a run takes a while)."""
+        When its fresh runs cannot tell yet (mostly far worse, too few for a shift), it gets one more fresh run
+        first: at most SHIFT_RUNS in a call, none once the time budget is spent, none while another worker's is
+        under way, and none without `measure` (a caller holding the lock, a research that has stopped)."""
         champion = champion or self.champion()
+        extra = 0
         while (held := self._held(champion)) is None:
-            if not measure or self._fresh_run(champion, None, 5000, lambda fresh: False) is None:
+            seen = sum(r.kind == FRESH and r.metric is not None for r in champion.runs)
+            if not measure or extra >= SHIFT_RUNS:
                 return champion
-            champion = self._reload(champion)
+            if self._fresh_run(champion, None, 5000, functools.partial(operator.lt, seen)) is None:
+                return champion
+            extra, champion = extra + 1, self._reload(champion)
+            if self.ledger.last_keep() != champion.id:  # another worker reverted it, or landed a keep, meanwhile
+                return self.champion()
         return held
 
     def _held(self, champion: Experiment) -> Experiment | None:
