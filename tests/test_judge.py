@@ -818,3 +818,37 @@ def test_verify_tells_starved_runs_among_every_run_of_the_code(monkeypatch: pyte
     exp, metrics, sentence, ok = r.experimenter.verify(None, 3)
     assert exp.id == 0 and len(starved) == 2 and sorted(m or 0 for m in metrics)[1] > 1.9
     assert ok and "(2 spike run(s) left out)" in sentence, sentence
+
+
+def test_a_keep_that_cannot_be_told_gets_at_most_three_more_fresh_runs_in_a_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two of the keep's three top-up runs are starved (far worse, on a machine not busy enough to say so), and
+    every run after them meets a busy machine, so counts for nothing: the check before the next candidate asks
+    for one more fresh run at a time, three at most, then lets the champion stand and research go on."""
+
+    def metric(files: Mapping[str, str], seed: int) -> float:
+        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
+
+    cfg = config()
+    cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"baseline_repeats": 3})})
+    r = in_process(cfg, {"f.py": "loss = 1.0\n"}, metric, Scripted(["loss = 0.97\n", "loss = 0.98\n"]))
+    finish, fresh = r.ledger.finish_run, list[int]()
+
+    def starve(run_id: int, **fields: Any) -> None:
+        row = r.ledger.db.execute("SELECT experiment, kind FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if tuple(row) == (1, "fresh") and fields.get("metric") is not None:
+            fresh.append(run_id)
+            if len(fresh) <= 2:
+                fields["metric"] += 1.0
+            elif len(fresh) > 3:
+                fields["busy"] = 0.9
+        finish(run_id, **fields)
+
+    monkeypatch.setattr(r.ledger, "finish_run", starve)
+    r.run(Limits(max_experiments=3))
+    kept, after = r.ledger.experiment(1), r.ledger.experiment(2)
+    assert kept is not None and after is not None and kept.verdict == "keep" and not kept.reverted
+    first = min(run.id for run in after.runs)
+    extra = [run for run in kept.runs if run.kind == "fresh" and run.id < first and run.busy == 0.9]
+    assert len(extra) == 3 and after.state == "done"
