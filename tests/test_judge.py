@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import random
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
 from rsi.config import Config
-from rsi.engine import Limits, in_process
+from rsi.engine import Limits, Research, in_process
 from rsi.experiment import CLEAR_GAIN, FRESH_FAILURES, SHORT_TOP_UP, screen_seed
 from rsi.judge import (
     MEDIAN_GAP,
@@ -66,6 +66,25 @@ def value(files: Mapping[str, str], name: str) -> float:
 
 def noisy(files: Mapping[str, str], seed: int) -> float:
     return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.1)
+
+
+def quiet(files: Mapping[str, str], seed: int) -> float:  # noise sd 0.01: a gain of 0.5 is 50 sds
+    return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
+
+
+def record_as(
+    r: Research, monkeypatch: pytest.MonkeyPatch, edit: Callable[[int, int, str, dict[str, Any]], None]
+) -> None:
+    """`edit(run, experiment, kind, fields)` changes what each run records as it finishes, as the runner would have
+    reported it: a starved run's worse metric, a busy machine's share of its cores."""
+    finish = r.ledger.finish_run
+
+    def finished(run_id: int, **fields: Any) -> None:
+        exp_id, kind = r.ledger.db.execute("SELECT experiment, kind FROM runs WHERE id = ?", (run_id,)).fetchone()
+        edit(run_id, exp_id, kind, fields)
+        finish(run_id, **fields)
+
+    monkeypatch.setattr(r.ledger, "finish_run", finished)
 
 
 def test_a_real_gain_is_kept_and_replicated_a_null_is_not() -> None:
@@ -373,9 +392,6 @@ def test_a_keep_far_clear_of_the_noise_gets_a_short_top_up_which_a_close_candida
     """Early tuning: a keep whose gain is many noise sds clear of zero gets SHORT_TOP_UP fresh runs, not the
     baseline's count; candidates decided at once need no more; the first that is not completes the top-up."""
 
-    def quiet(files: Mapping[str, str], seed: int) -> float:  # noise sd 0.01: a gain of 0.5 is 50 sds
-        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
-
     # the third is better by 1.5 sds, chosen to be undecided at its first look
     script = ["loss = 0.5\n", "loss = 0.9\n", "loss = 0.4845\n"]
     r = in_process(config(), {"f.py": "loss = 1.0\n"}, quiet, Scripted(script))
@@ -407,9 +423,6 @@ def test_a_keep_far_clear_of_the_noise_gets_a_short_top_up_which_a_close_candida
 def test_with_one_look_per_candidate_an_undecided_one_still_completes_a_short_top_up() -> None:
     """max_repeats 1: no candidate gets a second look, so the first undecided one (inconclusive at once)
     completes the champion's top-up; without that the champion stayed at SHORT_TOP_UP runs for good."""
-
-    def quiet(files: Mapping[str, str], seed: int) -> float:
-        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
 
     cfg = config()
     cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"max_repeats": 1})})
@@ -573,13 +586,12 @@ def test_a_keep_is_not_reverted_on_fresh_runs_made_on_a_busy_machine(monkeypatch
     base, gain = "loss = 1.0\n", "loss = 0.5\n"
     task = functools.partial(drifting, text=gain, calls=[])
     r = in_process(config(), {"f.py": base}, task, Scripted([gain, "loss = 0.4\n"]))
-    finish = r.ledger.finish_run
 
-    def busy_when_fresh(run_id: int, **fields: Any) -> None:
-        row = r.ledger.db.execute("SELECT experiment, kind FROM runs WHERE id = ?", (run_id,)).fetchone()
-        finish(run_id, **fields, **({"busy": 0.9} if tuple(row) == (1, "fresh") else {}))
+    def busy_when_fresh(run_id: int, exp_id: int, kind: str, fields: dict[str, Any]) -> None:
+        if (exp_id, kind) == (1, "fresh"):
+            fields["busy"] = 0.9
 
-    monkeypatch.setattr(r.ledger, "finish_run", busy_when_fresh)
+    record_as(r, monkeypatch, busy_when_fresh)
     r.run(Limits(max_experiments=3))
     kept = r.ledger.experiment(1)
     assert kept is not None and kept.verdict == "keep" and not kept.reverted
@@ -726,7 +738,7 @@ def test_a_starved_champion_run_in_the_first_fresh_pair_does_not_land_a_keep() -
 
     def metric(files: Mapping[str, str], seed: int) -> float:
         starved = 1.0 if "gain" not in files["f.py"] and seed == first_pair else 0.0
-        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01) + starved
+        return quiet(files, seed) + starved
 
     r = in_process(config(), {"f.py": "loss = 1.0\n"}, metric, Scripted(["loss = 0.97\ngain = 1\n"]))
     r.run(Limits(max_experiments=2))
@@ -769,22 +781,17 @@ def test_a_keep_whose_first_fresh_runs_were_starved_is_not_reverted(monkeypatch:
     one more fresh run is made, which tells them for spikes, so it is not reverted (told among its three fresh
     runs alone, the starved ones were the median and it was), and it stays the champion."""
 
-    def metric(files: Mapping[str, str], seed: int) -> float:
-        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
-
     cfg = config()
     cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"baseline_repeats": 3})})
-    r = in_process(cfg, {"f.py": "loss = 1.0\n"}, metric, Scripted(["loss = 0.97\n", "loss = 1.0\n"]))
-    finish, starved = r.ledger.finish_run, list[int]()
+    r = in_process(cfg, {"f.py": "loss = 1.0\n"}, quiet, Scripted(["loss = 0.97\n", "loss = 1.0\n"]))
+    starved = list[int]()
 
-    def starve_first_fresh(run_id: int, **fields: Any) -> None:
-        row = r.ledger.db.execute("SELECT experiment, kind FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if tuple(row) == (1, "fresh") and len(starved) < 2 and fields.get("metric") is not None:
+    def starve_first_fresh(run_id: int, exp_id: int, kind: str, fields: dict[str, Any]) -> None:
+        if (exp_id, kind) == (1, "fresh") and len(starved) < 2 and fields.get("metric") is not None:
             starved.append(run_id)
             fields["metric"] += 1.0
-        finish(run_id, **fields)
 
-    monkeypatch.setattr(r.ledger, "finish_run", starve_first_fresh)
+    record_as(r, monkeypatch, starve_first_fresh)
     r.run(Limits(max_experiments=3))
     kept = r.ledger.experiment(1)
     assert kept is not None and kept.verdict == "keep" and not kept.reverted, kept and kept.reason
@@ -800,21 +807,16 @@ def test_verify_tells_starved_runs_among_every_run_of_the_code(monkeypatch: pyte
     the new runs alone they are the median; among every run of the code they are spikes, left out, and the
     recorded figure is reproduced by the run that is left."""
 
-    def metric(files: Mapping[str, str], seed: int) -> float:
-        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
-
-    r = in_process(config(), {"f.py": "loss = 1.0\n"}, metric, Scripted([]))
+    r = in_process(config(), {"f.py": "loss = 1.0\n"}, quiet, Scripted([]))
     r.run(Limits(max_experiments=1))
-    finish, starved = r.ledger.finish_run, list[int]()
+    starved = list[int]()
 
-    def starve_two(run_id: int, **fields: Any) -> None:
-        row = r.ledger.db.execute("SELECT kind FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if tuple(row) == ("verify",) and len(starved) < 2 and fields.get("metric") is not None:
+    def starve_two(run_id: int, exp_id: int, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "verify" and len(starved) < 2 and fields.get("metric") is not None:
             starved.append(run_id)
             fields["metric"] += 1.0
-        finish(run_id, **fields)
 
-    monkeypatch.setattr(r.ledger, "finish_run", starve_two)
+    record_as(r, monkeypatch, starve_two)
     exp, metrics, sentence, ok = r.experimenter.verify(None, 3)
     assert exp.id == 0 and len(starved) == 2 and sorted(m or 0 for m in metrics)[1] > 1.9
     assert ok and "(2 spike run(s) left out)" in sentence, sentence
@@ -827,25 +829,20 @@ def test_a_keep_that_cannot_be_told_gets_at_most_three_more_fresh_runs_in_a_chec
     every run after them meets a busy machine, so counts for nothing: the check before the next candidate asks
     for one more fresh run at a time, three at most, then lets the champion stand and research go on."""
 
-    def metric(files: Mapping[str, str], seed: int) -> float:
-        return value(files, "loss") + random.Random(f"{seed}{files['f.py']}").gauss(0, 0.01)
-
     cfg = config()
     cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"baseline_repeats": 3})})
-    r = in_process(cfg, {"f.py": "loss = 1.0\n"}, metric, Scripted(["loss = 0.97\n", "loss = 0.98\n"]))
-    finish, fresh = r.ledger.finish_run, list[int]()
+    r = in_process(cfg, {"f.py": "loss = 1.0\n"}, quiet, Scripted(["loss = 0.97\n", "loss = 0.98\n"]))
+    fresh = list[int]()
 
-    def starve(run_id: int, **fields: Any) -> None:
-        row = r.ledger.db.execute("SELECT experiment, kind FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if tuple(row) == (1, "fresh") and fields.get("metric") is not None:
+    def starve(run_id: int, exp_id: int, kind: str, fields: dict[str, Any]) -> None:
+        if (exp_id, kind) == (1, "fresh") and fields.get("metric") is not None:
             fresh.append(run_id)
             if len(fresh) <= 2:
                 fields["metric"] += 1.0
             elif len(fresh) > 3:
                 fields["busy"] = 0.9
-        finish(run_id, **fields)
 
-    monkeypatch.setattr(r.ledger, "finish_run", starve)
+    record_as(r, monkeypatch, starve)
     r.run(Limits(max_experiments=3))
     kept, after = r.ledger.experiment(1), r.ledger.experiment(2)
     assert kept is not None and after is not None and kept.verdict == "keep" and not kept.reverted
